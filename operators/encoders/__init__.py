@@ -1,0 +1,1 @@
+"""Text encoders. Each turns a list of texts into Arrow vector columns, without Ray."""

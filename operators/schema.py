@@ -1,0 +1,80 @@
+"""Column names and Arrow schemas of the tables embedlake writes (see shared/docs/interface.md).
+
+One place for the table contract, so encoders, sinks, search and dedup agree on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+ID = "id"
+TEXT_HASH = "text_hash"
+MODEL = "model"
+DENSE = "dense"
+SPARSE = "sparse"
+COLBERT = "colbert"
+DENSE_PREFIX = "dense_"
+
+QUARANTINE_SUFFIX = "_quarantine"
+SOURCE = "source"
+REASON = "reason"
+
+SPARSE_TYPE = pa.struct([("indices", pa.list_(pa.int32())), ("values", pa.list_(pa.float32()))])
+
+
+def dense_type(dim: int) -> pa.DataType:
+    """Unit-length float32 vector of fixed size, what LanceDB's vector search expects."""
+    return pa.list_(pa.float32(), dim)
+
+
+def colbert_type(dim: int) -> pa.DataType:
+    """ColBERT multi-vectors in float16: ColBERT dominates storage, so halve it."""
+    return pa.list_(pa.list_(pa.float16(), dim))
+
+
+def dense_column(dim: int) -> str:
+    """Name of the nested Matryoshka column holding the first `dim` dims."""
+    return f"{DENSE_PREFIX}{dim}"
+
+
+def is_dense_column(name: str) -> bool:
+    return name == DENSE or (name.startswith(DENSE_PREFIX) and name[len(DENSE_PREFIX):].isdigit())
+
+
+def nested_dim(name: str) -> int | None:
+    """The nested size of a `dense_<d>` column, None for `dense` itself."""
+    return int(name[len(DENSE_PREFIX):]) if name.startswith(DENSE_PREFIX) else None
+
+
+def text_hash(text: str) -> str:
+    """Stable hash of a text as embedded (sha256 of its UTF-8 bytes, hex, 32 chars)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def quarantine_table_name(table: str) -> str:
+    return f"{table}{QUARANTINE_SUFFIX}"
+
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field(ID, pa.string()),
+        pa.field(SOURCE, pa.string()),
+        pa.field(REASON, pa.string()),
+    ]
+)
+
+
+def embeddings_schema(
+    vector_fields: list[pa.Field], keep_fields: list[pa.Field] | None = None
+) -> pa.Schema:
+    """Schema of table T: id, text_hash, model, the encoder's vector columns, then kept input columns."""
+    fields = [
+        pa.field(ID, pa.string(), nullable=False),
+        pa.field(TEXT_HASH, pa.string()),
+        pa.field(MODEL, pa.string()),
+        *vector_fields,
+        *(keep_fields or []),
+    ]
+    return pa.schema(fields)

@@ -1,0 +1,127 @@
+"""The `embedlake` command line (shared/docs/interface.md).
+
+Every command takes `--json` (one JSON object or list as the last line of stdout; progress on stderr)
+and `--config FILE` (YAML whose keys are option names; command-line options win). Errors exit
+non-zero with a one-line reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+# Each name is a module in pipelines.commands with add_parser(subparsers) and run(args) -> result.
+COMMANDS = ("embed", "search", "evaluate", "index", "cluster", "dedup", "submit")
+
+
+class UsageError(ValueError):
+    """Bad arguments or input, reported as one line without a traceback."""
+
+
+def _available_commands() -> dict[str, object]:
+    modules = {}
+    for name in COMMANDS:
+        try:
+            modules[name] = importlib.import_module(f"pipelines.commands.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"pipelines.commands.{name}":
+                raise
+    return modules
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    parser = argparse.ArgumentParser(prog="embedlake", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    modules = _available_commands()
+    for module in modules.values():
+        sub = module.add_parser(subparsers)
+        sub.add_argument("--json", action="store_true", help="print one JSON result as the last line of stdout")
+        sub.add_argument("--config", help="YAML file of option values (conf/); command-line options override it")
+        sub.add_argument("--verbose", action="store_true", help="debug logging on stderr")
+    return parser, modules
+
+
+def load_config(path: str) -> dict:
+    with open(path) as handle:
+        config = yaml.safe_load(handle) or {}
+    if not isinstance(config, dict):
+        msg = f"config {path} must be a YAML mapping of option names to values"
+        raise UsageError(msg)
+    return config
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str, object]]:
+    """Parse twice: once to find --config, then with the file's values as defaults."""
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        config = load_config(args.config)
+        subparser = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+        known = {action.dest for action in subparser._actions}  # noqa: SLF001
+        unknown = sorted(key for key in config if key.replace("-", "_") not in known)
+        if unknown:
+            msg = f"config {args.config} has options that '{args.command}' does not take: {', '.join(unknown)}"
+            raise UsageError(msg)
+        subparser.set_defaults(**{key.replace("-", "_"): value for key, value in config.items()})
+        args = parser.parse_args(argv)
+    return args, modules
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args, modules = parse_args(argv)
+    except UsageError as error:
+        print(f"embedlake: error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result = modules[args.command].run(args)
+    except KeyboardInterrupt:
+        print("embedlake: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the CLI reports every failure as one line
+        if args.verbose:
+            logging.exception("command failed")
+        reason = " ".join(str(error).split()) or type(error).__name__
+        print(f"embedlake: error: {reason}", file=sys.stderr)
+        return 1
+    emit(result, as_json=args.json)
+    return 0
+
+
+def emit(result: object, as_json: bool) -> None:
+    """Print the result: one JSON line for --json, readable text otherwise."""
+    if as_json:
+        print(json.dumps(result, default=_json_default))
+    elif isinstance(result, list):
+        for row in result:
+            print("\t".join(f"{key}={value}" for key, value in row.items()))
+    elif isinstance(result, dict):
+        for key, value in result.items():
+            print(f"{key}: {json.dumps(value, default=_json_default)}")
+    elif result is not None:
+        print(result)
+
+
+def _json_default(value: object) -> object:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

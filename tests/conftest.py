@@ -1,0 +1,43 @@
+"""Shared fixtures: one local Ray per test session, the packaged MiniLM, the sample corpus."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DASHBOARD_ENABLED", "0")
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "sample"
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    from operators.encoders.loader import resolve_model_path
+
+    return resolve_model_path("minilm")
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole run: 4 logical CPUs on 2 cores so two encoder actors and the
+    read/write tasks fit, no dashboard, a small object store. Shut down at the end."""
+    import ray
+
+    from pipelines.ray_runtime import start_ray
+
+    started = start_ray(address=None, num_cpus=4, object_store_memory=300 * 1024 * 1024)
+    yield ray
+    if started:
+        ray.shutdown()
