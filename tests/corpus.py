@@ -7,6 +7,7 @@ Embedding ~240 texts (128 tokens) with MiniLM on 2 CPU cores takes 10-30 s, so i
 
 from __future__ import annotations
 
+import difflib
 import functools
 import random
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from operators.schema import DENSE, ID, MODEL, TEXT_HASH, dense_column, text_hash
+from operators.schema import DENSE, DUPLICATE_OF, ID, MODEL, TEXT_HASH, dense_column, text_hash
 from operators.vectors import normalize_rows, to_vector_array
 
 SECTIONS = ("fonts", "games", "hamradio", "database")
@@ -28,6 +29,8 @@ NESTED_DIM = 128
 EDITS = ("case", "punct", "swap")
 # Half MiniLM's 256 so the tests embed in seconds; every edit falls inside the first 40 words.
 MAX_TOKENS = 128
+# Texts at least this similar character-wise (difflib ratio) are near-identical, not "unrelated".
+NEAR_IDENTICAL_TEXT = 0.8
 
 
 @dataclass(frozen=True)
@@ -108,3 +111,25 @@ def build_corpus(sample_dir: str, model_path: str) -> Corpus:
         }
     )
     return Corpus(table=table, planted=planted, exact=exact)
+
+
+def column(table: pa.Table, name: str) -> list:
+    return table.column(name).to_pylist()
+
+
+def groups_of(duplicates: pa.Table) -> dict[str, str]:
+    return dict(zip(column(duplicates, ID), column(duplicates, DUPLICATE_OF), strict=True))
+
+
+def check_found_and_nothing_unrelated(corpus, duplicates: pa.Table, expected: dict[str, str]) -> int:
+    """Every expected (copy, original) pair ends in one group, and every flagged pair is either planted or
+    two texts that are near-identical character by character. Returns how many pairs were found."""
+    keeper = groups_of(duplicates)
+    texts = dict(zip(column(corpus.table, ID), column(corpus.table, "text"), strict=True))
+    found = sum(keeper.get(copy, copy) == keeper.get(source, source) for copy, source in expected.items())
+    planted = {**corpus.planted, **corpus.exact}
+    for item, kept in keeper.items():
+        same_source = planted.get(item, item) == planted.get(kept, kept)
+        ratio = difflib.SequenceMatcher(None, texts[item], texts[kept]).ratio()
+        assert same_source or ratio >= NEAR_IDENTICAL_TEXT, (item, kept, ratio)
+    return found

@@ -3,8 +3,6 @@ planted near-duplicates of real texts found without flagging unrelated ones."""
 
 from __future__ import annotations
 
-import difflib
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -23,13 +21,11 @@ from operators.dedup import (
 from operators.minhash import minhash_duplicates, signatures
 from operators.schema import DUPLICATE_OF, ID, SIMILARITY, TEXT_HASH
 from operators.vectors import normalize_rows
-from tests.corpus import build_corpus
+from tests.corpus import build_corpus, check_found_and_nothing_unrelated, column, groups_of
 
 # The eps documented for catching single small edits (case, punctuation, a swapped word pair) with MiniLM;
 # see docs/cluster_and_dedup.md for the measurement behind it.
 SMALL_EDIT_EPS = 0.03
-# Texts at least this similar character-wise (difflib ratio) are near-identical, not "unrelated".
-NEAR_IDENTICAL_TEXT = 0.8
 
 
 @pytest.fixture(scope="module")
@@ -138,28 +134,6 @@ def test_exact_copies_follow_their_keeper_to_its_semantic_group():
     rows = resolve_exact(exact, near).to_pylist()
     assert [(r[ID], r[DUPLICATE_OF]) for r in rows] == [("b", "a"), ("b2", "a")]
     assert rows[1][SIMILARITY] == pytest.approx(0.995)
-
-
-def column(table: pa.Table, name: str) -> list:
-    return table.column(name).to_pylist()
-
-
-def groups_of(duplicates: pa.Table) -> dict[str, str]:
-    return dict(zip(column(duplicates, ID), column(duplicates, DUPLICATE_OF), strict=True))
-
-
-def check_found_and_nothing_unrelated(corpus, duplicates: pa.Table, expected: dict[str, str]) -> int:
-    """Every expected (copy, original) pair ends in one group, and every flagged pair is either planted or
-    two texts that are near-identical character by character. Returns how many pairs were found."""
-    keeper = groups_of(duplicates)
-    texts = dict(zip(column(corpus.table, ID), column(corpus.table, "text"), strict=True))
-    found = sum(keeper.get(copy, copy) == keeper.get(source, source) for copy, source in expected.items())
-    planted = {**corpus.planted, **corpus.exact}
-    for item, kept in keeper.items():
-        same_source = planted.get(item, item) == planted.get(kept, kept)
-        ratio = difflib.SequenceMatcher(None, texts[item], texts[kept]).ratio()
-        assert same_source or ratio >= NEAR_IDENTICAL_TEXT, (item, kept, ratio)
-    return found
 
 
 def semantic_run(corpus, eps: float, k: int = 4) -> pa.Table:
