@@ -36,6 +36,7 @@ def plot_sizes(sizes: np.ndarray, path: str, title: str) -> str:
     positive = ordered[ordered > 0]
     if len(positive) and positive.max() > 100 * positive.min():
         ax.set_yscale("log")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("cluster (largest first)")
     ax.set_ylabel("rows")
     ax.set_title(f"{title}: {len(ordered)} clusters, {int(ordered.sum())} rows")

@@ -117,11 +117,12 @@ def run_cluster(job: ClusterJob) -> dict:
     passthrough = (job.labels_column,) if job.labels_column else ()
     collected = _Collector(job.k, job.labels_column)
     with using_ray(job.address):
+        ray_seconds = time.perf_counter() - assign_started
         assigned = read_ray_dataset(dataset, [ID, job.column, *passthrough], dim).map_batches(
             CentroidAssigner(centroids, job.column, passthrough), batch_format="pyarrow", batch_size=None
         )
         write_table(job.uri, clusters_table_name(job.table), CLUSTERS_SCHEMA, collected.consume(assigned))
-    assign_seconds = time.perf_counter() - assign_started
+    assign_seconds = time.perf_counter() - assign_started - ray_seconds
     sizes = collected.sizes
     write_table(
         job.uri,
@@ -160,6 +161,7 @@ def run_cluster(job: ClusterJob) -> dict:
     result["plots"] = _plots(job, sizes, sample_vectors, sample_clusters, labels)
     result["seconds"] = {
         "fit": round(fit_seconds, 3),
+        "ray_start": round(ray_seconds, 3),
         "assign_and_write": round(assign_seconds, 3),
         "total": round(time.perf_counter() - started, 3),
     }

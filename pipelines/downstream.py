@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -79,7 +80,10 @@ def using_ray(address: str | None):
 
     from pipelines.ray_runtime import start_ray
 
-    we_started = start_ray(address, num_cpus=os.cpu_count())
+    with warnings.catch_warnings():
+        # Ray spawns its services by fork+exec; lance's at-fork hooks warn about forks that never run lance.
+        warnings.filterwarnings("ignore", message=".*fork")
+        we_started = start_ray(address, num_cpus=os.cpu_count())
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False

@@ -2,8 +2,8 @@
 
 --eps: rows whose cosine to an earlier-ranked row of their cluster is >= 1 - eps are duplicates. The default
 0.01 (SemDeDup's and NeMo Curator's) catches copies, case changes and most single small edits; with MiniLM on
-the sample corpus, 0.03 catches every single small edit (punctuation, one swapped word pair) while no two
-unrelated texts reach it (docs/cluster_and_dedup.md).
+the sample corpus 0.03 catches 99.8% of single small edits (a punctuation mark, a swapped word pair) and no
+two unrelated texts reach it (measurements in docs/cluster_and_dedup.md).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--eps",
         type=float,
         default=DEFAULT_EPS,
-        help="duplicates have cosine >= 1 - eps (default 0.01; 0.03 to catch every small edit with MiniLM)",
+        help="duplicates have cosine >= 1 - eps (default 0.01; 0.03 catches small edits too, with MiniLM)",
     )
     parser.add_argument(
         "--column", default=DENSE, help="vector column: dense or any dense_<d> (default dense)"
