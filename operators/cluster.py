@@ -23,6 +23,8 @@ DEFAULT_MAX_POINTS_PER_CENTROID = 256
 DEFAULT_SEED = 1234
 # Silhouette is O(n^2); score it on this many rows at most.
 DEFAULT_SILHOUETTE_SAMPLE = 10_000
+# sklearn's default 1 GB of distance chunks is most of the job's peak memory; 64 MB chunks are as fast.
+SKLEARN_WORKING_MB = 64
 # Rows per faiss search call when assigning, so the (rows x k) score matrix stays small.
 ASSIGN_CHUNK = 16_384
 
@@ -126,6 +128,7 @@ def internal_metrics(
     Both are sklearn's definitions; each is None where it is undefined (fewer than 2 clusters, or every row
     its own cluster).
     """
+    import sklearn
     from sklearn.metrics import davies_bouldin_score, silhouette_score
 
     x = normalize_rows(vectors)
@@ -133,14 +136,32 @@ def internal_metrics(
     if not 2 <= n_labels < x.shape[0]:
         return {"silhouette": None, "davies_bouldin": None}
     sample = None if x.shape[0] <= silhouette_sample else silhouette_sample
-    silhouette = silhouette_score(x, clusters, metric="cosine", sample_size=sample, random_state=seed)
+    with sklearn.config_context(working_memory=SKLEARN_WORKING_MB):
+        silhouette = silhouette_score(x, clusters, metric="cosine", sample_size=sample, random_state=seed)
     return {"silhouette": float(silhouette), "davies_bouldin": float(davies_bouldin_score(x, clusters))}
 
 
-def label_metrics(labels: np.ndarray | list, clusters: np.ndarray) -> dict[str, float]:
+def label_codes(labels: np.ndarray | list | pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Integer codes for labels of any type (nulls get their own code). sklearn's label metrics sort object
+    arrays of strings three times over; on a million rows hashing them once in Arrow is ~100x faster."""
+    if isinstance(labels, np.ndarray) and np.issubdtype(labels.dtype, np.integer):
+        return labels
+    array = (
+        labels if isinstance(labels, pa.Array | pa.ChunkedArray) else pa.array(np.asarray(labels).tolist())
+    )
+    encoded = array.dictionary_encode()
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    return encoded.indices.fill_null(len(encoded.dictionary)).to_numpy()
+
+
+def label_metrics(
+    labels: np.ndarray | list | pa.Array | pa.ChunkedArray, clusters: np.ndarray
+) -> dict[str, float]:
     """Agreement with known labels: NMI, ARI and V-measure (sklearn), each 1.0 for a perfect match."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, v_measure_score
 
+    labels = label_codes(labels)
     return {
         "nmi": float(normalized_mutual_info_score(labels, clusters)),
         "ari": float(adjusted_rand_score(labels, clusters)),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +43,7 @@ from operators.schema import (
 )
 from operators.vectors import as_matrix, to_vector_array
 from pipelines.downstream import (
+    Stopwatch,
     is_local_uri,
     local_path,
     open_table,
@@ -87,7 +87,7 @@ def report_dir(uri: str, table: str, plot_dir: str | None) -> str:
 
 def run_cluster(job: ClusterJob) -> dict:
     """Fit, assign every row, write T_clusters and T_centroids, score, plot; returns the JSON summary."""
-    started = time.perf_counter()
+    watch = Stopwatch()
     config = KMeansConfig(
         k=job.k,
         niter=job.niter,
@@ -105,66 +105,54 @@ def run_cluster(job: ClusterJob) -> dict:
         msg = f"table {job.table!r} has {rows} rows, fewer than k={job.k}"
         raise ValueError(msg)
 
-    sample_columns = [job.column] + ([job.labels_column] if job.labels_column else [])
-    sample = sample_rows(dataset, config.sample_rows, sample_columns, job.seed)
-    sample_vectors = as_matrix(sample.column(job.column))
+    with watch.stage("sample"):
+        sample_columns = [job.column] + ([job.labels_column] if job.labels_column else [])
+        sample = sample_rows(dataset, config.sample_rows, sample_columns, job.seed)
+        sample_vectors = as_matrix(sample.column(job.column))
     log.info("fitting k=%d on %d of %d rows (%s, %d-d)", job.k, len(sample_vectors), rows, job.column, dim)
-    fit_started = time.perf_counter()
-    centroids = fit_spherical_kmeans(sample_vectors, config)
-    fit_seconds = time.perf_counter() - fit_started
+    with watch.stage("fit"):
+        centroids = fit_spherical_kmeans(sample_vectors, config)
 
-    assign_started = time.perf_counter()
     passthrough = (job.labels_column,) if job.labels_column else ()
     collected = _Collector(job.k, job.labels_column)
-    with using_ray(job.address):
-        ray_seconds = time.perf_counter() - assign_started
+    with using_ray(job.address, watch), watch.stage("assign_and_write"):
         assigned = read_ray_dataset(dataset, [ID, job.column, *passthrough], dim).map_batches(
             CentroidAssigner(centroids, job.column, passthrough), batch_format="pyarrow", batch_size=None
         )
         write_table(job.uri, clusters_table_name(job.table), CLUSTERS_SCHEMA, collected.consume(assigned))
-    assign_seconds = time.perf_counter() - assign_started - ray_seconds
-    sizes = collected.sizes
-    write_table(
-        job.uri,
-        centroids_table_name(job.table),
-        centroids_schema(dim),
-        [
-            pa.table(
-                {
-                    CLUSTER: pa.array(np.arange(job.k, dtype=np.int32)),
-                    CENTROID: to_vector_array(centroids),
-                    SIZE: pa.array(sizes.astype(np.int64)),
-                }
-            )
-        ],
-    )
+        sizes = collected.sizes
+        centroid_rows = {
+            CLUSTER: pa.array(np.arange(job.k, dtype=np.int32)),
+            CENTROID: to_vector_array(centroids),
+            SIZE: pa.array(sizes.astype(np.int64)),
+        }
+        write_table(
+            job.uri, centroids_table_name(job.table), centroids_schema(dim), [pa.table(centroid_rows)]
+        )
 
-    sample_clusters, _ = assign(sample_vectors, centroids)
     result = {
         "table": job.table,
         "uri": job.uri,
         "column": job.column,
         "k": job.k,
         "rows": int(sizes.sum()),
-        **internal_metrics(sample_vectors, sample_clusters, job.silhouette_sample, job.seed),
-        "metrics_sample_rows": int(len(sample_vectors)),
-        "silhouette_sample_rows": int(min(len(sample_vectors), job.silhouette_sample)),
-        "sizes": sizes.tolist(),
-        "empty_clusters": int(np.count_nonzero(sizes == 0)),
     }
-    if job.labels_column:
-        result.update(label_metrics(collected.labels(), collected.clusters()))
-        result["labels_column"] = job.labels_column
+    with watch.stage("metrics"):
+        sample_clusters, _ = assign(sample_vectors, centroids)
+        result.update(internal_metrics(sample_vectors, sample_clusters, job.silhouette_sample, job.seed))
+        result["metrics_sample_rows"] = int(len(sample_vectors))
+        result["silhouette_sample_rows"] = int(min(len(sample_vectors), job.silhouette_sample))
+        result["sizes"] = sizes.tolist()
+        result["empty_clusters"] = int(np.count_nonzero(sizes == 0))
+        if job.labels_column:
+            result.update(label_metrics(collected.labels(), collected.clusters()))
+            result["labels_column"] = job.labels_column
     result["clusters_table"] = clusters_table_name(job.table)
     result["centroids_table"] = centroids_table_name(job.table)
-    labels = sample.column(job.labels_column).to_numpy(zero_copy_only=False) if job.labels_column else None
-    result["plots"] = _plots(job, sizes, sample_vectors, sample_clusters, labels)
-    result["seconds"] = {
-        "fit": round(fit_seconds, 3),
-        "ray_start": round(ray_seconds, 3),
-        "assign_and_write": round(assign_seconds, 3),
-        "total": round(time.perf_counter() - started, 3),
-    }
+    with watch.stage("plots"):
+        labels = sample.column(job.labels_column) if job.labels_column else None
+        result["plots"] = _plots(job, sizes, sample_vectors, sample_clusters, labels)
+    result["seconds"] = watch.summary()
     _write_report(result)
     return result
 
@@ -191,9 +179,11 @@ class _Collector:
     def clusters(self) -> np.ndarray:
         return np.concatenate(self._clusters) if self._clusters else np.empty(0, dtype=np.int32)
 
-    def labels(self) -> np.ndarray:
-        values = [value for chunk in self._labels for value in chunk.to_pylist()]
-        return np.asarray(["" if value is None else str(value) for value in values], dtype=object)
+    def labels(self) -> pa.ChunkedArray:
+        chunks = [
+            c for part in self._labels for c in (part.chunks if isinstance(part, pa.ChunkedArray) else [part])
+        ]
+        return pa.chunked_array(chunks)
 
 
 def _plots(job: ClusterJob, sizes, vectors, clusters, labels) -> dict[str, str]:
@@ -208,7 +198,7 @@ def _plots(job: ClusterJob, sizes, vectors, clusters, labels) -> dict[str, str]:
             clusters[shown],
             os.path.join(folder, "projection.png"),
             title,
-            labels=None if labels is None else labels[shown],
+            labels=None if labels is None else labels.take(pa.array(shown)).to_numpy(zero_copy_only=False),
             seed=job.seed,
         ),
     }

@@ -18,7 +18,6 @@ import math
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -60,7 +59,9 @@ from operators.schema import (
     duplicates_table_name,
 )
 from operators.vectors import as_matrix
+from pipelines.buckets import BUCKET, bucket_folders, read_bucket, write_buckets
 from pipelines.downstream import (
+    Stopwatch,
     is_local_uri,
     local_path,
     open_table,
@@ -77,7 +78,6 @@ log = logging.getLogger(__name__)
 SEMANTIC = "semantic"
 MINHASH = "minhash"
 METHODS = (SEMANTIC, MINHASH)
-BUCKET = "bucket"
 # Aim for clusters of about this many rows when --k is not given: pairwise work per row stays ~1000 dot
 # products, and each cluster is small enough for one block pass.
 ROWS_PER_CLUSTER = 1000
@@ -115,7 +115,7 @@ def default_k(rows: int) -> int:
 
 def run_dedup(job: DedupJob) -> dict:
     """Find exact and near duplicates, write T_duplicates; returns the JSON summary."""
-    started = time.perf_counter()
+    watch = Stopwatch()
     if job.method not in METHODS:
         msg = f"method must be one of {', '.join(METHODS)}, got {job.method!r}"
         raise ValueError(msg)
@@ -129,24 +129,23 @@ def run_dedup(job: DedupJob) -> dict:
     dim = vector_dim(schema, job.column, job.table) if job.method == SEMANTIC else 0
     rows = dataset.count_rows()
 
-    exact = _exact(dataset) if TEXT_HASH in schema.names else empty_duplicates()
-    removed = frozenset(exact.column(ID).to_pylist())
+    with watch.stage("exact"):
+        exact = _exact(dataset) if TEXT_HASH in schema.names else empty_duplicates()
+        removed = frozenset(exact.column(ID).to_pylist())
     log.info("%d of %d rows are exact copies", len(removed), rows)
-    k = job.k or default_k(rows - len(removed))
-    if job.method == SEMANTIC and k > max(rows - len(removed), 1):
-        msg = f"k={k} is more than the {rows - len(removed)} rows left after exact dedup"
+    left = rows - len(removed)
+    k = job.k or default_k(left)
+    if job.method == SEMANTIC and k > max(left, 1):
+        msg = f"k={k} is more than the {left} rows left after exact dedup"
         raise ValueError(msg)
-    summary: dict = {"method": job.method}
-    ray_started = time.perf_counter()
-    with using_ray(job.address):
-        ray_seconds = time.perf_counter() - ray_started
+    with using_ray(job.address, watch):
         if job.method == SEMANTIC:
-            near, details = _semantic(job, config, dataset, dim, k, rows - len(removed), removed)
+            near, details = _semantic(job, config, dataset, dim, k, left, removed, watch)
         else:
-            near, details = _minhash(job, dataset, removed)
-    summary.update(details)
-    duplicates = resolve_exact(exact, near)
-    write_table(job.uri, duplicates_table_name(job.table), DUPLICATES_SCHEMA, [duplicates])
+            near, details = _minhash(job, dataset, removed, watch)
+    with watch.stage("write"):
+        duplicates = resolve_exact(exact, near)
+        write_table(job.uri, duplicates_table_name(job.table), DUPLICATES_SCHEMA, [duplicates])
     count = duplicates.num_rows
     return {
         "table": job.table,
@@ -157,13 +156,10 @@ def run_dedup(job: DedupJob) -> dict:
         "removed_fraction": count / rows if rows else 0.0,
         "exact_duplicates": exact.num_rows,
         "near_duplicates": near.num_rows,
-        **summary,
+        "method": job.method,
+        **details,
         "duplicates_table": duplicates_table_name(job.table),
-        "seconds": {
-            "ray_start": round(ray_seconds, 3),
-            **summary.pop("seconds", {}),
-            "total": round(time.perf_counter() - started, 3),
-        },
+        "seconds": watch.summary(),
     }
 
 
@@ -173,39 +169,49 @@ def _exact(dataset) -> pa.Table:
 
 
 class _Partitioner:
-    """Batch transform for step 3: drop exact copies, assign clusters, add the bucket (and text length)."""
+    """Batch transform for step 3: drop exact copies, assign clusters, append the rows (with their cluster,
+    distance, vector and text length) to their bucket's scratch files; returns only the row count."""
 
-    def __init__(self, centroids, column, removed, buckets, text_column) -> None:
+    def __init__(self, centroids, column, removed, buckets, text_column, root) -> None:
         self.assigner = CentroidAssigner(centroids, column)
         self.column = column
-        self.removed = pa.array(sorted(removed), pa.string())
+        self.drop = _Dropper(removed)
         self.buckets = buckets
         self.text_column = text_column
+        self.root = root
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if len(self.removed):
-            batch = batch.filter(pc.invert(pc.is_in(batch.column(ID), value_set=self.removed)))
+        batch = self.drop(batch)
         assigned = self.assigner(batch)
         out = assigned.append_column(self.column, batch.column(self.column))
         if self.text_column:
             lengths = pc.utf8_length(pc.fill_null(batch.column(self.text_column), ""))
             out = out.append_column(LENGTH, lengths.cast(pa.int64()))
         buckets = out.column(CLUSTER).to_numpy() % self.buckets
-        return out.append_column(BUCKET, pa.array(buckets, pa.int32()))
+        written = write_buckets(out.append_column(BUCKET, pa.array(buckets, pa.int32())), self.root)
+        return pa.table({"rows": pa.array([written], pa.int64())})
 
 
 def _semantic(
-    job: DedupJob, config: SemDedupConfig, dataset, dim: int, k: int, rows: int, removed: frozenset
-) -> tuple:
+    job: DedupJob,
+    config: SemDedupConfig,
+    dataset,
+    dim: int,
+    k: int,
+    rows: int,
+    removed: frozenset,
+    watch: Stopwatch,
+) -> tuple[pa.Table, dict]:
     import ray
 
+    details = {"k": k, "eps": job.eps, "rank": job.rank, "keep": job.keep, "column": job.column}
     if rows == 0:
-        return empty_duplicates(), {"k": k, "eps": job.eps, "removed_at_eps": {}}
+        return empty_duplicates(), {**details, "buckets": 0, "removed_at_eps": {}}
     kmeans = KMeansConfig(k=k, niter=job.niter, seed=job.seed)
-    sample = sample_rows(dataset, kmeans.sample_rows, [job.column], job.seed)
-    fit_started = time.perf_counter()
-    centroids = fit_spherical_kmeans(as_matrix(sample.column(job.column)), kmeans)
-    fit_seconds = time.perf_counter() - fit_started
+    with watch.stage("sample"):
+        sample = sample_rows(dataset, kmeans.sample_rows, [job.column], job.seed)
+    with watch.stage("fit"):
+        centroids = fit_spherical_kmeans(as_matrix(sample.column(job.column)), kmeans)
     del sample
 
     buckets = max(1, min(k, math.ceil(rows / job.rows_per_bucket)))
@@ -213,47 +219,33 @@ def _semantic(
     text_column = job.text_column if job.keep == KEEP_LONGEST else None
     columns = [ID, job.column] + ([text_column] if text_column else [])
     try:
-        partition_started = time.perf_counter()
-        partitioner = _Partitioner(centroids, job.column, removed, buckets, text_column)
-        read_ray_dataset(dataset, columns, dim).map_batches(
-            partitioner, batch_format="pyarrow", batch_size=None
-        ).write_parquet(work, partition_cols=[BUCKET])
-        partition_seconds = time.perf_counter() - partition_started
-
-        pairwise_started = time.perf_counter()
-        folders = sorted(
-            os.path.join(work, name) for name in os.listdir(work) if name.startswith(f"{BUCKET}=")
-        )
-        task = ray.remote(_dedup_bucket)
-        results = ray.get([task.remote(folder, job.column, config) for folder in folders])
-        pairwise_seconds = time.perf_counter() - pairwise_started
+        with watch.stage("assign_and_partition"):
+            partitioner = _Partitioner(centroids, job.column, removed, buckets, text_column, work)
+            counts = read_ray_dataset(dataset, columns, dim).map_batches(
+                partitioner, batch_format="pyarrow", batch_size=None
+            )
+            partitioned = sum(sum(batch["rows"]) for batch in counts.iter_batches(batch_format="numpy"))
+        if partitioned != rows:
+            msg = f"partitioned {partitioned} rows, expected {rows}; is --work-dir shared by every Ray node?"
+            raise RuntimeError(msg)
+        with watch.stage("pairwise"):
+            folders = bucket_folders(work)
+            task = ray.remote(_dedup_bucket)
+            results = ray.get([task.remote(folder, job.column, config) for folder in folders])
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    tables = [table for table, _ in results]
-    scores = np.concatenate([s for _, s in results]) if results else np.empty(0, np.float32)
-    near = pa.concat_tables(tables) if tables else empty_duplicates()
-    details = {
-        "k": k,
-        "eps": job.eps,
-        "rank": job.rank,
-        "keep": job.keep,
-        "column": job.column,
-        "buckets": len(folders),
-        "removed_at_eps": removed_at_eps(scores, EPS_SWEEP),
-        "seconds": {
-            "fit": round(fit_seconds, 3),
-            "assign_and_partition": round(partition_seconds, 3),
-            "pairwise": round(pairwise_seconds, 3),
-        },
-    }
-    return near, details
+    near = pa.concat_tables([table for table, _ in results]) if results else empty_duplicates()
+    scores = np.concatenate([scores for _, scores in results]) if results else np.empty(0, np.float32)
+    return near, {**details, "buckets": len(folders), "removed_at_eps": removed_at_eps(scores, EPS_SWEEP)}
 
 
 def _dedup_bucket(folder: str, column: str, config: SemDedupConfig) -> tuple[pa.Table, np.ndarray]:
     """Step 4 for one bucket: SemDeDup on each of its clusters; returns duplicate rows and every score."""
-    import pyarrow.parquet as pq
-
-    rows = pq.read_table(folder)
+    rows = read_bucket(folder)
+    ids = rows.column(ID).to_numpy(zero_copy_only=False)
+    _, first = np.unique(ids.astype(str), return_index=True)
+    if len(first) < len(ids):  # a retried partition task wrote its rows twice: keep one copy
+        rows = rows.take(np.sort(first))
     lengths = rows.column(LENGTH).to_numpy() if LENGTH in rows.column_names else None
     result = semdedup(
         rows.column(ID).to_numpy(zero_copy_only=False),
@@ -267,7 +259,7 @@ def _dedup_bucket(folder: str, column: str, config: SemDedupConfig) -> tuple[pa.
 
 
 def _work_dir(job: DedupJob) -> str:
-    """Scratch space for the bucketed Parquet: --work-dir, else beside the tables for a local OUTPUT."""
+    """Scratch space for the bucket files: --work-dir, else beside the tables for a local OUTPUT."""
     name = f"{job.table}_dedup_{uuid.uuid4().hex[:8]}"
     if job.work_dir:
         return os.path.join(job.work_dir, name)
@@ -276,49 +268,47 @@ def _work_dir(job: DedupJob) -> str:
     return os.path.join(tempfile.gettempdir(), name)
 
 
-def _minhash(job: DedupJob, dataset, removed: frozenset) -> tuple:
+def _minhash(job: DedupJob, dataset, removed: frozenset, watch: Stopwatch) -> tuple[pa.Table, dict]:
     """Signatures in parallel (Ray Data), then LSH and grouping in the driver."""
-    started = time.perf_counter()
-    hasher = MinHasher(job.text_column, job.num_perm, job.ngram, job.seed)
-    removed_ids = pa.array(sorted(removed), pa.string())
-
-    def drop_removed(batch: pa.Table) -> pa.Table:
-        if len(removed_ids) == 0:
-            return batch
-        return batch.filter(pc.invert(pc.is_in(batch.column(ID), value_set=removed_ids)))
-
-    ds = read_ray_dataset(dataset, [ID, job.text_column], 1)
-    ds = ds.map_batches(drop_removed, batch_format="pyarrow", batch_size=None)
-    ds = ds.map_batches(hasher, batch_format="pyarrow", batch_size=None)
-    parts = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
-    signed = pa.concat_tables(parts) if parts else None
-    signature_seconds = time.perf_counter() - started
-    if signed is None or signed.num_rows == 0:
-        near = empty_duplicates()
-    else:
-        sigs = as_matrix_uint(signed.column(SIGNATURE), job.num_perm)
-        near = minhash_duplicates(
-            signed.column(ID).to_numpy(zero_copy_only=False),
-            sigs,
-            job.threshold,
-            job.keep,
-            signed.column(LENGTH).to_numpy(),
-            job.seed,
+    with watch.stage("signatures"):
+        ds = read_ray_dataset(dataset, [ID, job.text_column], 1)
+        ds = ds.map_batches(_Dropper(removed), batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(
+            MinHasher(job.text_column, job.num_perm, job.ngram, job.seed),
+            batch_format="pyarrow",
+            batch_size=None,
         )
+        parts = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    with watch.stage("lsh"):
+        signed = pa.concat_tables(parts) if parts else None
+        near = empty_duplicates()
+        if signed is not None and signed.num_rows:
+            sigs = signed.column(SIGNATURE).combine_chunks().flatten().to_numpy().reshape(-1, job.num_perm)
+            near = minhash_duplicates(
+                signed.column(ID).to_numpy(zero_copy_only=False),
+                sigs,
+                job.threshold,
+                job.keep,
+                signed.column(LENGTH).to_numpy(),
+                job.seed,
+            )
     details = {
         "threshold": job.threshold,
         "num_perm": job.num_perm,
         "ngram": job.ngram,
         "keep": job.keep,
         "text_column": job.text_column,
-        "seconds": {
-            "signatures": round(signature_seconds, 3),
-            "lsh": round(time.perf_counter() - started - signature_seconds, 3),
-        },
     }
     return near, details
 
 
-def as_matrix_uint(column: pa.ChunkedArray, width: int) -> np.ndarray:
-    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return flat.reshape(-1, width)
+class _Dropper:
+    """Batch filter: rows whose id is in `ids` (the exact copies) leave before any further work."""
+
+    def __init__(self, ids: frozenset) -> None:
+        self.ids = pa.array(sorted(ids), pa.string())
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if len(self.ids) == 0:
+            return batch
+        return batch.filter(pc.invert(pc.is_in(batch.column(ID), value_set=self.ids)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -71,8 +72,27 @@ def num_blocks(rows: int, dim: int, min_blocks: int) -> int:
     return max(1, min(rows, max(min_blocks, by_size)))
 
 
+class Stopwatch:
+    """Seconds per named stage of a job, for its JSON summary."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 3)
+
+    def summary(self) -> dict[str, float]:
+        return {**self.seconds, "total": round(time.perf_counter() - self.started, 3)}
+
+
 @contextmanager
-def using_ray(address: str | None):
+def using_ray(address: str | None, watch: Stopwatch | None = None):
     """Ray for the parallel pass: join `address` (or the running Ray), else start a local one and stop it
     afterwards. Ray Data's progress bars are off: progress goes to the log."""
     import ray
@@ -80,7 +100,7 @@ def using_ray(address: str | None):
 
     from pipelines.ray_runtime import start_ray
 
-    with warnings.catch_warnings():
+    with (watch or Stopwatch()).stage("ray_start"), warnings.catch_warnings():
         # Ray spawns its services by fork+exec; lance's at-fork hooks warn about forks that never run lance.
         warnings.filterwarnings("ignore", message=".*fork")
         we_started = start_ray(address, num_cpus=os.cpu_count())
