@@ -53,6 +53,13 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def folder_name(folder: str) -> str:
+    """A readable model name for ids: the folder's name, or its parent's for generic names like "model"."""
+    path = os.path.normpath(folder)
+    name = os.path.basename(path)
+    return os.path.basename(os.path.dirname(path)) if name in ("model", "models", "weights") else name
+
+
 def weights_fingerprint(folder: str) -> str:
     """Cheap identity of a model folder's weights: config, file names, sizes and each file's first MiB.
 
