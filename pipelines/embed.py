@@ -55,7 +55,7 @@ class EmbedJob:
     keep_columns: list[str] = field(default_factory=list)
     address: str | None = None
     overwrite: bool = False
-    storage_options: dict = field(default_factory=dict)
+    storage_options: dict = field(default_factory=dict, repr=False)  # operators/storage.py settings
     actors: int | None = None  # encoder actors; default one per GPU, else one per 2 CPUs
     threads_per_actor: int | None = None
     rows_per_encode_batch: int = 1024

@@ -4,6 +4,9 @@ Ray 2.60's `Dataset.write_lance` fails with pylance 14 (ray-project/ray#65129), 
 driver-side writes do not scale. Workers write Lance data files (fragments) straight to the table's
 storage and hand back only their small metadata; the driver commits them in groups as they arrive,
 so a killed run keeps everything committed so far and a restart can pick up from there.
+
+A target's storage options are embedlake's storage settings (operators/storage.py); Lance gets the
+ones for the table's object store.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import lance
 import pyarrow as pa
 from lance.fragment import FragmentMetadata, write_fragments
 
+from operators.storage import lance_options, redacted_errors
+
 log = logging.getLogger(__name__)
 
 
@@ -26,21 +31,26 @@ class LanceTarget:
 
     uri: str
     table: str
-    storage_options: dict = field(default_factory=dict)
+    storage_options: dict = field(default_factory=dict, repr=False)
 
     @property
     def dataset_uri(self) -> str:
         return f"{self.uri.rstrip('/')}/{self.table}.lance"
 
+    @property
+    def lance_options(self) -> dict | None:
+        """What lance.dataset / write_fragments / commit take as `storage_options`."""
+        return dict(lance_options(self.uri, self.storage_options)) or None
+
     def exists(self) -> bool:
         try:
-            lance.dataset(self.dataset_uri, storage_options=self.storage_options or None)
+            lance.dataset(self.dataset_uri, storage_options=self.lance_options)
         except (ValueError, FileNotFoundError, OSError):
             return False
         return True
 
     def open(self) -> lance.LanceDataset:
-        return lance.dataset(self.dataset_uri, storage_options=self.storage_options or None)
+        return lance.dataset(self.dataset_uri, storage_options=self.lance_options)
 
 
 def ensure_table(target: LanceTarget, schema: pa.Schema, overwrite: bool = False) -> lance.LanceDataset:
@@ -66,7 +76,7 @@ def ensure_table(target: LanceTarget, schema: pa.Schema, overwrite: bool = False
         target.dataset_uri,
         schema=schema,
         mode="overwrite" if target.exists() else "create",
-        storage_options=target.storage_options or None,
+        storage_options=target.lance_options,
     )
 
 
@@ -78,13 +88,14 @@ def write_fragment_json(table: pa.Table, target: LanceTarget, schema: pa.Schema)
     if table.num_rows == 0:
         return []
     data = table.select(schema.names).cast(schema)
-    fragments = write_fragments(
-        data,
-        target.dataset_uri,
-        schema=schema,
-        mode="append",
-        storage_options=target.storage_options or None,
-    )
+    with redacted_errors(target.storage_options):
+        fragments = write_fragments(
+            data,
+            target.dataset_uri,
+            schema=schema,
+            mode="append",
+            storage_options=target.lance_options,
+        )
     return [json.dumps(fragment.to_json()) for fragment in fragments]
 
 
@@ -120,7 +131,7 @@ class ProgressiveCommitter:
             self.target.dataset_uri,
             lance.LanceOperation.Append(fragments),
             read_version=self.target.open().version,
-            storage_options=self.target.storage_options or None,
+            storage_options=self.target.lance_options,
         )
         self.rows_committed += sum(fragment.num_rows for fragment in fragments)
         self.commits += 1

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from operators.storage import redacted_errors
 from pipelines.embed import EmbedJob, run_embed
+from pipelines.storage_cli import add_storage_option, storage_from_args
 
 
 def int_list(value: str) -> list[int]:
@@ -39,6 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="rows handed to an encoder actor at a time (sorted and cut by token budget inside)")
     parser.add_argument("--max-tokens-per-batch", type=int, default=16384, help="padded tokens per forward pass")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    add_storage_option(parser)
     return parser
 
 
@@ -61,5 +64,7 @@ def run(args: argparse.Namespace) -> dict:
         rows_per_encode_batch=args.rows_per_encode_batch,
         max_tokens_per_batch=args.max_tokens_per_batch,
         progress=args.progress,
+        storage_options=storage_from_args(args),
     )
-    return run_embed(job)
+    with redacted_errors(job.storage_options):
+        return run_embed(job)
