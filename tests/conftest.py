@@ -34,9 +34,20 @@ def ray_session():
     """One local Ray for the whole run: 4 logical CPUs on 2 cores so two encoder actors and the
     read/write tasks fit, no dashboard, a small object store. Shut down at the end."""
     import ray
+
     from pipelines.ray_runtime import start_ray
 
     started = start_ray(address=None, num_cpus=4, object_store_memory=300 * 1024 * 1024)
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server on 127.0.0.1 (SeaweedFS, else moto), stopped at the end."""
+    from object_store_server import TEST_ACCESS_KEY, TEST_SECRET_KEY, start_s3_server
+
+    server = start_s3_server(tmp_path_factory.mktemp("s3"), TEST_ACCESS_KEY, TEST_SECRET_KEY)
+    yield server
+    server.stop()
