@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from operators.lake_layout import hive_partitions, hive_values, listing_base
-from operators.sources import ShardReader, count_rows, find_shards, read_schema
+from operators.sources import ShardReader, check_columns, count_rows, find_shards, read_schema
 
 
 @pytest.fixture
@@ -43,10 +43,9 @@ def test_reader_keeps_partition_columns_from_the_path(hive_lake):
                     "4": ("de", "2026"), "5": ("de", "2026"), "6": ("de", "2026"), "7": ("pt BR", None)}
 
 
-def test_a_column_missing_from_file_and_path_still_fails(hive_lake):
-    path = find_shards(str(hive_lake)).files[0]
+def test_a_column_in_neither_files_nor_paths_is_reported_with_the_partition_columns(hive_lake):
     with pytest.raises(ValueError, match=r"no column\(s\) 'region'; columns found: id, text, lang, year"):
-        list(ShardReader("id", "text", ["region"]).read(path))
+        check_columns(read_schema(find_shards(str(hive_lake))), ["id", "text", "region"], "input")
 
 
 def test_glob_lists_from_its_base_and_skips_folders(hive_lake):
