@@ -231,7 +231,7 @@ def test_credentials_never_appear_in_output_logs_or_tables(s3_embedded, s3_serve
 
     db = open_lance(s3_server, bucket)
     names = list(db.table_names())
-    assert {"docs", "docs_quarantine"} <= set(names)  # and docs_runs, once the run log lands
+    assert {"docs", "docs_quarantine", "docs_runs"} <= set(names)
     for name in names:
         text = json.dumps(db.open_table(name).to_arrow().to_pylist(), default=str)
         for secret in secrets:
