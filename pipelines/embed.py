@@ -84,6 +84,7 @@ class EmbedJob:
     skip_bad_files: bool = False
     storage_options: dict = field(default_factory=dict, repr=False)  # operators/storage.py settings
     actors: int | None = None  # encoder actors; default one per GPU, else one per 2 CPUs
+    actor_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per encoder actor
     threads_per_actor: int | None = None
     rows_per_encode_batch: int = 1024
     rows_per_write: int = 4096
@@ -282,6 +283,7 @@ def _execute(job: EmbedJob, scan, spec: EncoderSpec, tables: Tables, run_id: str
             compute=ActorPoolStrategy(size=actors),
             num_gpus=1 if gpus else 0,
             num_cpus=1,
+            resources=job.actor_resources or None,
         )
         .map_batches(
             partial(write_batch, tables=tables, run_id=run_id),
