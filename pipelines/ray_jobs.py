@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import shlex
 import time
 import tomllib
@@ -61,13 +62,15 @@ def entrypoint(argv: Sequence[str], python: str = "python") -> str:
 
 
 def project_requirements(root: Path) -> list[str]:
-    """The `[project] dependencies` of the project's pyproject.toml (what `pip install .` would pull)."""
+    """The `[project] dependencies` of the project's pyproject.toml (what `pip install .` would pull),
+    less Ray itself: a runtime env must use the cluster's Ray."""
     pyproject = root / "pyproject.toml"
     if not pyproject.exists():
         msg = f"{pyproject} not found: cannot read the requirements to install"
         raise ValueError(msg)
     with pyproject.open("rb") as handle:
-        return list(tomllib.load(handle).get("project", {}).get("dependencies", []))
+        requirements = tomllib.load(handle).get("project", {}).get("dependencies", [])
+    return [req for req in requirements if re.split(r"[\[<>=!~; ]", req, maxsplit=1)[0].lower() != "ray"]
 
 
 def build_runtime_env(

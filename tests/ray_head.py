@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from object_store_server import HOST, free_port, stop_process
+from tests.object_store_server import HOST, free_port, stop_process
 
 DASHBOARD_MODULES = ("aiohttp_cors", "opencensus", "prometheus_client", "grpc")
 

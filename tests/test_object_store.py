@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from object_store_server import TEST_ACCESS_KEY, TEST_SECRET_KEY
 
 from operators.sources import ShardReader, count_rows, find_shards
 from operators.storage import connect, resolve_storage
 from pipelines.cli import main
+from tests.object_store_server import TEST_ACCESS_KEY, TEST_SECRET_KEY
 
 BUCKET = "embedlake-lake"
 AWS_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",

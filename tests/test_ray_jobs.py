@@ -34,6 +34,7 @@ def test_runtime_env_uploads_the_project_without_environments_and_installs_only_
     assert {".venv", ".git", "*.lance"} <= set(env["excludes"])
     with_deps = build_runtime_env(root, install_requirements=True, pip=["boto3"])
     assert any(req.startswith("lancedb") for req in with_deps["pip"]) and with_deps["pip"][-1] == "boto3"
+    assert not any(req.startswith("ray") for req in with_deps["pip"])  # the cluster's own Ray stays
     assert build_runtime_env(None, pip=["x==1"]) == {"pip": ["x==1"]}
     with pytest.raises(ValueError, match="not the embedlake project"):
         build_runtime_env(root / "tests")

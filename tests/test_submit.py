@@ -12,9 +12,9 @@ import lancedb
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from ray_head import start_ray_head
 
 from pipelines.ray_runtime import project_root
+from tests.ray_head import start_ray_head
 
 pytestmark = pytest.mark.ray
 SUBMIT_TIMEOUT = 420
