@@ -32,7 +32,8 @@ PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 # Parquet reads are ranged (footer, then the needed column chunks): no read-ahead, which on object
 # stores would fetch the columns we skip.
 READ_CACHE = "none"
-FOOTER_THREADS = 32
+FOOTER_THREADS = 32  # concurrent footer / id-column reads on object stores
+LOCAL_SCAN_THREADS = 8
 
 
 @dataclass
@@ -253,10 +254,11 @@ class InputScan:
 
 
 def scan_input(
-    shards: ShardSet, required: Sequence[str], id_column: str, skip_bad_files: bool = False, threads: int = 8
+    shards: ShardSet, required: Sequence[str], id_column: str, skip_bad_files: bool = False, threads: int | None = None
 ) -> InputScan:
     """Read only the id column of every shard (in parallel threads): counts rows, finds duplicate ids,
-    and finds corrupt or schema-broken files before any work is spent on them."""
+    and finds corrupt or schema-broken files before any work is spent on them. On an object store each
+    shard costs round trips rather than CPU, so more of them run at once there."""
     from concurrent.futures import ThreadPoolExecutor
 
     fs = shards.filesystem()
@@ -275,6 +277,7 @@ def scan_input(
         ids = ids if pa.types.is_string(ids.type) else pc.cast(ids, pa.string())
         return ids.combine_chunks()
 
+    threads = threads or (LOCAL_SCAN_THREADS if shards.protocol in ("file", "local") else FOOTER_THREADS)
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(shards.files)))) as pool:
         results = list(pool.map(read_ids, shards.files))
     bad_files = {path: result for path, result in zip(shards.files, results, strict=True) if isinstance(result, str)}

@@ -162,14 +162,10 @@ def start_s3_server(workdir: Path, access_key: str, secret_key: str) -> S3Server
     return start_moto(access_key, secret_key)
 
 
-def stop_process(process: subprocess.Popen, grace: float = 3.0, term_group: bool = True) -> None:
-    """SIGTERM the process group we started (or only its leader, which then stops its children), then
-    SIGKILL what is left of the group; by pid, never by name."""
+def stop_process(process: subprocess.Popen, grace: float = 3.0) -> None:
+    """SIGTERM the process group we started, then SIGKILL what is left of it; by pid, never by name."""
     if process.poll() is None:
-        if term_group:
-            _signal_group(process.pid, signal.SIGTERM)
-        else:
-            process.terminate()
+        _signal_group(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=grace)
         except subprocess.TimeoutExpired:

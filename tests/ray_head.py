@@ -33,14 +33,15 @@ class RayHead:
     log_file: object = field(default=None, repr=False)
 
     def client_env(self) -> dict[str, str]:
-        """The environment a user on this machine would submit with: the cluster's token."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        """The environment a user would submit with: the cluster's token, and no cloud credentials (those
+        belong to the cluster's nodes)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "AWS_"))}
         env["RAY_AUTH_TOKEN"] = self.token
         return env
 
     def stop(self) -> None:
-        # `ray start --block` stops its own processes on SIGTERM; the group is SIGKILLed after that.
-        stop_process(self.process, grace=30.0, term_group=False)
+        # SIGTERM, then SIGKILL, to this head's process group; its state lives in temp_dir, removed below.
+        stop_process(self.process, grace=5.0)
         if self.log_file is not None:
             self.log_file.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
@@ -52,7 +53,9 @@ def missing_dashboard_modules() -> list[str]:
     return [name for name in DASHBOARD_MODULES if importlib.util.find_spec(name) is None]
 
 
-def start_ray_head(num_cpus: int = 3, timeout: float = 180.0) -> RayHead:
+def start_ray_head(num_cpus: int = 3, node_env: dict[str, str] | None = None, timeout: float = 180.0) -> RayHead:
+    """A head whose processes (and so the jobs' drivers and workers) see `node_env`, the way a cluster's
+    nodes carry their cloud credentials."""
     missing = missing_dashboard_modules()
     if missing:
         msg = f"the Ray Jobs API needs ray[default] (missing {', '.join(missing)}): pip install 'ray[default]'"
@@ -67,6 +70,7 @@ def start_ray_head(num_cpus: int = 3, timeout: float = 180.0) -> RayHead:
         "RAY_USAGE_STATS_ENABLED": "0",
         # The job's `python` must be this environment's, as a cluster image's would be.
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        **(node_env or {}),
     }
     command = [
         str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",

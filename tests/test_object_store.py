@@ -22,7 +22,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from operators.sources import ShardReader, count_rows, find_shards
+from operators.sources import ShardReader, count_rows, find_shards, scan_input
 from operators.storage import connect, resolve_storage
 from pipelines.cli import main
 from tests.object_store_server import TEST_ACCESS_KEY, TEST_SECRET_KEY
@@ -98,8 +98,8 @@ def count_s3_calls():
 
 
 def test_thousands_of_small_shards_list_once_and_count_in_parallel(s3_server, bucket, s3fs_client, tmp_path):
-    """1,000 one-row shards in 10 hive partitions: one paged listing, no per-file stat, footers read
-    concurrently."""
+    """1,000 one-row shards in 10 hive partitions: one paged listing, no per-file stat, footers and id
+    columns read concurrently."""
     local = tmp_path / "many"
     for shard in range(1000):
         folder = local / f"day={shard % 10:02d}"
@@ -118,6 +118,9 @@ def test_thousands_of_small_shards_list_once_and_count_in_parallel(s3_server, bu
     with count_s3_calls() as footers:
         assert count_rows(shards) == 1000
     assert footers["max_in_flight"] > 4, footers
+    with count_s3_calls() as scan:  # the pipeline's pre-scan of every shard's id column
+        assert scan_input(shards, ["id", "text"], "id").rows_in == 1000
+    assert scan["max_in_flight"] > 4, scan
 
 
 def test_reader_fetches_only_the_columns_it_needs(s3_server, bucket, s3fs_client):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import traceback
+from pathlib import Path
 
 import pytest
 import yaml
@@ -123,3 +124,12 @@ def test_credentials_are_refused_on_the_command_line(capsys):
         parse_args(["embed", "in", "out", "--storage", f"aws_secret_access_key={SECRET}"])
     err = capsys.readouterr().err
     assert "is a credential" in err and SECRET not in err
+
+
+def test_shipped_s3_config_parses(monkeypatch):
+    for name in AWS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    config = Path(__file__).resolve().parent.parent / "conf" / "lake_s3.yaml"
+    args, _ = parse_args(["embed", "s3://b/lake/", "s3://b/db", "--config", str(config)])
+    assert storage_from_args(args) == {"aws_region": "us-east-1"}
+    assert args.dims == [256, 128, 64]

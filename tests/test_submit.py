@@ -1,6 +1,8 @@
-"""`embedlake submit` against a real Ray head started here (`ray start --head`, token auth on):
-the job runs the embed command from the uploaded project, its logs stream back, the exit status is
-the job's, and the cluster's token is used but never printed."""
+"""`embedlake submit` against a real Ray head started here (`ray start --head`, token auth on): the job
+runs the embed command from the uploaded project over an S3 lake into an S3 table, its logs stream
+back, the exit status is the job's. The S3 credentials live on the cluster's node (as an instance
+role or pod secret would), not with the submitter; neither they nor the cluster token are printed or
+stored in the job's record."""
 
 from __future__ import annotations
 
@@ -8,32 +10,39 @@ import json
 import subprocess
 import sys
 
-import lancedb
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from operators.storage import connect
+from pipelines.ray_jobs import job_client
 from pipelines.ray_runtime import project_root
+from tests.object_store_server import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.ray_head import start_ray_head
 
 pytestmark = pytest.mark.ray
 SUBMIT_TIMEOUT = 420
+BUCKET = "embedlake-submit"
 
 
 @pytest.fixture(scope="module")
-def ray_head():
-    head = start_ray_head()
+def ray_head(s3_server):
+    head = start_ray_head(node_env=s3_server.env())
     yield head
     head.stop()
 
 
 @pytest.fixture(scope="module")
-def small_lake(sample_dir, tmp_path_factory) -> str:
+def s3_lake(s3_server, sample_dir, tmp_path_factory) -> str:
+    s3_server.create_bucket(BUCKET)
     folder = tmp_path_factory.mktemp("submit-lake")
-    rows = ds.dataset(str(sample_dir)).to_table().slice(0, 40)
+    rows = ds.dataset(str(sample_dir)).to_table().slice(100, 40)
     for shard in range(2):
         pq.write_table(rows.slice(shard * 20, 20), folder / f"part-{shard}.parquet")
-    return str(folder)
+    client = s3_server.client()
+    for path in sorted(folder.iterdir()):
+        client.upload_file(str(path), BUCKET, f"lake/{path.name}")
+    return f"s3://{BUCKET}/lake/"
 
 
 def submit(env: dict, *argv: str, timeout: float = SUBMIT_TIMEOUT) -> subprocess.CompletedProcess:
@@ -41,17 +50,23 @@ def submit(env: dict, *argv: str, timeout: float = SUBMIT_TIMEOUT) -> subprocess
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_submitted_embed_job_streams_logs_and_writes_the_table(ray_head, small_lake, tmp_path):
-    output = tmp_path / "out"
+def test_submitted_embed_job_streams_logs_and_writes_the_table(ray_head, s3_server, s3_lake):
+    output = f"s3://{BUCKET}/lance"
     done = submit(ray_head.client_env(), "--address", ray_head.dashboard, "--json", "--",
-                  "embed", small_lake, str(output), "--table", "docs", "--actors", "1", "--no-progress", "--json")
+                  "embed", s3_lake, output, "--table", "docs", "--actors", "1", "--no-progress", "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["status"] == "SUCCEEDED" and result["job_id"]
     assert result["result"]["rows_written"] == 40  # the job's own --json summary, read from its logs
     assert '"rows_written": 40' in done.stderr  # logs streamed (to stderr under --json)
-    assert lancedb.connect(str(output)).open_table("docs").count_rows() == 40
-    assert ray_head.token not in done.stdout + done.stderr
+    assert connect(output, environ=s3_server.env()).open_table("docs").count_rows() == 40
+
+    record = job_client(ray_head.dashboard, ray_head.client_env()).get_job_info(result["job_id"])
+    assert record.runtime_env["working_dir"].startswith(("gcs://", "file://", "/")) and "pip" not in record.runtime_env
+    stored = json.dumps([record.runtime_env, record.metadata, record.entrypoint, record.message])
+    for secret in (ray_head.token, TEST_ACCESS_KEY, TEST_SECRET_KEY):
+        assert secret not in done.stdout + done.stderr
+        assert secret not in stored
 
 
 def test_a_failing_job_exits_with_its_own_status(ray_head):
