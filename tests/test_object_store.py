@@ -115,6 +115,11 @@ def test_thousands_of_small_shards_list_once_and_count_in_parallel(s3_server, bu
     assert listing["calls"].get("head_object", 0) <= 2, listing["calls"]
     assert listing["calls"].get("list_objects_v2", 0) <= 3, listing["calls"]  # 1,000 keys a page
 
+    with count_s3_calls() as globbing:
+        picked = find_shards(f"s3://{bucket}/many/day=0[0-1]/*.parquet", settings)
+    assert len(picked.files) == 200 and picked.partitions.names == ["day"]
+    assert globbing["calls"].get("head_object", 0) <= 2, globbing["calls"]
+
     with count_s3_calls() as footers:
         assert count_rows(shards) == 1000
     assert footers["max_in_flight"] > 4, footers
