@@ -70,6 +70,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str
             raise UsageError(msg)
         subparser.set_defaults(**{key.replace("-", "_"): value for key, value in config.items()})
         args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args, modules
 
 
@@ -94,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.exception("command failed")
         reason = " ".join(str(error).split()) or type(error).__name__
         print(f"embedlake: error: {reason}", file=sys.stderr)
-        return 1
+        code = getattr(error, "exit_code", None)  # e.g. a submitted job's own exit status
+        return code if isinstance(code, int) and code > 0 else 1
     emit(result, as_json=args.json)
     return 0
 

@@ -35,6 +35,17 @@ class EncodedBatch:
 
 
 @dataclass
+class EncoderDescription:
+    """What the driver needs to know about an encoder's output without loading its weights."""
+
+    model_id: str
+    fields: list[pa.Field]
+    max_length: int
+    dimension: int
+    dims: list[int] = field(default_factory=list)
+
+
+@dataclass
 class BatchLimits:
     """How a list of texts is cut into model batches."""
 
@@ -53,25 +64,38 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def weights_fingerprint(folder: str) -> str:
-    """Cheap identity of a model folder's weights: config, file names, sizes and each file's first MiB.
+def folder_name(folder: str) -> str:
+    """A readable model name for ids: the folder's name, or its parent's for generic names like "model"."""
+    path = os.path.normpath(folder)
+    name = os.path.basename(path)
+    return os.path.basename(os.path.dirname(path)) if name in ("model", "models", "weights") else name
 
-    Hashing multi-GB weight files whole at every actor start costs seconds; size plus the first MiB
-    (which holds safetensors' header with every tensor's offsets) changes whenever the weights do in
-    practice.
+
+def weights_fingerprint(folder: str) -> str:
+    """Cheap identity of a model folder's weights: file names and sizes, plus for each file its first
+    and last MiB and 8 MiB-sized samples spread through it.
+
+    Hashing multi-GB weight files whole at every start costs seconds; the first MiB alone (the
+    safetensors header plus the embeddings) would miss a fine-tune that froze the embeddings, so the
+    samples reach every part of the file.
     """
     import hashlib
 
+    chunk = 1 << 20
     digest = hashlib.sha256()
     for root, _dirs, files in sorted(os.walk(folder)):
         for name in sorted(files):
             if name.startswith(".") or name.endswith(".md"):
                 continue
             path = os.path.join(root, name)
+            size = os.path.getsize(path)
             digest.update(os.path.relpath(path, folder).encode())
-            digest.update(str(os.path.getsize(path)).encode())
+            digest.update(str(size).encode())
+            offsets = sorted({0, max(0, size - chunk), *(size * k // 9 for k in range(1, 9))})
             with open(path, "rb") as handle:
-                digest.update(handle.read(1 << 20))
+                for offset in offsets:
+                    handle.seek(offset)
+                    digest.update(handle.read(chunk))
     return digest.hexdigest()[:16]
 
 
@@ -123,6 +147,8 @@ class TransformerEncoder(Encoder):
     # -- the shared loop ---------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         """Token ids per text, truncated to max_length, and whether each text was truncated."""
+        if not texts:
+            return [], np.zeros(0, dtype=bool)
         char_limit = self.max_length * CHARS_PER_TOKEN_BOUND
         cut = [len(text) > char_limit for text in texts]
         clipped = [text[:char_limit] if too_long else text for text, too_long in zip(texts, cut, strict=True)]

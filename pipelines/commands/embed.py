@@ -1,0 +1,96 @@
+"""`embedlake embed INPUT OUTPUT`: embed Parquet shards into a LanceDB table."""
+
+from __future__ import annotations
+
+import argparse
+
+from operators.storage import redacted_errors
+from pipelines.embed import EmbedJob, run_embed
+from pipelines.storage_cli import add_storage_option, storage_from_args
+
+
+def int_list(value: str) -> list[int]:
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError as error:
+        msg = f"expected comma-separated integers, got {value!r}"
+        raise argparse.ArgumentTypeError(msg) from error
+
+
+def name_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def resource_amounts(value: str) -> dict[str, float]:
+    """`encoder=1,accelerator_type:A10G=0.01` into {name: amount}."""
+    amounts = {}
+    for part in name_list(value):
+        name, sep, amount = part.rpartition("=")
+        msg = f"expected NAME=AMOUNT pairs, got {part!r}"
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(msg)
+        try:
+            amounts[name.strip()] = float(amount)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(msg) from error
+    return amounts
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("embed", help="embed Parquet shards into a LanceDB table")
+    parser.add_argument("input", help="Parquet file, folder, glob or fsspec URI (s3://, gs://, file://)")
+    parser.add_argument("output", help="LanceDB URI: a local folder or s3://bucket/path")
+    parser.add_argument("--table", default="docs")
+    parser.add_argument("--model", default="minilm", help="'minilm' (packaged all-MiniLM-L6-v2) or a model folder")
+    parser.add_argument("--id-column", default="id")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--dims", type=int_list, default=[], help="nested Matryoshka sizes, e.g. 256,128,64")
+    parser.add_argument("--outputs", type=name_list, default=[], help="BGE-M3 outputs: dense,sparse,colbert")
+    parser.add_argument("--max-length", type=int, default=None, help="tokens per text (longer texts are cut)")
+    parser.add_argument("--keep-columns", type=name_list, default=[], help="input columns copied to the table")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the table instead of updating it")
+    parser.add_argument("--sync-deletes", action="store_true", help="delete table rows whose id left the input")
+    parser.add_argument("--skip-bad-files", action="store_true",
+                        help="quarantine unreadable shards whole and go on (default: fail naming the file)")
+    parser.add_argument("--actors", type=int, default=None, help="encoder actors (default: one per GPU, else CPUs/2)")
+    parser.add_argument("--threads-per-actor", type=int, default=None)
+    parser.add_argument("--rows-per-batch", dest="rows_per_encode_batch", type=int, default=1024,
+                        help="rows handed to an encoder actor at a time (sorted and cut by token budget inside)")
+    parser.add_argument("--rows-per-write", type=int, default=4096, help="rows per upsert commit")
+    parser.add_argument("--max-tokens-per-batch", type=int, default=16384, help="padded tokens per forward pass")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--actor-resources", type=resource_amounts, default={}, metavar="NAME=AMOUNT,...",
+                        help="custom Ray resources each encoder actor needs, to place actors on node groups")
+    add_storage_option(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    job = EmbedJob(
+        input=args.input,
+        output=args.output,
+        table=args.table,
+        model=args.model,
+        id_column=args.id_column,
+        text_column=args.text_column,
+        dims=args.dims,
+        outputs=args.outputs,
+        max_length=args.max_length,
+        keep_columns=args.keep_columns,
+        address=args.address,
+        overwrite=args.overwrite,
+        sync_deletes=args.sync_deletes,
+        skip_bad_files=args.skip_bad_files,
+        rows_per_write=args.rows_per_write,
+        command=["embedlake", *getattr(args, "argv", [])],
+        actors=args.actors,
+        threads_per_actor=args.threads_per_actor,
+        rows_per_encode_batch=args.rows_per_encode_batch,
+        max_tokens_per_batch=args.max_tokens_per_batch,
+        progress=args.progress,
+        storage_options=storage_from_args(args),
+        actor_resources=args.actor_resources,
+    )
+    with redacted_errors(job.storage_options):
+        return run_embed(job)
