@@ -63,6 +63,8 @@ PROJECTION_SAMPLE = 5_000
 
 @dataclass(frozen=True)
 class ClusterJob:
+    """One clustering run's options (pipelines/commands/cluster.py says what each means)."""
+
     uri: str
     table: str
     k: int

@@ -51,6 +51,7 @@ from operators.minhash import (
 )
 from operators.schema import (
     CLUSTER,
+    DENSE,
     DISTANCE,
     DUPLICATE_OF,
     DUPLICATES_SCHEMA,
@@ -89,10 +90,12 @@ EPS_SWEEP = (0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
 
 @dataclass(frozen=True)
 class DedupJob:
+    """One dedup run's options (pipelines/commands/dedup.py says what each means)."""
+
     uri: str
     table: str
     eps: float = DEFAULT_EPS
-    column: str = "dense"
+    column: str = DENSE
     method: str = SEMANTIC
     k: int | None = None
     rank: str = RANK_HARD
