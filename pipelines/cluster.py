@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -43,16 +44,15 @@ from operators.schema import (
 )
 from operators.vectors import as_matrix, to_vector_array
 from pipelines.downstream import (
+    Lake,
     Stopwatch,
     is_local_uri,
     local_path,
-    open_table,
     read_ray_dataset,
     require_column,
     sample_rows,
     using_ray,
     vector_dim,
-    write_table,
 )
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class ClusterJob:
     silhouette_sample: int = DEFAULT_SILHOUETTE_SAMPLE
     plot_dir: str | None = None
     address: str | None = None
+    storage_options: Mapping = field(default_factory=dict, repr=False)  # operators/storage.py settings
 
 
 def report_dir(uri: str, table: str, plot_dir: str | None) -> str:
@@ -97,7 +98,8 @@ def run_cluster(job: ClusterJob) -> dict:
         seed=job.seed,
         max_points_per_centroid=job.max_points_per_centroid,
     )
-    table = open_table(job.uri, job.table)
+    lake = Lake(job.uri, job.storage_options)
+    table = lake.open_table(job.table)
     dataset = table.to_lance()
     dim = vector_dim(dataset.schema, job.column, job.table)
     if job.labels_column:
@@ -118,19 +120,17 @@ def run_cluster(job: ClusterJob) -> dict:
     passthrough = (job.labels_column,) if job.labels_column else ()
     collected = _Collector(job.k, job.labels_column)
     with using_ray(job.address, watch), watch.stage("assign_and_write"):
-        assigned = read_ray_dataset(dataset, [ID, job.column, *passthrough], dim).map_batches(
+        assigned = read_ray_dataset(lake, dataset, [ID, job.column, *passthrough], dim).map_batches(
             CentroidAssigner(centroids, job.column, passthrough), batch_format="pyarrow", batch_size=None
         )
-        write_table(job.uri, clusters_table_name(job.table), CLUSTERS_SCHEMA, collected.consume(assigned))
+        lake.write_table(clusters_table_name(job.table), CLUSTERS_SCHEMA, collected.consume(assigned))
         sizes = collected.sizes
         centroid_rows = {
             CLUSTER: pa.array(np.arange(job.k, dtype=np.int32)),
             CENTROID: to_vector_array(centroids),
             SIZE: pa.array(sizes.astype(np.int64)),
         }
-        write_table(
-            job.uri, centroids_table_name(job.table), centroids_schema(dim), [pa.table(centroid_rows)]
-        )
+        lake.write_table(centroids_table_name(job.table), centroids_schema(dim), [pa.table(centroid_rows)])
 
     result = {
         "table": job.table,
@@ -182,9 +182,7 @@ class _Collector:
         return np.concatenate(self._clusters) if self._clusters else np.empty(0, dtype=np.int32)
 
     def labels(self) -> pa.ChunkedArray:
-        chunks = [
-            c for part in self._labels for c in (part.chunks if isinstance(part, pa.ChunkedArray) else [part])
-        ]
+        chunks = [c for part in self._labels for c in (part.chunks if isinstance(part, pa.ChunkedArray) else [part])]
         return pa.chunked_array(chunks)
 
 

@@ -19,7 +19,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -62,16 +63,15 @@ from operators.schema import (
 from operators.vectors import as_matrix
 from pipelines.buckets import BUCKET, bucket_folders, read_bucket, write_buckets
 from pipelines.downstream import (
+    Lake,
     Stopwatch,
     is_local_uri,
     local_path,
-    open_table,
     read_ray_dataset,
     require_column,
     sample_rows,
     using_ray,
     vector_dim,
-    write_table,
 )
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ class DedupJob:
     ngram: int = DEFAULT_NGRAM
     rows_per_bucket: int = ROWS_PER_BUCKET
     address: str | None = None
+    storage_options: Mapping = field(default_factory=dict, repr=False)  # operators/storage.py settings
 
 
 def default_k(rows: int) -> int:
@@ -123,7 +124,8 @@ def run_dedup(job: DedupJob) -> dict:
         msg = f"method must be one of {', '.join(METHODS)}, got {job.method!r}"
         raise ValueError(msg)
     config = SemDedupConfig(eps=job.eps, rank=job.rank, keep=job.keep, block=job.block, seed=job.seed)
-    table = open_table(job.uri, job.table)
+    lake = Lake(job.uri, job.storage_options)
+    table = lake.open_table(job.table)
     dataset = table.to_lance()
     schema = dataset.schema
     if job.method == MINHASH or job.keep == KEEP_LONGEST:
@@ -143,12 +145,12 @@ def run_dedup(job: DedupJob) -> dict:
         raise ValueError(msg)
     with using_ray(job.address, watch):
         if job.method == SEMANTIC:
-            near, details = _semantic(job, config, dataset, dim, k, left, removed, watch)
+            near, details = _semantic(job, config, lake, dataset, dim, k, left, removed, watch)
         else:
-            near, details = _minhash(job, dataset, removed, watch)
+            near, details = _minhash(job, lake, dataset, removed, watch)
     with watch.stage("write"):
         duplicates = resolve_exact(exact, near)
-        write_table(job.uri, duplicates_table_name(job.table), DUPLICATES_SCHEMA, [duplicates])
+        lake.write_table(duplicates_table_name(job.table), DUPLICATES_SCHEMA, [duplicates])
     count = duplicates.num_rows
     return {
         "table": job.table,
@@ -198,6 +200,7 @@ class _Partitioner:
 def _semantic(
     job: DedupJob,
     config: SemDedupConfig,
+    lake: Lake,
     dataset,
     dim: int,
     k: int,
@@ -224,7 +227,7 @@ def _semantic(
     try:
         with watch.stage("assign_and_partition"):
             partitioner = _Partitioner(centroids, job.column, removed, buckets, text_column, work)
-            counts = read_ray_dataset(dataset, columns, dim).map_batches(
+            counts = read_ray_dataset(lake, dataset, columns, dim).map_batches(
                 partitioner, batch_format="pyarrow", batch_size=None
             )
             partitioned = sum(sum(batch["rows"]) for batch in counts.iter_batches(batch_format="numpy"))
@@ -271,10 +274,10 @@ def _work_dir(job: DedupJob) -> str:
     return os.path.join(tempfile.gettempdir(), name)
 
 
-def _minhash(job: DedupJob, dataset, removed: frozenset, watch: Stopwatch) -> tuple[pa.Table, dict]:
+def _minhash(job: DedupJob, lake: Lake, dataset, removed: frozenset, watch: Stopwatch) -> tuple[pa.Table, dict]:
     """Signatures in parallel (Ray Data), then LSH and grouping in the driver."""
     with watch.stage("signatures"):
-        ds = read_ray_dataset(dataset, [ID, job.text_column], 1)
+        ds = read_ray_dataset(lake, dataset, [ID, job.text_column], 1)
         ds = ds.map_batches(_Dropper(removed), batch_format="pyarrow", batch_size=None)
         ds = ds.map_batches(
             MinHasher(job.text_column, job.num_perm, job.ngram, job.seed),

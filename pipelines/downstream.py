@@ -11,26 +11,63 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+
+from operators.storage import StorageSettings
 
 # Ray Data blocks of about this many bytes of vectors: big enough to amortise a task, small enough to stream.
 BLOCK_BYTES = 64 * 1024 * 1024
 
 
-def open_table(uri: str, name: str):
-    """The LanceDB table `name` at `uri`, or a one-line ValueError naming what is missing."""
-    import lancedb
+@dataclass(frozen=True)
+class Lake:
+    """A LanceDB database (local folder or object-store URI) and the storage settings to reach it
+    (operators/storage.py: environment, config `storage:` section, --storage)."""
 
-    db = lancedb.connect(uri)
-    try:
-        return db.open_table(name)
-    except (ValueError, FileNotFoundError) as error:
-        msg = f"table {name!r} not found at {uri}"
-        raise ValueError(msg) from error
+    uri: str
+    storage: Mapping = field(default_factory=dict, repr=False)
+
+    def connect(self):
+        from operators.storage import connect
+
+        return connect(self.uri, self.storage)
+
+    def lance_options(self) -> dict | None:
+        """The settings as Lance storage options, for readers in Ray workers."""
+        from operators.storage import lance_options, resolve_storage
+
+        settings = self.storage if isinstance(self.storage, StorageSettings) else resolve_storage(self.storage)
+        return dict(lance_options(self.uri, settings)) or None
+
+    def open_table(self, name: str):
+        """The table `name`, or a one-line ValueError naming what is missing."""
+        db = self.connect()
+        try:
+            return db.open_table(name)
+        except (ValueError, FileNotFoundError) as error:
+            msg = f"table {name!r} not found at {self.uri}"
+            raise ValueError(msg) from error
+
+    def write_table(self, name: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch | pa.Table]):
+        """Create or replace table `name` from a stream of batches, as one commit (readers never see half)."""
+
+        def record_batches() -> Iterator[pa.RecordBatch]:
+            wrote = False
+            for batch in batches:
+                table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+                for record_batch in table.select(schema.names).cast(schema).to_batches():
+                    wrote = True
+                    yield record_batch
+            if not wrote:  # an empty result is still a table, with the right columns
+                yield pa.RecordBatch.from_pylist([], schema=schema)
+
+        reader = pa.RecordBatchReader.from_batches(schema, record_batches())
+        return self.connect().create_table(name, data=reader, mode="overwrite")
 
 
 def vector_dim(schema: pa.Schema, column: str, table: str) -> int:
@@ -114,32 +151,16 @@ def using_ray(address: str | None, watch: Stopwatch | None = None):
             ray.shutdown()
 
 
-def read_ray_dataset(dataset, columns: list[str], dim: int):
+def read_ray_dataset(lake: Lake, dataset, columns: list[str], dim: int):
     """The table as a Ray Data dataset of `columns`, in blocks sized for vectors of `dim`."""
     import ray
 
     from pipelines.ray_runtime import cluster_cpus
 
     blocks = num_blocks(dataset.count_rows(), dim, cluster_cpus())
-    return ray.data.read_lance(dataset.uri, columns=columns, override_num_blocks=blocks)
-
-
-def write_table(uri: str, name: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch | pa.Table]):
-    """Create or replace table `name` from a stream of batches, as one commit (readers never see half)."""
-    import lancedb
-
-    def record_batches() -> Iterator[pa.RecordBatch]:
-        wrote = False
-        for batch in batches:
-            table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
-            for record_batch in table.select(schema.names).cast(schema).to_batches():
-                wrote = True
-                yield record_batch
-        if not wrote:  # an empty result is still a table, with the right columns
-            yield pa.RecordBatch.from_pylist([], schema=schema)
-
-    reader = pa.RecordBatchReader.from_batches(schema, record_batches())
-    return lancedb.connect(uri).create_table(name, data=reader, mode="overwrite")
+    return ray.data.read_lance(
+        dataset.uri, columns=columns, storage_options=lake.lance_options(), override_num_blocks=blocks
+    )
 
 
 def is_local_uri(uri: str) -> bool:

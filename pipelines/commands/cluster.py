@@ -6,6 +6,8 @@ import argparse
 
 from operators.cluster import DEFAULT_MAX_POINTS_PER_CENTROID, DEFAULT_NITER, DEFAULT_SEED
 from operators.schema import DENSE
+from operators.storage import redacted_errors
+from pipelines.storage_cli import add_storage_option, storage_from_args
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -20,9 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("output", help="LanceDB URI: a local folder or s3://bucket/path")
     parser.add_argument("--table", required=True)
     parser.add_argument("--k", type=int, required=True, help="number of clusters")
-    parser.add_argument(
-        "--column", default=DENSE, help="vector column: dense or any dense_<d> (default dense)"
-    )
+    parser.add_argument("--column", default=DENSE, help="vector column: dense or any dense_<d> (default dense)")
     parser.add_argument("--labels-column", default=None, help="known labels to score against (NMI, ARI, V)")
     parser.add_argument("--niter", type=int, default=DEFAULT_NITER, help="k-means iterations")
     parser.add_argument("--nredo", type=int, default=1, help="k-means restarts; the best objective wins")
@@ -34,9 +34,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="fit on at most this many sampled rows per cluster (faiss' default 256)",
     )
     parser.add_argument("--plot-dir", default=None, help="folder for the PNGs and JSON report")
-    parser.add_argument(
-        "--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)"
-    )
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)")
+    add_storage_option(parser)
     return parser
 
 
@@ -55,5 +54,7 @@ def run(args: argparse.Namespace) -> dict:
         max_points_per_centroid=args.max_points_per_centroid,
         plot_dir=args.plot_dir,
         address=args.address,
+        storage_options=storage_from_args(args),
     )
-    return run_cluster(job)
+    with redacted_errors(job.storage_options):
+        return run_cluster(job)

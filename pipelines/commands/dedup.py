@@ -21,6 +21,8 @@ from operators.dedup import (
 )
 from operators.minhash import DEFAULT_NGRAM, DEFAULT_NUM_PERM, DEFAULT_THRESHOLD
 from operators.schema import DENSE
+from operators.storage import redacted_errors
+from pipelines.storage_cli import add_storage_option, storage_from_args
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -40,9 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=DEFAULT_EPS,
         help="duplicates have cosine >= 1 - eps (default 0.01; 0.03 catches small edits too, with MiniLM)",
     )
-    parser.add_argument(
-        "--column", default=DENSE, help="vector column: dense or any dense_<d> (default dense)"
-    )
+    parser.add_argument("--column", default=DENSE, help="vector column: dense or any dense_<d> (default dense)")
     parser.add_argument("--method", choices=("semantic", "minhash"), default="semantic")
     parser.add_argument("--k", type=int, default=None, help="clusters (default: one per ~1000 rows)")
     parser.add_argument(
@@ -60,9 +60,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--text-column", default="text", help="texts for --keep longest and --method minhash")
     parser.add_argument("--block", type=int, default=DEFAULT_BLOCK, help="columns per similarity block")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument(
-        "--threshold", type=float, default=DEFAULT_THRESHOLD, help="MinHash: Jaccard threshold"
-    )
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="MinHash: Jaccard threshold")
     parser.add_argument("--num-perm", type=int, default=DEFAULT_NUM_PERM, help="MinHash: permutations")
     parser.add_argument("--ngram", type=int, default=DEFAULT_NGRAM, help="MinHash: character n-gram size")
     parser.add_argument(
@@ -70,9 +68,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="scratch folder every Ray node can read (default: OUTPUT/.embedlake_work locally)",
     )
-    parser.add_argument(
-        "--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)"
-    )
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)")
+    add_storage_option(parser)
     return parser
 
 
@@ -96,5 +93,7 @@ def run(args: argparse.Namespace) -> dict:
         num_perm=args.num_perm,
         ngram=args.ngram,
         address=args.address,
+        storage_options=storage_from_args(args),
     )
-    return run_dedup(job)
+    with redacted_errors(job.storage_options):
+        return run_dedup(job)
