@@ -37,7 +37,6 @@ def query_encoder_spec(store: TableStore, model: str | None = None) -> EncoderSp
         outputs = [name for name in ("dense", SPARSE, COLBERT) if store.has(name)]
         spec = EncoderSpec(model=model, dims=dims, outputs=outputs, max_length=meta.max_length if meta else None,
                            prompt_name=QUERY_PROMPT)
-    spec.max_rows_per_batch = 64
     return spec
 
 

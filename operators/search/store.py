@@ -40,11 +40,19 @@ class TableStore:
         self.schema: pa.Schema = self.dataset.schema
         self.meta: TableMeta | None = read_meta(self.table.schema)
         self._ids: np.ndarray | None = None
+        self._indexes: dict[str, tuple[str, str]] | None = None
+        self._rows: int | None = None
 
     # -- what the table holds ----------------------------------------------------------------
     @property
     def rows(self) -> int:
-        return self.dataset.count_rows()
+        if self._rows is None:
+            self._rows = self.dataset.count_rows()
+        return self._rows
+
+    def forget_indexes(self) -> None:
+        """Forget the cached index list (after creating one)."""
+        self._indexes = None
 
     def has(self, column: str) -> bool:
         return column in self.schema.names
@@ -86,6 +94,17 @@ class TableStore:
             return self.schema.empty_table().select(columns)
         return self.dataset.take(positions, columns=columns)
 
+    def vector_index(self, column: str) -> tuple[str, str] | None:
+        """(index type, distance type) of the ANN index on `column`, None when it has none."""
+        if self._indexes is None:
+            self._indexes = {}
+            for config in self.table.list_indices():
+                if len(config.columns) == 1:
+                    stats = self.table.index_stats(config.name)
+                    if stats is not None and stats.distance_type:
+                        self._indexes[config.columns[0]] = (stats.index_type, stats.distance_type)
+        return self._indexes.get(column)
+
     def vector_search(
         self,
         column: str,
@@ -97,15 +116,25 @@ class TableStore:
         refine_factor: int | None = None,
     ) -> pa.Table:
         """LanceDB's nearest neighbours by dot product (vectors are unit length), with the ANN index when one
-        exists and `exact` is False. Returns `columns` of the hits; callers rescore them exactly."""
+        exists and `exact` is False (search parameters from the index plan unless given). Returns `columns`
+        of the hits; callers rescore them exactly."""
+        index = None if exact else self.vector_index(column)
+        # an index built with another metric (cosine, l2) ranks unit vectors the same way: search with it
+        metric = index[1] if index else "dot"
         builder = (
             self.table.search(np.asarray(query, dtype=np.float32), vector_column_name=column)
-            .distance_type("dot")
+            .distance_type(metric)
             .limit(limit)
             .select([*columns, DISTANCE])  # naming the distance column keeps Lance from warning about it
         )
         if exact:
             builder = builder.bypass_vector_index()
+        elif index:
+            from operators.search.ann import plan_index, plan_type
+
+            plan = plan_index(column, self.rows, self.dim(column), plan_type(index[0]))
+            nprobes = nprobes or plan.nprobes
+            refine_factor = refine_factor or plan.refine_factor
         if nprobes:
             builder = builder.nprobes(nprobes)
         if refine_factor:
