@@ -35,6 +35,17 @@ class EncodedBatch:
 
 
 @dataclass
+class EncoderDescription:
+    """What the driver needs to know about an encoder's output without loading its weights."""
+
+    model_id: str
+    fields: list[pa.Field]
+    max_length: int
+    dimension: int
+    dims: list[int] = field(default_factory=list)
+
+
+@dataclass
 class BatchLimits:
     """How a list of texts is cut into model batches."""
 
@@ -130,6 +141,8 @@ class TransformerEncoder(Encoder):
     # -- the shared loop ---------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         """Token ids per text, truncated to max_length, and whether each text was truncated."""
+        if not texts:
+            return [], np.zeros(0, dtype=bool)
         char_limit = self.max_length * CHARS_PER_TOKEN_BOUND
         cut = [len(text) > char_limit for text in texts]
         clipped = [text[:char_limit] if too_long else text for text, too_long in zip(texts, cut, strict=True)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from operators.encoders.base import Encoder, EncoderSpec
+from operators.encoders.base import Encoder, EncoderDescription, EncoderSpec
 
 MINILM = "minilm"
 BGE_M3_HEAD_FILES = ("colbert_linear.pt", "sparse_linear.pt")
@@ -46,3 +46,15 @@ def load_encoder(spec: EncoderSpec) -> Encoder:
     from operators.encoders.mrl import MatryoshkaEncoder
 
     return MatryoshkaEncoder.from_spec(path, spec)
+
+
+def describe_encoder(spec: EncoderSpec) -> EncoderDescription:
+    """Model identity and output columns from config files alone (the driver never loads weights)."""
+    path = resolve_model_path(spec.model)
+    if is_bge_m3_folder(path):
+        from operators.encoders.bge_m3 import describe_folder as describe_bge_m3
+
+        return describe_bge_m3(path, spec)
+    from operators.encoders.mrl import describe_folder
+
+    return describe_folder(path, spec.dims, spec.max_length)

@@ -21,6 +21,7 @@ from torch import nn
 
 from operators.encoders.base import (
     BatchLimits,
+    EncoderDescription,
     EncoderSpec,
     TransformerEncoder,
     default_device,
@@ -148,6 +149,30 @@ def _load_dense(path: str) -> nn.Module:
     return nn.Sequential(linear, activation)
 
 
+def mrl_fields(dimension: int, dims: Sequence[int]) -> list[pa.Field]:
+    return [pa.field(DENSE, dense_type(dimension))] + [pa.field(dense_column(d), dense_type(d)) for d in dims]
+
+
+def describe_folder(
+    folder: str, dims: Sequence[int] = (), max_length: int | None = None, layout: FolderLayout | None = None
+) -> EncoderDescription:
+    """Identity, output columns and length limit of an MRL folder, from its config files alone."""
+    layout = layout or read_layout(folder)
+    config = _read_json(os.path.join(layout.transformer_path, "config.json"))
+    if layout.dense_paths:
+        dimension = _read_json(os.path.join(layout.dense_paths[-1], "config.json"))["out_features"]
+    else:
+        dimension = config["hidden_size"] * len(layout.pooling_modes)
+    too_big = [d for d in dims if not 0 < int(d) <= dimension]
+    if too_big:
+        msg = f"nested sizes {too_big} must be between 1 and the model's dimension {dimension}"
+        raise ValueError(msg)
+    limit = int(max_length or layout.max_seq_length or config.get("max_position_embeddings", 512))
+    nested = sorted({int(d) for d in dims if int(d) != dimension}, reverse=True)
+    model_id = f"mrl:{folder_name(folder)}:{weights_fingerprint(folder)}:max_length={limit}"
+    return EncoderDescription(model_id, mrl_fields(dimension, nested), limit, dimension, nested)
+
+
 class MatryoshkaEncoder(TransformerEncoder):
     """Dense embeddings at full size and at each nested Matryoshka size."""
 
@@ -170,18 +195,11 @@ class MatryoshkaEncoder(TransformerEncoder):
         )
         self.model.to(device).eval()
         self.heads = nn.Sequential(*[_load_dense(path) for path in self.layout.dense_paths]).to(device).eval()
-        model_limit = self.layout.max_seq_length or getattr(self.model.config, "max_position_embeddings", 512)
-        super().__init__(tokenizer, device, int(max_length or model_limit), limits)
-        self.dimension = self._output_dimension()
-        too_big = [d for d in dims if not 0 < d <= self.dimension]
-        if too_big:
-            msg = f"nested sizes {too_big} must be between 1 and the model's dimension {self.dimension}"
-            raise ValueError(msg)
-        self.dims = sorted(set(int(d) for d in dims), reverse=True)
-        self.model_id = (
-            f"mrl:{folder_name(folder)}:{weights_fingerprint(folder)}"
-            f":max_length={self.max_length}"
-        )
+        description = describe_folder(folder, dims, max_length, self.layout)
+        super().__init__(tokenizer, device, description.max_length, limits)
+        self.dimension = description.dimension
+        self.dims = description.dims
+        self.model_id = description.model_id
 
     @classmethod
     def from_spec(cls, folder: str, spec: EncoderSpec) -> MatryoshkaEncoder:
@@ -193,11 +211,6 @@ class MatryoshkaEncoder(TransformerEncoder):
             limits=BatchLimits(spec.max_tokens_per_batch, spec.max_rows_per_batch),
         )
 
-    def _output_dimension(self) -> int:
-        if self.layout.dense_paths:
-            return _read_json(os.path.join(self.layout.dense_paths[-1], "config.json"))["out_features"]
-        return self.model.config.hidden_size * len(self.layout.pooling_modes)
-
     def prompt_for(self, prompt_name: str | None) -> str:
         """The folder's prompt for `prompt_name` ("query"/"document"), else its default prompt, else ""."""
         if prompt_name and prompt_name in self.layout.prompts:
@@ -207,9 +220,7 @@ class MatryoshkaEncoder(TransformerEncoder):
         return ""
 
     def output_fields(self) -> list[pa.Field]:
-        return [pa.field(DENSE, dense_type(self.dimension))] + [
-            pa.field(dense_column(d), dense_type(d)) for d in self.dims
-        ]
+        return mrl_fields(self.dimension, self.dims)
 
     def _prepare_texts(self, texts: Sequence[str], prompt_name: str | None) -> list[str]:
         prompt = self.prompt_for(prompt_name)

@@ -1,0 +1,65 @@
+"""`embedlake embed INPUT OUTPUT`: embed Parquet shards into a LanceDB table."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipelines.embed import EmbedJob, run_embed
+
+
+def int_list(value: str) -> list[int]:
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError as error:
+        msg = f"expected comma-separated integers, got {value!r}"
+        raise argparse.ArgumentTypeError(msg) from error
+
+
+def name_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("embed", help="embed Parquet shards into a LanceDB table")
+    parser.add_argument("input", help="Parquet file, folder, glob or fsspec URI (s3://, gs://, file://)")
+    parser.add_argument("output", help="LanceDB URI: a local folder or s3://bucket/path")
+    parser.add_argument("--table", default="docs")
+    parser.add_argument("--model", default="minilm", help="'minilm' (packaged all-MiniLM-L6-v2) or a model folder")
+    parser.add_argument("--id-column", default="id")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--dims", type=int_list, default=[], help="nested Matryoshka sizes, e.g. 256,128,64")
+    parser.add_argument("--outputs", type=name_list, default=[], help="BGE-M3 outputs: dense,sparse,colbert")
+    parser.add_argument("--max-length", type=int, default=None, help="tokens per text (longer texts are cut)")
+    parser.add_argument("--keep-columns", type=name_list, default=[], help="input columns copied to the table")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the table instead of adding to it")
+    parser.add_argument("--actors", type=int, default=None, help="encoder actors (default: one per GPU, else CPUs/2)")
+    parser.add_argument("--threads-per-actor", type=int, default=None)
+    parser.add_argument("--rows-per-batch", dest="rows_per_encode_batch", type=int, default=1024,
+                        help="rows handed to an encoder actor at a time (sorted and cut by token budget inside)")
+    parser.add_argument("--max-tokens-per-batch", type=int, default=16384, help="padded tokens per forward pass")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    job = EmbedJob(
+        input=args.input,
+        output=args.output,
+        table=args.table,
+        model=args.model,
+        id_column=args.id_column,
+        text_column=args.text_column,
+        dims=args.dims,
+        outputs=args.outputs,
+        max_length=args.max_length,
+        keep_columns=args.keep_columns,
+        address=args.address,
+        overwrite=args.overwrite,
+        actors=args.actors,
+        threads_per_actor=args.threads_per_actor,
+        rows_per_encode_batch=args.rows_per_encode_batch,
+        max_tokens_per_batch=args.max_tokens_per_batch,
+        progress=args.progress,
+    )
+    return run_embed(job)

@@ -1,0 +1,74 @@
+"""Starting or joining Ray, in one place.
+
+`ray.init()` without an address silently joins any local cluster already running, so we say
+`address="local"` to start a private one when the user gave no address, and join only the address
+they name (`--address` or RAY_ADDRESS).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+log = logging.getLogger(__name__)
+
+QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DASHBOARD_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "PYTHONWARNINGS": "ignore::UserWarning",
+}
+
+
+def project_root() -> str:
+    """The folder holding the `operators` and `pipelines` packages."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_ray(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    object_store_memory: int | None = None,
+) -> bool:
+    """Connect to `address` (or RAY_ADDRESS), else start a private local Ray. True when we started it
+    (the caller then shuts it down)."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # Workers import our packages from the same path as this driver even when it is not pip-installed.
+    runtime_env = {"env_vars": {**QUIET_ENV, "PYTHONPATH": _worker_pythonpath()}}
+    if address:
+        log.info("joining Ray cluster at %s", address)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING)
+        return False
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        object_store_memory=object_store_memory,
+        include_dashboard=False,
+        runtime_env=runtime_env,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
+    return True
+
+
+def _worker_pythonpath() -> str:
+    existing = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join(p for p in (project_root(), existing) if p)
+
+
+def cluster_gpus() -> int:
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def cluster_cpus() -> int:
+    return int(ray.cluster_resources().get("CPU", 1))

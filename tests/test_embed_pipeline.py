@@ -1,0 +1,118 @@
+"""The real embed pipeline on the session's local Ray: shards in, LanceDB table out."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.cli import main
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def sample_rows(sample_dir) -> pa.Table:
+    return ds.dataset(str(sample_dir)).to_table().slice(0, 90)
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory, sample_rows) -> str:
+    """Three shards of real text plus one shard of rows that must be quarantined."""
+    folder = tmp_path_factory.mktemp("lake")
+    for shard in range(3):
+        pq.write_table(sample_rows.slice(shard * 30, 30), folder / f"part-{shard}.parquet")
+    bad = pa.table({
+        "id": ["bad-null", "bad-empty", "bad-space", None],
+        "text": [None, "", "  \t ", "text without id"],
+        "title": ["t"] * 4,
+        "section": ["s"] * 4,
+    })
+    pq.write_table(bad, folder / "part-9-bad.parquet")
+    return str(folder)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, dict | None, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    return code, (json.loads(lines[-1]) if code == 0 and lines else None), captured.err
+
+
+@pytest.fixture(scope="module")
+def embedded(ray_session, lake, tmp_path_factory):
+    output = str(tmp_path_factory.mktemp("out"))
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main([
+            "embed", lake, output, "--table", "docs", "--dims", "128,64", "--keep-columns", "section",
+            "--actors", "2", "--threads-per-actor", "1", "--rows-per-batch", "16", "--no-progress", "--json",
+        ])
+    assert code == 0
+    return output, json.loads(stdout.getvalue().strip().splitlines()[-1])
+
+
+def test_summary_accounts_for_every_row(embedded):
+    _, summary = embedded
+    assert summary["rows_in"] == 94
+    assert summary["rows_written"] == 90 and summary["rows_quarantined"] == 4
+    assert summary["rows_in"] == summary["rows_written"] + summary["rows_unchanged"] + summary["rows_quarantined"]
+    assert summary["encoder_actors"] == 2
+    for key in ("seconds", "docs_per_s", "tokens_per_s", "table", "uri"):
+        assert key in summary
+
+
+def test_every_row_lands_exactly_once_with_its_id(embedded, sample_rows):
+    output, _ = embedded
+    table = lancedb.connect(output).open_table("docs").to_arrow()
+    ids = table.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 90
+    assert set(ids) == set(sample_rows.column("id").to_pylist())
+    by_id = dict(zip(sample_rows.column("id").to_pylist(), sample_rows.column("section").to_pylist(), strict=True))
+    assert all(by_id[i] == s for i, s in zip(ids, table.column("section").to_pylist(), strict=True))
+    assert table.schema.field("dense").type == pa.list_(pa.float32(), 384)
+    assert table.schema.field("dense_64").type == pa.list_(pa.float32(), 64)
+
+
+def test_vectors_equal_sentence_transformers(embedded, sample_rows, minilm_path):
+    from sentence_transformers import SentenceTransformer
+
+    output, _ = embedded
+    table = lancedb.connect(output).open_table("docs").to_arrow()
+    texts = dict(zip(sample_rows.column("id").to_pylist(), sample_rows.column("text").to_pylist(), strict=True))
+    ids = table.column("id").to_pylist()[:25]
+    reference = SentenceTransformer(minilm_path, device="cpu").encode([texts[i] for i in ids],
+                                                                       normalize_embeddings=True)
+    dense = np.array(table.column("dense").to_pylist()[:25], dtype=np.float32)
+    assert (dense * reference).sum(axis=1).min() >= 0.9999
+    nested = np.array(table.column("dense_64").to_pylist()[:25], dtype=np.float32)
+    truncated = reference[:, :64] / np.linalg.norm(reference[:, :64], axis=1, keepdims=True)
+    assert (nested * truncated).sum(axis=1).min() >= 0.9999
+
+
+def test_bad_rows_are_quarantined_with_reasons(embedded, lake):
+    output, _ = embedded
+    quarantine = lancedb.connect(output).open_table("docs_quarantine").to_arrow().to_pylist()
+    reasons = {row["id"]: row["reason"] for row in quarantine}
+    assert reasons == {
+        "bad-null": "null text",
+        "bad-empty": "empty text",
+        "bad-space": "empty text",
+        None: "null or empty id",
+    }
+    assert all(row["source"].startswith(f"{lake}/part-9-bad.parquet#") for row in quarantine)
+
+
+def test_missing_column_fails_before_any_work(ray_session, lake, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "embed", lake, str(tmp_path / "out"), "--text-column", "body", "--json")
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("embedlake: error: input")
+    assert "'body'" in err and "columns found: id, text, title, section" in err
+    assert not (tmp_path / "out").exists()
