@@ -275,3 +275,19 @@ def test_index_folder_is_not_mistaken_for_a_table(lake):
 def test_unit_helper_is_unit():
     matrix = unit(np.random.default_rng(0).normal(size=(4, 3)))
     np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1, rtol=1e-6)
+
+
+def test_thresholded_selection_is_exact_on_wide_blocks():
+    from operators.search.dense import select_topn
+
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal((6, 50_000)).astype(np.float32)
+    scores[2] = 0.0  # a row of ties: any n of them is a correct answer
+    scores[3, :100] = 5.0  # many equal maxima
+    for n in (1, 10, 300):
+        chosen = select_topn(scores, n)
+        assert chosen.shape == (6, n)
+        for row in range(6):
+            assert len(set(chosen[row].tolist())) == n
+            kth = np.sort(scores[row])[::-1][n - 1]
+            assert scores[row, chosen[row]].min() >= kth

@@ -31,6 +31,35 @@ def _sorted(positions: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.n
     return np.take_along_axis(positions, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
+def select_topn(scores: np.ndarray, n: int, sample_factor: int = 8) -> np.ndarray:
+    """Column indices of the n largest scores of each row (unordered), exactly.
+
+    `argpartition` over every score costs ~10 ns per element and dominates a small-vector scan. Instead,
+    a per-row threshold from a strided sample (its value expected to have ~1.5n scores above it) lets one
+    vectorised comparison discard nearly everything; rows where the threshold keeps fewer than n scores
+    fall back to the full argpartition, so the result is always the exact top n."""
+    rows, width = scores.shape
+    if width <= sample_factor * n * 4:
+        return np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    step = max(1, width // (sample_factor * n))
+    sample = scores[:, ::step]
+    rank = min(sample.shape[1] - 1, int(1.5 * n / step) + 2)
+    threshold = -np.partition(-sample, rank, axis=1)[:, rank]
+    mask = scores >= threshold[:, None]
+    counts = mask.sum(axis=1)
+    result = np.empty((rows, n), dtype=np.int64)
+    _rows, cols = np.nonzero(mask)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    for row in range(rows):
+        if counts[row] < n:
+            result[row] = np.argpartition(-scores[row], n - 1)[:n]
+            continue
+        candidates = cols[bounds[row]:bounds[row + 1]]
+        keep = np.argpartition(-scores[row, candidates], n - 1)[:n]
+        result[row] = candidates[keep]
+    return result
+
+
 def exact_topn(matrix: np.ndarray, queries: np.ndarray, n: int, block_rows: int = 262144) -> tuple[
     np.ndarray, np.ndarray
 ]:
@@ -42,8 +71,7 @@ def exact_topn(matrix: np.ndarray, queries: np.ndarray, n: int, block_rows: int 
     for start in range(0, matrix.shape[0], block_rows):
         block = matrix[start:start + block_rows]
         scores = queries @ block.T
-        m = min(n, block.shape[0])
-        part = np.argpartition(-scores, m - 1, axis=1)[:, :m]
+        part = select_topn(scores, min(n, block.shape[0]))
         best_pos, best_scores = _merge_topn(
             best_pos, best_scores, part + start, np.take_along_axis(scores, part, axis=1), n
         )
