@@ -57,11 +57,15 @@ def quarantine_table_name(table: str) -> str:
     return f"{table}{QUARANTINE_SUFFIX}"
 
 
+RUN_ID = "run_id"
+
+# Keyed on source (file#row): re-running a job replaces a row's entry instead of repeating it.
 QUARANTINE_SCHEMA = pa.schema(
     [
         pa.field(ID, pa.string()),
-        pa.field(SOURCE, pa.string()),
+        pa.field(SOURCE, pa.string(), nullable=False),
         pa.field(REASON, pa.string()),
+        pa.field(RUN_ID, pa.string()),
     ]
 )
 

@@ -111,14 +111,17 @@ class ShardReader:
     keep_columns: list[str] = field(default_factory=list)
     storage_options: dict = field(default_factory=dict)
     rows_per_batch: int = 2048
+    duplicate_sources: set[str] = field(default_factory=set)
+    keep_types: dict[str, pa.DataType] = field(default_factory=dict)  # table types to cast kept columns to
 
     def read(self, path: str) -> Iterator[pa.Table]:
         fs, fs_path = fsspec.core.url_to_fs(path, **self.storage_options)
-        columns = list(dict.fromkeys([self.id_column, self.text_column, *self.keep_columns]))
         offset = 0
         with fs.open(fs_path, "rb") as handle:
             parquet = pq.ParquetFile(handle)
-            check_columns(parquet.schema_arrow, columns, f"shard {path}")
+            check_columns(parquet.schema_arrow, [self.id_column, self.text_column], f"shard {path}")
+            present = set(parquet.schema_arrow.names)
+            columns = [c for c in dict.fromkeys([self.id_column, self.text_column, *self.keep_columns]) if c in present]
             for record_batch in parquet.iter_batches(batch_size=self.rows_per_batch, columns=columns):
                 yield self.normalise(pa.Table.from_batches([record_batch]), path, offset)
                 offset += record_batch.num_rows
@@ -130,11 +133,33 @@ class ShardReader:
         texts, reasons = decode_texts(table.column(self.text_column))
         columns = {ID: ids, TEXT_COL: texts}
         for name in self.keep_columns:
-            columns[name] = table.column(name)
-        columns[SOURCE_COL] = pa.array([f"{path}#{offset + i}" for i in range(rows)], pa.string())
+            columns[name] = self.kept_column(table, name, path)
+        sources = [f"{path}#{offset + i}" for i in range(rows)]
+        if self.duplicate_sources:
+            reasons = pa.array(
+                ["duplicate id" if source in self.duplicate_sources else reason
+                 for source, reason in zip(sources, reasons.to_pylist(), strict=True)],
+                pa.string(),
+            )
+        columns[SOURCE_COL] = pa.array(sources, pa.string())
         columns[READ_AT_COL] = pa.array([time.time()] * rows, pa.float64())
         columns[REASON_COL] = reasons
         return pa.table(columns)
+
+
+    def kept_column(self, table: pa.Table, name: str, path: str) -> pa.Array:
+        """A kept column in the table's type; nulls where a shard lacks it (schemas drift across drops)."""
+        wanted = self.keep_types.get(name)
+        if name not in table.column_names:
+            return pa.nulls(table.num_rows, wanted or pa.string())
+        column = table.column(name).combine_chunks()
+        if wanted is None or column.type == wanted:
+            return column
+        try:
+            return column.cast(wanted)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+            msg = f"shard {path}: column {name!r} is {column.type}, which does not convert to the table's {wanted}"
+            raise ValueError(msg) from error
 
 
 def decode_texts(column: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
@@ -161,3 +186,64 @@ def decode_texts(column: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
     return pa.nulls(len(values), pa.string()), pa.array(
         [None if v is None else reason for v in values.to_pylist()], pa.string()
     )
+
+
+@dataclass
+class InputScan:
+    """What a cheap pass over the id column of every shard tells before any encoding starts."""
+
+    files: list[str]  # readable shards, in input order
+    rows_in: int
+    duplicate_sources: set[str]  # file#row of every repeat of an id seen earlier in input order
+    bad_files: dict[str, str]  # unreadable or unusable shard -> reason (only with skip_bad_files)
+    ids: pa.Array  # every id in the input, for deleting ids that left it
+
+
+def scan_input(
+    shards: ShardSet, required: Sequence[str], id_column: str, skip_bad_files: bool = False, threads: int = 8
+) -> InputScan:
+    """Read only the id column of every shard (in parallel threads): counts rows, finds duplicate ids,
+    and finds corrupt or schema-broken files before any work is spent on them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fs = shards.filesystem()
+
+    def read_ids(path: str) -> pa.Array | str:
+        try:
+            _, fs_path = fsspec.core.url_to_fs(path, **shards.storage_options)
+            with fs.open(fs_path, "rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                check_columns(parquet.schema_arrow, required, f"shard {path}")
+                ids = parquet.read(columns=[id_column]).column(id_column)
+        except Exception as error:  # noqa: BLE001 - reported per file below
+            return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+        ids = ids if pa.types.is_string(ids.type) else pc.cast(ids, pa.string())
+        return ids.combine_chunks()
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(shards.files)))) as pool:
+        results = list(pool.map(read_ids, shards.files))
+    bad_files = {path: result for path, result in zip(shards.files, results, strict=True) if isinstance(result, str)}
+    if bad_files and not skip_bad_files:
+        path, reason = next(iter(bad_files.items()))
+        msg = f"cannot read shard {path} ({reason}); fix it or pass --skip-bad-files to quarantine whole bad files"
+        raise ValueError(msg)
+    files = [path for path in shards.files if path not in bad_files]
+    id_arrays = [result for result in results if not isinstance(result, str)]
+    file_index = [pa.array([i] * len(a), pa.int32()) for i, a in enumerate(id_arrays)]
+    row_index = [pa.array(range(len(a)), pa.int64()) for a in id_arrays]
+    table = pa.table({
+        "id": pa.concat_arrays(id_arrays) if id_arrays else pa.array([], pa.string()),
+        "file": pa.concat_arrays(file_index) if id_arrays else pa.array([], pa.int32()),
+        "row": pa.concat_arrays(row_index) if id_arrays else pa.array([], pa.int64()),
+    })
+    table = table.append_column("order", pa.array(range(table.num_rows), pa.int64()))
+    firsts = table.filter(pc.is_valid(table.column("id"))).group_by("id").aggregate([("order", "min")])
+    first_orders = firsts.column("order_min")
+    repeats = table.filter(
+        pc.and_(pc.is_valid(table.column("id")), pc.invert(pc.is_in(table.column("order"), value_set=first_orders)))
+    )
+    duplicate_sources = {
+        f"{files[f]}#{r}" for f, r in zip(repeats.column("file").to_pylist(), repeats.column("row").to_pylist(),
+                                          strict=True)
+    }
+    return InputScan(files, table.num_rows, duplicate_sources, bad_files, table.column("id").combine_chunks())

@@ -70,6 +70,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str
             raise UsageError(msg)
         subparser.set_defaults(**{key.replace("-", "_"): value for key, value in config.items()})
         args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args, modules
 
 

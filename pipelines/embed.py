@@ -1,9 +1,11 @@
-"""The embed job: Parquet shards -> shard readers -> encoder actor pool -> Lance fragment writers ->
-progressive commits on the driver.
+"""The embed job: Parquet shards -> shard readers -> encoder actor pool -> keyed upserts by writer tasks.
 
-Reading and writing are plain Ray tasks; encoding runs in an actor pool so each worker loads the
-model once (one GPU per actor when the cluster has GPUs). Only fragment metadata and counts come
-back to the driver, never the vectors.
+Before any encoding, one pass over the id column of every shard counts the input, finds duplicate
+ids and unreadable files. Reading and writing are plain Ray tasks; encoding runs in an actor pool so
+each worker loads the model (and the table's known keys) once, one GPU per actor when the cluster
+has GPUs. Writers upsert batch by batch, so a killed run resumes where its commits stopped; only
+counts come back to the driver, never vectors. Every input row ends up written, unchanged or
+quarantined, and the run checks that before it reports success.
 """
 
 from __future__ import annotations
@@ -13,26 +15,48 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.embed import PADDED_COL, TOKENS_COL, TRUNCATED_COL, WORKER_COL, EmbedRows
+from operators.embed import (
+    EMBEDDED,
+    PADDED_COL,
+    QUARANTINED,
+    STATUS_COL,
+    TOKENS_COL,
+    TRUNCATED_COL,
+    UNCHANGED,
+    WORKER_COL,
+    EmbedRows,
+    known_key,
+)
 from operators.encoders.base import EncoderSpec
 from operators.encoders.loader import describe_encoder, model_kind
-from operators.schema import ID, QUARANTINE_SCHEMA, REASON, SOURCE, embeddings_schema, quarantine_table_name
-from operators.sinks.lance_sink import LanceTarget, ProgressiveCommitter, ensure_table, write_fragment_json
-from operators.sources import (
-    READ_AT_COL,
-    REASON_COL,
-    SOURCE_COL,
-    ShardReader,
-    check_columns,
-    count_rows,
-    find_shards,
-    read_schema,
+from operators.run_log import RunLog
+from operators.schema import (
+    ID,
+    MODEL,
+    QUARANTINE_SCHEMA,
+    REASON,
+    RUN_ID,
+    SOURCE,
+    TEXT_HASH,
+    embeddings_schema,
+    quarantine_table_name,
 )
+from operators.sinks.lance_sink import (
+    LanceTarget,
+    compact,
+    delete_keys_not_in,
+    ensure_table,
+    load_known_keys,
+    upsert,
+)
+from operators.sources import READ_AT_COL, REASON_COL, SOURCE_COL, ShardReader, check_columns, find_shards, read_schema
+from operators.sources import scan_input as scan_shards
 from operators.table_meta import TableMeta, with_meta
 from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
 
@@ -55,13 +79,16 @@ class EmbedJob:
     keep_columns: list[str] = field(default_factory=list)
     address: str | None = None
     overwrite: bool = False
+    sync_deletes: bool = False
+    skip_bad_files: bool = False
     storage_options: dict = field(default_factory=dict)
     actors: int | None = None  # encoder actors; default one per GPU, else one per 2 CPUs
     threads_per_actor: int | None = None
     rows_per_encode_batch: int = 1024
+    rows_per_write: int = 4096
     max_tokens_per_batch: int = 16384
-    commit_every_seconds: float = 5.0
     progress: bool = True
+    command: list[str] = field(default_factory=list)  # argv, for the run log
 
     def encoder_spec(self) -> EncoderSpec:
         return EncoderSpec(
@@ -76,6 +103,9 @@ class EmbedJob:
 @dataclass
 class RunCounts:
     rows_written: int = 0
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    rows_unchanged: int = 0
     rows_quarantined: int = 0
     rows_truncated: int = 0
     tokens: int = 0
@@ -83,16 +113,33 @@ class RunCounts:
     first_read_at: float | None = None
     workers: set[str] = field(default_factory=set)
 
+    def add(self, result: dict) -> None:
+        for name in ("rows_written", "rows_inserted", "rows_updated", "rows_unchanged", "rows_quarantined",
+                     "rows_truncated", "tokens", "padded_tokens"):
+            setattr(self, name, getattr(self, name) + int(result[name]))
+        read_at = float(result["first_read_at"])
+        self.first_read_at = read_at if self.first_read_at is None else min(self.first_read_at, read_at)
+        self.workers.update(result["workers"])
+
+
+@dataclass
+class Tables:
+    """The three tables a run writes and the schema of the main one."""
+
+    main: LanceTarget
+    quarantine: LanceTarget
+    schema: pa.Schema
+
 
 def run_embed(job: EmbedJob) -> dict:
     """Run the job and return the JSON summary (interface.md)."""
     started = time.time()
     shards = find_shards(job.input, job.storage_options)
+    required = [job.id_column, job.text_column]
     input_schema = read_schema(shards)
-    check_columns(input_schema, [job.id_column, job.text_column, *job.keep_columns], f"input {job.input}")
+    check_columns(input_schema, [*required, *job.keep_columns], f"input {job.input}")
     spec = job.encoder_spec()
     description = describe_encoder(spec)
-    keep_fields = [input_schema.field(name) for name in job.keep_columns]
     meta = TableMeta(
         model=job.model,
         model_id=description.model_id,
@@ -101,59 +148,101 @@ def run_embed(job: EmbedJob) -> dict:
         outputs=[f.name for f in description.fields],
         max_length=description.max_length,
     )
+    keep_fields = [input_schema.field(name) for name in job.keep_columns]
     schema = with_meta(embeddings_schema(description.fields, keep_fields), meta)
-    target = LanceTarget(job.output, job.table, job.storage_options)
-    quarantine = LanceTarget(job.output, quarantine_table_name(job.table), job.storage_options)
-    ensure_table(target, schema, overwrite=job.overwrite)
-    ensure_table(quarantine, QUARANTINE_SCHEMA, overwrite=job.overwrite)
-    rows_in = count_rows(shards)
-    log.info("embedding %d rows from %d shard(s) with %s", rows_in, len(shards.files), description.model_id)
-
-    we_started_ray = start_ray(job.address, num_cpus=os.cpu_count())
+    tables = Tables(
+        main=LanceTarget(job.output, job.table, job.storage_options),
+        quarantine=LanceTarget(job.output, quarantine_table_name(job.table), job.storage_options),
+        schema=schema,
+    )
+    ensure_table(tables.main, schema, primary_key=ID, overwrite=job.overwrite)
+    ensure_table(tables.quarantine, QUARANTINE_SCHEMA, primary_key=SOURCE, overwrite=job.overwrite)
+    config = {k: v for k, v in asdict(job).items() if k != "command"}
+    run_log = RunLog.for_table(job.output, job.table, job.storage_options, job="embed",
+                               command=job.command or sys.argv, config=config, model=description.model_id)
+    run_log.start()
     try:
-        counts = _execute(job, shards.files, spec, schema, target, quarantine, rows_in)
-    finally:
-        if we_started_ray:
-            import ray
+        summary = _run(job, shards, required, spec, tables, run_log.run_id, started)
+    except BaseException as error:
+        run_log.finish({}, error=" ".join(str(error).split())[:1000] or type(error).__name__)
+        raise
+    summary["run_id"] = run_log.run_id
+    run_log.finish(summary)
+    return summary
 
-            ray.shutdown()
+
+def _run(job: EmbedJob, shards, required: list[str], spec: EncoderSpec, tables: Tables, run_id: str,
+         started: float) -> dict:
+    scan = scan_shards(shards, required, job.id_column, skip_bad_files=job.skip_bad_files)
+    for path, reason in scan.bad_files.items():
+        upsert(pa.Table.from_pylist([{ID: None, SOURCE: path, REASON: f"unreadable shard: {reason}", RUN_ID: run_id}],
+                                    schema=QUARANTINE_SCHEMA), tables.quarantine, QUARANTINE_SCHEMA, SOURCE)
+    log.info("embedding %d rows from %d shard(s) with %s (%d duplicate ids, %d bad files)", scan.rows_in,
+             len(scan.files), describe_model_id(tables.schema), len(scan.duplicate_sources), len(scan.bad_files))
+    counts = RunCounts()
+    deleted = 0
+    if scan.files:
+        we_started_ray = start_ray(job.address, num_cpus=os.cpu_count())
+        try:
+            counts = _execute(job, scan, spec, tables, run_id)
+        finally:
+            if we_started_ray:
+                import ray
+
+                ray.shutdown()
+    if job.sync_deletes:
+        deleted = delete_keys_not_in(tables.main, ID, scan.ids)
+    compact(tables.main)
     finished = time.time()
-    accounted = counts.rows_written + counts.rows_quarantined
-    if accounted != rows_in:
-        msg = f"row accounting failed: {rows_in} rows read, {accounted} written or quarantined"
+    accounted = counts.rows_written + counts.rows_unchanged + counts.rows_quarantined
+    if accounted != scan.rows_in:
+        msg = (f"row accounting failed: {scan.rows_in} rows read, {accounted} written, unchanged or "
+               "quarantined; the table holds what was committed, re-run the same command to finish")
         raise RuntimeError(msg)
     encode_seconds = max(finished - (counts.first_read_at or started), 1e-9)
+    encoded = counts.rows_written
     return {
-        "rows_in": rows_in,
+        "rows_in": scan.rows_in,
         "rows_written": counts.rows_written,
-        "rows_unchanged": 0,
+        "rows_inserted": counts.rows_inserted,
+        "rows_updated": counts.rows_updated,
+        "rows_unchanged": counts.rows_unchanged,
         "rows_quarantined": counts.rows_quarantined,
+        "rows_deleted": deleted,
         "rows_truncated": counts.rows_truncated,
+        "duplicate_ids": len(scan.duplicate_sources),
+        "files_quarantined": len(scan.bad_files),
         "seconds": round(finished - started, 3),
         "encode_seconds": round(encode_seconds, 3),
-        "docs_per_s": round(counts.rows_written / encode_seconds, 2),
+        "docs_per_s": round(encoded / encode_seconds, 2),
         "tokens_per_s": round(counts.tokens / encode_seconds, 1),
         "tokens": counts.tokens,
         "padding_waste": round(1 - counts.tokens / counts.padded_tokens, 4) if counts.padded_tokens else 0.0,
-        "shards": len(shards.files),
+        "shards": len(scan.files),
         "encoder_actors": len(counts.workers),
         "encoder_nodes": len({worker.rsplit(":", 1)[0] for worker in counts.workers}),
         "table": job.table,
-        "quarantine_table": quarantine.table,
+        "quarantine_table": tables.quarantine.table,
         "uri": job.output,
-        "model": description.model_id,
+        "model": describe_model_id(tables.schema),
     }
 
 
-def _execute(
-    job: EmbedJob,
-    files: list[str],
-    spec: EncoderSpec,
-    schema: pa.Schema,
-    target: LanceTarget,
-    quarantine: LanceTarget,
-    rows_in: int,
-) -> RunCounts:
+def describe_model_id(schema: pa.Schema) -> str:
+    from operators.table_meta import read_meta
+
+    meta = read_meta(schema)
+    return meta.model_id if meta else ""
+
+
+def known_keys_loader(target: LanceTarget, model_id: str) -> set[str]:
+    """Runs inside each encoder actor: the (id, text hash) pairs already embedded with this model."""
+    known = load_known_keys(target, ID, TEXT_HASH, MODEL, model_id)
+    return {known_key(i, h) for i, h in zip(known.column(ID).to_pylist(), known.column(TEXT_HASH).to_pylist(),
+                                            strict=True)}
+
+
+def _execute(job: EmbedJob, scan, spec: EncoderSpec, tables: Tables, run_id: str) -> RunCounts:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -165,68 +254,69 @@ def _execute(
     cpus = cluster_cpus()
     actors = job.actors or (gpus if gpus else max(1, cpus // 2))
     threads = job.threads_per_actor or (1 if gpus else max(1, cpus // actors))
-    reader = ShardReader(job.id_column, job.text_column, job.keep_columns, job.storage_options)
+    reader = ShardReader(
+        job.id_column,
+        job.text_column,
+        job.keep_columns,
+        job.storage_options,
+        duplicate_sources=scan.duplicate_sources,
+        keep_types={name: tables.schema.field(name).type for name in job.keep_columns},
+    )
 
     def read_shards(batch: dict) -> Iterator[pa.Table]:
         for path in batch["path"]:
             yield from reader.read(str(path))
 
-    def write_batch(batch: pa.Table) -> pa.Table:
-        return write_fragments_for(batch, target, quarantine, schema)
-
+    known = None if job.overwrite else partial(known_keys_loader, tables.main)
     dataset = (
-        ray.data.from_items([{"path": path} for path in files], override_num_blocks=min(len(files), 1000))
+        ray.data.from_items([{"path": path} for path in scan.files], override_num_blocks=min(len(scan.files), 1000))
         .map_batches(read_shards, batch_size=1, batch_format="numpy", num_cpus=0.5)
         .map_batches(
             EmbedRows,
-            fn_constructor_kwargs={"spec": spec, "keep_columns": job.keep_columns, "threads": threads},
+            fn_constructor_kwargs={"spec": spec, "keep_columns": job.keep_columns, "threads": threads,
+                                   "known_keys": known},
             batch_size=job.rows_per_encode_batch,
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=actors),
             num_gpus=1 if gpus else 0,
             num_cpus=1,
         )
-        .map_batches(write_batch, batch_size=None, batch_format="pyarrow", num_cpus=0.5)
+        .map_batches(
+            partial(write_batch, tables=tables, run_id=run_id),
+            batch_size=job.rows_per_write,
+            batch_format="pyarrow",
+            num_cpus=0.5,
+        )
     )
     counts = RunCounts()
-    committer = ProgressiveCommitter(target, every_seconds=job.commit_every_seconds)
-    quarantine_committer = ProgressiveCommitter(quarantine, every_seconds=job.commit_every_seconds)
-    progress = _progress_bar(rows_in, job.progress)
+    progress = _progress_bar(scan.rows_in, job.progress)
     for result in dataset.iter_rows():
-        committer.add(list(result["fragments"]))
-        quarantine_committer.add(list(result["quarantine_fragments"]))
-        counts.rows_written += int(result["rows_written"])
-        counts.rows_quarantined += int(result["rows_quarantined"])
-        counts.rows_truncated += int(result["rows_truncated"])
-        counts.tokens += int(result["tokens"])
-        counts.padded_tokens += int(result["padded_tokens"])
-        read_at = float(result["first_read_at"])
-        counts.first_read_at = read_at if counts.first_read_at is None else min(counts.first_read_at, read_at)
-        counts.workers.update(result["workers"])
-        progress.update(int(result["rows_written"]) + int(result["rows_quarantined"]))
-    committer.commit()
-    quarantine_committer.commit()
+        counts.add(result)
+        progress.update(int(result["rows_written"]) + int(result["rows_unchanged"]) + int(result["rows_quarantined"]))
     progress.close()
     return counts
 
 
-def write_fragments_for(batch: pa.Table, target: LanceTarget, quarantine: LanceTarget, schema: pa.Schema) -> pa.Table:
-    """Split a batch into embedded and quarantined rows, write both as fragments, return one summary row."""
-    bad = pc.is_valid(batch.column(REASON_COL))
-    good_rows = batch.filter(pc.invert(bad))
-    bad_rows = batch.filter(bad)
+def write_batch(batch: pa.Table, tables: Tables, run_id: str) -> pa.Table:
+    """Upsert a batch's embedded rows into the table and its bad rows into the quarantine table;
+    return one row of counts for the driver."""
+    status = batch.column(STATUS_COL)
+    embedded = batch.filter(pc.equal(status, EMBEDDED))
+    bad = batch.filter(pc.equal(status, QUARANTINED))
     quarantined = pa.table({
-        ID: bad_rows.column(ID),
-        SOURCE: bad_rows.column(SOURCE_COL),
-        REASON: bad_rows.column(REASON_COL),
+        ID: bad.column(ID),
+        SOURCE: bad.column(SOURCE_COL),
+        REASON: bad.column(REASON_COL),
+        RUN_ID: pa.array([run_id] * bad.num_rows, pa.string()),
     })
-    fragments = write_fragment_json(good_rows, target, schema)
-    quarantine_fragments = write_fragment_json(quarantined, quarantine, QUARANTINE_SCHEMA)
+    written = upsert(embedded, tables.main, tables.schema, ID)
+    upsert(quarantined, tables.quarantine, QUARANTINE_SCHEMA, SOURCE)
     return pa.table({
-        "fragments": pa.array([fragments], pa.list_(pa.string())),
-        "quarantine_fragments": pa.array([quarantine_fragments], pa.list_(pa.string())),
-        "rows_written": [good_rows.num_rows],
-        "rows_quarantined": [bad_rows.num_rows],
+        "rows_written": [embedded.num_rows],
+        "rows_inserted": [written.inserted],
+        "rows_updated": [written.updated],
+        "rows_unchanged": [int(pc.sum(pc.equal(status, UNCHANGED)).as_py() or 0)],
+        "rows_quarantined": [bad.num_rows],
         "rows_truncated": [int(pc.sum(batch.column(TRUNCATED_COL).cast(pa.int64())).as_py() or 0)],
         "tokens": [int(pc.sum(batch.column(TOKENS_COL)).as_py() or 0)],
         "padded_tokens": [int(pc.sum(batch.column(PADDED_COL)).as_py() or 0)],

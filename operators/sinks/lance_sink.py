@@ -1,32 +1,35 @@
-"""Lance fragment writes in the workers, commits on the driver.
+"""Keyed, exactly-once writes of pipeline output into LanceDB tables, from the workers.
 
 Ray 2.60's `Dataset.write_lance` fails with pylance 14 (ray-project/ray#65129), and per-row or
-driver-side writes do not scale. Workers write Lance data files (fragments) straight to the table's
-storage and hand back only their small metadata; the driver commits them in groups as they arrive,
-so a killed run keeps everything committed so far and a restart can pick up from there.
+driver-side writes do not scale. Each writer task upserts its batch with Lance `merge_insert` keyed
+on the table's primary key: the task writes the new data files and commits them itself, so the
+vectors never pass through the driver, progress is committed batch by batch (a killed run keeps
+everything committed so far), and re-running a batch replaces rows instead of duplicating them.
+The key is declared as the table's unenforced primary key: without it, concurrent `merge_insert`
+commits duplicate keys (lance#4585); with it, Lance detects the overlap and retries.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import lance
 import pyarrow as pa
-from lance.fragment import FragmentMetadata, write_fragments
+import pyarrow.compute as pc
 
 log = logging.getLogger(__name__)
+DELETE_CHUNK = 2000  # ids per delete predicate
 
 
-@dataclass
+@dataclass(frozen=True)
 class LanceTarget:
     """One LanceDB table: the database URI (folder or object-store URI) and the table name."""
 
     uri: str
     table: str
-    storage_options: dict = field(default_factory=dict)
+    storage_options: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def dataset_uri(self) -> str:
@@ -34,7 +37,7 @@ class LanceTarget:
 
     def exists(self) -> bool:
         try:
-            lance.dataset(self.dataset_uri, storage_options=self.storage_options or None)
+            self.open()
         except (ValueError, FileNotFoundError, OSError):
             return False
         return True
@@ -42,9 +45,22 @@ class LanceTarget:
     def open(self) -> lance.LanceDataset:
         return lance.dataset(self.dataset_uri, storage_options=self.storage_options or None)
 
+    def lancedb_table(self):
+        return _connect(self.uri, tuple(sorted(self.storage_options.items()))).open_table(self.table)
 
-def ensure_table(target: LanceTarget, schema: pa.Schema, overwrite: bool = False) -> lance.LanceDataset:
-    """Create the table empty with `schema` (or replace it with `overwrite`); check an existing one fits."""
+
+@lru_cache(maxsize=16)
+def _connect(uri: str, storage_items: tuple):
+    import lancedb
+
+    return lancedb.connect(uri, storage_options=dict(storage_items) or None)
+
+
+def ensure_table(
+    target: LanceTarget, schema: pa.Schema, primary_key: str, overwrite: bool = False
+) -> lance.LanceDataset:
+    """Create the table empty with `schema` and its primary key (or replace it with `overwrite`);
+    check that an existing table has the same columns."""
     if target.exists() and not overwrite:
         dataset = target.open()
         existing = {f.name: f.type for f in dataset.schema}
@@ -61,69 +77,60 @@ def ensure_table(target: LanceTarget, schema: pa.Schema, overwrite: bool = False
             )
             raise ValueError(msg)
         return dataset
-    return lance.write_dataset(
+    dataset = lance.write_dataset(
         schema.empty_table(),
         target.dataset_uri,
         schema=schema,
         mode="overwrite" if target.exists() else "create",
         storage_options=target.storage_options or None,
     )
+    target.lancedb_table().set_unenforced_primary_key(primary_key)
+    return dataset
 
 
-def write_fragment_json(table: pa.Table, target: LanceTarget, schema: pa.Schema) -> list[str]:
-    """Write rows as new Lance data files of the target table; return their fragment metadata as JSON.
+@dataclass
+class UpsertCounts:
+    inserted: int = 0
+    updated: int = 0
 
-    Nothing is visible in the table until the driver commits these fragments.
-    """
-    if table.num_rows == 0:
-        return []
-    data = table.select(schema.names).cast(schema)
-    fragments = write_fragments(
-        data,
-        target.dataset_uri,
-        schema=schema,
-        mode="append",
-        storage_options=target.storage_options or None,
+
+def upsert(rows: pa.Table, target: LanceTarget, schema: pa.Schema, key: str) -> UpsertCounts:
+    """Insert rows whose key is new and replace rows whose key exists, in one commit."""
+    if rows.num_rows == 0:
+        return UpsertCounts()
+    data = rows.select(schema.names).cast(schema.remove_metadata())
+    result = (
+        target.lancedb_table()
+        .merge_insert(key)
+        .when_matched_update_all()
+        .when_not_matched_insert_all()
+        .execute(data)
     )
-    return [json.dumps(fragment.to_json()) for fragment in fragments]
+    return UpsertCounts(inserted=result.num_inserted_rows, updated=result.num_updated_rows)
 
 
-class ProgressiveCommitter:
-    """Collects fragment metadata on the driver and appends it to the table in groups.
+def load_known_keys(target: LanceTarget, key: str, hash_column: str, model_column: str, model_id: str) -> pa.Table:
+    """(key, hash) of every row the table holds for `model_id`: what an incremental run can skip."""
+    if not target.exists():
+        return pa.table({key: pa.array([], pa.string()), hash_column: pa.array([], pa.string())})
+    quoted = model_id.replace("'", "''")
+    return target.open().to_table(columns=[key, hash_column], filter=f"{model_column} = '{quoted}'")
 
-    Committing every few seconds bounds what a crash can lose to the work in flight, while
-    grouping keeps the number of table versions (and manifest writes) small.
-    """
 
-    def __init__(self, target: LanceTarget, every_seconds: float = 5.0, every_fragments: int = 64) -> None:
-        self.target = target
-        self.every_seconds = every_seconds
-        self.every_fragments = every_fragments
-        self.pending: list[str] = []
-        self.last_commit = time.monotonic()
-        self.commits = 0
-        self.rows_committed = 0
+def delete_keys_not_in(target: LanceTarget, key: str, keep: pa.Array) -> int:
+    """Delete rows whose key is not in `keep` (ids that left the input); returns how many."""
+    dataset = target.open()
+    stored = dataset.to_table(columns=[key]).column(key).combine_chunks()
+    gone = pc.filter(stored, pc.invert(pc.is_in(stored, value_set=keep))).to_pylist()
+    for start in range(0, len(gone), DELETE_CHUNK):
+        chunk = gone[start : start + DELETE_CHUNK]
+        quoted = ", ".join("'" + value.replace("'", "''") + "'" for value in chunk)
+        target.open().delete(f"{key} IN ({quoted})")
+    return len(gone)
 
-    def add(self, fragment_json: list[str]) -> None:
-        self.pending.extend(fragment_json)
-        due = time.monotonic() - self.last_commit >= self.every_seconds
-        if self.pending and (due or len(self.pending) >= self.every_fragments):
-            self.commit()
 
-    def commit(self) -> None:
-        if not self.pending:
-            return
-        fragments = [FragmentMetadata.from_json(raw) for raw in self.pending]
-        # Appends never conflict with each other, so reading the latest version here is safe even
-        # while another writer commits; Lance retries the commit if a version lands in between.
-        lance.LanceDataset.commit(
-            self.target.dataset_uri,
-            lance.LanceOperation.Append(fragments),
-            read_version=self.target.open().version,
-            storage_options=self.target.storage_options or None,
-        )
-        self.rows_committed += sum(fragment.num_rows for fragment in fragments)
-        self.commits += 1
-        self.pending = []
-        self.last_commit = time.monotonic()
-        log.debug("committed %d fragments to %s", len(fragments), self.target.table)
+def compact(target: LanceTarget, max_fragments: int = 64) -> None:
+    """Merge the small fragments that batch-by-batch commits leave behind, once there are many."""
+    dataset = target.open()
+    if len(dataset.get_fragments()) > max_fragments:
+        dataset.optimize.compact_files()

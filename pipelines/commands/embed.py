@@ -32,11 +32,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--max-length", type=int, default=None, help="tokens per text (longer texts are cut)")
     parser.add_argument("--keep-columns", type=name_list, default=[], help="input columns copied to the table")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the table instead of adding to it")
+    parser.add_argument("--overwrite", action="store_true", help="replace the table instead of updating it")
+    parser.add_argument("--sync-deletes", action="store_true", help="delete table rows whose id left the input")
+    parser.add_argument("--skip-bad-files", action="store_true",
+                        help="quarantine unreadable shards whole and go on (default: fail naming the file)")
     parser.add_argument("--actors", type=int, default=None, help="encoder actors (default: one per GPU, else CPUs/2)")
     parser.add_argument("--threads-per-actor", type=int, default=None)
     parser.add_argument("--rows-per-batch", dest="rows_per_encode_batch", type=int, default=1024,
                         help="rows handed to an encoder actor at a time (sorted and cut by token budget inside)")
+    parser.add_argument("--rows-per-write", type=int, default=4096, help="rows per upsert commit")
     parser.add_argument("--max-tokens-per-batch", type=int, default=16384, help="padded tokens per forward pass")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
@@ -56,6 +60,10 @@ def run(args: argparse.Namespace) -> dict:
         keep_columns=args.keep_columns,
         address=args.address,
         overwrite=args.overwrite,
+        sync_deletes=args.sync_deletes,
+        skip_bad_files=args.skip_bad_files,
+        rows_per_write=args.rows_per_write,
+        command=["embedlake", *getattr(args, "argv", [])],
         actors=args.actors,
         threads_per_actor=args.threads_per_actor,
         rows_per_encode_batch=args.rows_per_encode_batch,
