@@ -153,6 +153,52 @@ class Evaluator:
             run[qid] = [(h["id"], h["score"]) for h in hits(found.ids, fused, self.k)]
         return run
 
+    # -- entries of the report ----------------------------------------------------------------
+    def dense_entries(self) -> tuple[dict[str, dict], np.ndarray | None]:
+        """One entry per dense column, then the funnel at each nested size; also the exact `dense`
+        shortlist positions, the first stage the ColBERT and hybrid entries re-rank."""
+        results: dict[str, dict] = {}
+        dense_positions = None
+        shortlist = self.retriever.shortlist
+        for column in self.store.dense_columns():
+            run, positions = self.dense_run(column, shortlist if column == DENSE else self.k)
+            if column == DENSE:
+                dense_positions = positions
+                run = {qid: ranking[:self.k] for qid, ranking in run.items()}
+            results[column] = {**self.score(run), "bytes_per_vector": bytes_per_vector(self.store, column)}
+        if self.store.has(DENSE) and not self.use_index:
+            for column in self.store.dense_columns()[1:]:
+                results[f"funnel_{nested_dim(column)}"] = {
+                    **self.score(self.funnel_run(column)),
+                    "bytes_per_vector": bytes_per_vector(self.store, column),  # what the first stage scans
+                    "shortlist": shortlist,
+                }
+        return results, dense_positions
+
+    def multi_mode_entries(self, dense_positions: np.ndarray | None, weights: Sequence[float] | None,
+                           tune_weights: bool, results: dict[str, dict]) -> dict[str, dict]:
+        """ColBERT and hybrid entries (weighted, RRF, tuned) over the union of the dense and sparse shortlists."""
+        entries: dict[str, dict] = {}
+        modes = self.retriever.available_modes()
+        candidates = self.candidates(dense_positions)
+        if self.store.has(COLBERT):
+            run = {qid: [(h["id"], h["score"]) for h in hits(found.ids, found.scores[fusion_ops.COLBERT_MODE],
+                                                               self.k)]
+                   for qid, found in zip(self.labelled.ids, candidates, strict=True)}
+            entries[COLBERT] = {**self.score(run), "bytes_per_vector": bytes_per_vector(self.store, COLBERT),
+                                "shortlist": self.retriever.shortlist}
+        combined_bytes = sum((results | entries)[mode]["bytes_per_vector"] for mode in modes)
+        chosen = fusion_ops.mode_weights(weights, modes)
+        entries[HYBRID_MODE] = {**self.score(self.fused_run(candidates, chosen, fusion_ops.WEIGHTED)),
+                                "bytes_per_vector": combined_bytes,
+                                "weights": [chosen.get(mode, 0.0) for mode in fusion_ops.MODES]}
+        equal = fusion_ops.mode_weights((1.0, 1.0, 1.0), modes)
+        entries[f"{HYBRID_MODE}_rrf"] = {**self.score(self.fused_run(candidates, equal, fusion_ops.RRF)),
+                                         "bytes_per_vector": combined_bytes}
+        if tune_weights:
+            entries[f"{HYBRID_MODE}_tuned"] = {**self.tune(candidates, modes), "bytes_per_vector": combined_bytes}
+        return entries
+
     def tune(self, candidates: list, modes: Sequence[str]) -> dict:
         """Grid search of hybrid weights on the qrels, by nDCG@k (then recall, then MRR).
 
@@ -241,46 +287,12 @@ def evaluate(
         log.warning("%d relevant doc ids in %s are not in table %s; they count as not retrieved",
                     missing_docs, qrels_path, table)
     evaluator = Evaluator(retriever, labelled, k, use_index=use_index)
-    results: dict[str, dict] = {}
-    dense_positions = None
-    for column in store.dense_columns():
-        n = retriever.shortlist if column == DENSE else k
-        run, positions = evaluator.dense_run(column, n)
-        if column == DENSE:
-            dense_positions = positions
-            run = {qid: ranking[:k] for qid, ranking in run.items()}
-        results[column] = {**evaluator.score(run), "bytes_per_vector": bytes_per_vector(store, column)}
-    if store.has(DENSE) and not use_index:
-        for column in store.dense_columns()[1:]:
-            results[f"funnel_{nested_dim(column)}"] = {
-                **evaluator.score(evaluator.funnel_run(column)),
-                "bytes_per_vector": bytes_per_vector(store, column),
-                "shortlist": retriever.shortlist,
-            }
+    results, dense_positions = evaluator.dense_entries()
     if store.has(SPARSE):
         results[SPARSE] = {**evaluator.score(evaluator.sparse_run()), "bytes_per_vector": bytes_per_vector(store,
                                                                                                           SPARSE)}
-    modes = retriever.available_modes()
     if store.has(DENSE) and (store.has(SPARSE) or store.has(COLBERT)):
-        candidates = evaluator.candidates(dense_positions)
-        if store.has(COLBERT):
-            run = {qid: [(h["id"], h["score"]) for h in hits(found.ids, found.scores["colbert"], k)]
-                   for qid, found in zip(labelled.ids, candidates, strict=True)}
-            results[COLBERT] = {**evaluator.score(run), "bytes_per_vector": bytes_per_vector(store, COLBERT),
-                                "shortlist": retriever.shortlist}
-        if store.has(SPARSE):
-            hybrid_bytes = sum(results[mode]["bytes_per_vector"] for mode in modes)
-            chosen = fusion_ops.mode_weights(weights, modes)
-            results[HYBRID_MODE] = {**evaluator.score(evaluator.fused_run(candidates, chosen, fusion_ops.WEIGHTED)),
-                                    "bytes_per_vector": hybrid_bytes,
-                                    "weights": [chosen.get(mode, 0.0) for mode in fusion_ops.MODES]}
-            results[f"{HYBRID_MODE}_rrf"] = {
-                **evaluator.score(evaluator.fused_run(candidates, fusion_ops.mode_weights((1, 1, 1), modes),
-                                                      fusion_ops.RRF)),
-                "bytes_per_vector": hybrid_bytes}
-            if tune_weights:
-                tuned = evaluator.tune(candidates, modes)
-                results[f"{HYBRID_MODE}_tuned"] = {**tuned, "bytes_per_vector": hybrid_bytes}
+        results.update(evaluator.multi_mode_entries(dense_positions, weights, tune_weights, results))
     elif tune_weights:
         log.warning("--tune-weights needs a table with BGE-M3 sparse or colbert outputs; skipped")
     summary = evaluate_run({}, labelled.qrels, labelled.ids, k)

@@ -64,7 +64,8 @@ def plot_quality(results: dict[str, dict], k: int, path: str, title: str = "") -
         by_bytes.annotate(name, (entry["bytes_per_vector"], entry[key]), textcoords="offset points", xytext=(4, 4),
                           fontsize=8)
     by_bytes.set_xscale("log")
-    by_bytes.set_xlabel("bytes per row (float32 dense, int32+float32 sparse, float16 ColBERT)")
+    by_bytes.set_xlabel("bytes per row (float32 dense, int32+float32 sparse, float16 ColBERT;\n"
+                        "funnel: the nested column it scans)")
     by_bytes.set_ylabel(key)
     by_bytes.set_title(f"{key} vs storage")
     by_bytes.grid(True, alpha=0.3)

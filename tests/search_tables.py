@@ -93,3 +93,22 @@ def make_table(path: str, name: str = "docs", n: int = 300, seed: int = 0, **kwa
                      colbert_dim=kwargs.get("colbert_dim", 16), meta=meta)
     lancedb.connect(path).create_table(name, table)
     return table, columns
+
+
+# -- brute-force references -------------------------------------------------------------------
+def brute_lexical(query, row: dict) -> float:
+    """FlagEmbedding's compute_lexical_matching_score: loop over query tokens present in the passage."""
+    passage = {}
+    for token, weight in zip(row["indices"], row["values"], strict=True):
+        passage[token] = max(weight, passage.get(token, 0.0))
+    return sum(float(w) * passage[int(t)] for t, w in zip(query.indices, query.values, strict=True)
+               if int(t) in passage)
+
+
+def brute_maxsim(query: np.ndarray, passage: np.ndarray) -> float:
+    passage = passage.astype(np.float32)
+    return float(np.mean([max(float(q @ p) for p in passage) for q in query]))
+
+
+def brute_ranking(ids, scores, k):
+    return sorted(zip(ids, scores, strict=True), key=lambda pair: (-pair[1], pair[0]))[:k]

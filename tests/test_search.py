@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from search_tables import make_table, random_rows, unit
+from search_tables import brute_lexical, brute_maxsim, brute_ranking, make_table, random_rows, unit
 
 from operators.schema import COLBERT, DENSE, SPARSE
 from operators.search.dense import exact_topn, funnel_topn, scan_topn
@@ -41,24 +41,6 @@ def queries():
             colbert=rows[COLBERT][i].astype(np.float32),
         ))
     return result
-
-
-def brute_lexical(query: SparseVector, row: dict) -> float:
-    """FlagEmbedding's compute_lexical_matching_score: loop over query tokens present in the passage."""
-    passage = {}
-    for token, weight in zip(row["indices"], row["values"], strict=True):
-        passage[token] = max(weight, passage.get(token, 0.0))
-    return sum(float(w) * passage[int(t)] for t, w in zip(query.indices, query.values, strict=True)
-               if int(t) in passage)
-
-
-def brute_maxsim(query: np.ndarray, passage: np.ndarray) -> float:
-    passage = passage.astype(np.float32)
-    return float(np.mean([max(float(q @ p) for p in passage) for q in query]))
-
-
-def brute_ranking(ids, scores, k):
-    return sorted(zip(ids, scores, strict=True), key=lambda pair: (-pair[1], pair[0]))[:k]
 
 
 def as_pairs(hits):

@@ -147,8 +147,10 @@ class Retriever:
         return hits(candidates.ids, fusion_ops.fuse(candidates.ids, candidates.scores, weights_by_mode, fusion), k)
 
     def _check_mode(self, mode: str) -> None:
-        needed = {SPARSE_MODE: [SPARSE], COLBERT_MODE: [COLBERT, DENSE], HYBRID_MODE: [DENSE, SPARSE]}.get(mode, [])
+        needed = {SPARSE_MODE: [SPARSE], COLBERT_MODE: [COLBERT, DENSE], HYBRID_MODE: [DENSE]}.get(mode, [])
         missing = [column for column in needed if not self.store.has(column)]
+        if mode == HYBRID_MODE and not (self.store.has(SPARSE) or self.store.has(COLBERT)):
+            missing.append("sparse or colbert")
         if missing:
             msg = (f"{mode} search needs column(s) {', '.join(missing)}, which table {self.store.name!r} lacks "
                    f"(it has {', '.join(self.store.vector_columns()) or 'no vector columns'}); "
