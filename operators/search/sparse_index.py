@@ -145,8 +145,9 @@ class SparseIndex:
         with fs.open_output_stream(f"{temporary}/{META_FILE}") as out:
             out.write(json.dumps(meta).encode())
         if fs.get_file_info(final).type != pafs.FileType.NotFound:
-            fs.delete_dir(final)
-        fs.move(temporary, final)
+            fs.delete_dir(temporary)  # another process saved this version first: same content, keep theirs
+        else:
+            fs.move(temporary, final)
         return f"{index_uri}/v{self.version}"
 
     @classmethod
@@ -194,8 +195,11 @@ def open_sparse_index(store, persist: bool = True) -> tuple[SparseIndex, str]:
     log.info("sparse index of %s %s at version %d (%d rows, %d postings)", store.name, action, store.version,
              index.rows, index.docs.size)
     if persist:
-        index.save(index_uri)
-        _drop_versions(index_uri, [v for v in versions if v != store.version])
+        try:
+            index.save(index_uri)
+            _drop_versions(index_uri, [v for v in versions if v != store.version])
+        except OSError as error:  # a read-only lake still gets searched, with an index rebuilt per process
+            log.warning("could not save the sparse index to %s (%s); using it from memory", index_uri, error)
     return index, action
 
 
