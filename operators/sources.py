@@ -71,10 +71,20 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split("/") if part)
 
 
-def read_schema(shards: ShardSet, path: str | None = None) -> pa.Schema:
+def read_schema(shards: ShardSet, skip_bad_files: bool = False) -> pa.Schema:
+    """Schema of the first shard (the first readable one with skip_bad_files), naming a file it cannot read."""
     fs = shards.filesystem()
-    with fs.open(path or shards.files[0], "rb") as handle:
-        return pq.read_schema(handle)
+    for path in shards.files:
+        try:
+            _, fs_path = fsspec.core.url_to_fs(path, **shards.storage_options)
+            with fs.open(fs_path, "rb") as handle:
+                return pq.read_schema(handle)
+        except Exception as error:
+            if not skip_bad_files:
+                msg = f"cannot read shard {path} ({type(error).__name__}: {' '.join(str(error).split())[:300]})"
+                raise ValueError(msg) from error
+    msg = f"input {shards.uri}: no shard is readable"
+    raise ValueError(msg)
 
 
 def check_columns(schema: pa.Schema, required: Sequence[str], where: str) -> None:

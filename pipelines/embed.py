@@ -136,7 +136,7 @@ def run_embed(job: EmbedJob) -> dict:
     started = time.time()
     shards = find_shards(job.input, job.storage_options)
     required = [job.id_column, job.text_column]
-    input_schema = read_schema(shards)
+    input_schema = read_schema(shards, skip_bad_files=job.skip_bad_files)
     check_columns(input_schema, [*required, *job.keep_columns], f"input {job.input}")
     spec = job.encoder_spec()
     description = describe_encoder(spec)
