@@ -34,7 +34,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 demo: install
-	$(VENV)/bin/embedlake embed data/sample/ $(DEMO_LAKE) --table docs --dims 256,128,64 --keep-columns title,section
+	$(VENV)/bin/embedlake embed data/sample/ $(DEMO_LAKE) --config conf/demo.yaml
 	$(VENV)/bin/embedlake search $(DEMO_LAKE) --table docs --query "$(DEMO_QUERY)" --k 5
 
 test: install-test

@@ -40,3 +40,11 @@ def ray_session():
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_bge_m3_path(tmp_path_factory) -> str:
+    """A random tiny checkpoint in BAAI/bge-m3's folder layout, built offline once per session."""
+    from tests.bge_m3_checkpoint import build_tiny_bge_m3
+
+    return build_tiny_bge_m3(str(tmp_path_factory.mktemp("bge-m3") / "tiny-bge-m3"))
