@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from search_tables import brute_lexical, brute_maxsim, brute_ranking, make_table, random_rows, unit
 
+from operators import scoring
 from operators.schema import COLBERT, DENSE, SPARSE
 from operators.search.dense import exact_topn, funnel_topn, scan_topn
 from operators.search.hybrid import mode_weights, parse_weights, rrf_scores, weight_grid
@@ -111,6 +112,8 @@ def test_sparse_index_scores_equal_brute_force(lake, queries):
         # the vectorised scorer used for candidates agrees too
         table = store.take(np.arange(N), [SPARSE])
         np.testing.assert_allclose(sparse_scores(table.column(SPARSE), query.sparse), expected, atol=1e-6)
+        singles = [scoring.sparse_score((query.sparse.indices, query.sparse.values), row) for row in columns[SPARSE]]
+        np.testing.assert_allclose(singles, expected, atol=1e-6)
 
 
 def test_sparse_index_keeps_the_max_weight_of_a_repeated_token():
@@ -165,6 +168,9 @@ def test_colbert_scores_equal_brute_maxsim(lake, queries):
     for query in queries:
         expected = [brute_maxsim(query.colbert, passage) for passage in columns[COLBERT]]
         np.testing.assert_allclose(colbert_scores(rows.column(COLBERT), query.colbert), expected, atol=1e-5)
+        # and the single-pair reference of operators.scoring, row by row
+        singles = [scoring.colbert_score(query.colbert, passage) for passage in columns[COLBERT]]
+        np.testing.assert_allclose(singles, expected, atol=1e-5)
 
 
 def test_colbert_and_hybrid_rerank_the_union_of_dense_and_sparse_shortlists(lake, queries):

@@ -51,9 +51,11 @@ def mode_weights(weights: Sequence[float] | None, available: Sequence[str]) -> d
 
 
 def weighted_scores(scores: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
-    total = sum(weights.values())
-    fused = sum(weights[mode] * np.asarray(scores[mode], dtype=np.float64) for mode in weights)
-    return fused / total
+    """BGE-M3's hybrid score (operators.scoring.hybrid_scores); modes without weight may be absent."""
+    from operators import scoring
+
+    per_mode = [scores.get(mode) if weights.get(mode, 0.0) > 0 else None for mode in MODES]
+    return scoring.hybrid_scores(*per_mode, weights=[weights.get(mode, 0.0) for mode in MODES])
 
 
 def ranks(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
-"""BGE-M3's relevance scores computed exactly, vectorised over candidate rows read from a table.
+"""BGE-M3's relevance scores over candidate rows read from a table, and the query-side containers.
 
 Every search mode ends here, so what a search returns carries the same score FlagEmbedding's
-`compute_score` would give the pair (up to float16 storage of ColBERT vectors):
+`compute_score` would give the pair (up to float16 storage of ColBERT vectors). The definitions live
+once, in `operators.scoring`; this module adapts them to candidate rows and queries:
 - dense: q . p
 - sparse: sum over token ids in both of w_q[t] * w_p[t]
 - colbert: mean over query vectors of the max dot product over the passage's vectors (MaxSim)
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+
+from operators import scoring
 
 
 @dataclass
@@ -67,24 +70,12 @@ def ragged_lengths(array: pa.Array) -> np.ndarray:
 
 
 def dense_scores(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
-    return matrix @ np.asarray(query, dtype=np.float32)
+    return scoring.dense_scores(query, matrix)
 
 
 def sparse_scores(column: pa.Array | pa.ChunkedArray, query: SparseVector) -> np.ndarray:
-    """Lexical-matching score of the query against each row of a `sparse` struct column."""
-    array = _column(column)
-    rows = len(array)
-    if rows == 0 or len(query) == 0:
-        return np.zeros(rows, dtype=np.float32)
-    indices, values = sparse_children(array)
-    lengths = ragged_lengths(indices)
-    tokens = np.asarray(indices.flatten().to_numpy(zero_copy_only=False), dtype=np.int64)
-    weights = np.asarray(values.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
-    owner = np.repeat(np.arange(rows), lengths)
-    where = np.minimum(np.searchsorted(query.indices, tokens), len(query) - 1)
-    hit = query.indices[where] == tokens
-    contributions = np.where(hit, weights * query.values[where], 0.0)
-    return np.bincount(owner, weights=contributions, minlength=rows).astype(np.float32)
+    """Lexical-matching score of the query against each row of a `sparse` struct column (0 for null rows)."""
+    return scoring.sparse_scores((query.indices, query.values), column)
 
 
 def sparse_children(array: pa.StructArray) -> tuple[pa.Array, pa.Array]:
@@ -95,31 +86,9 @@ def sparse_children(array: pa.StructArray) -> tuple[pa.Array, pa.Array]:
 
 
 def colbert_scores(column: pa.Array | pa.ChunkedArray, query: np.ndarray) -> np.ndarray:
-    """MaxSim of the query's vectors against each row's ColBERT vectors, averaged over query vectors.
-
-    One matrix product over all candidate tokens, then a per-row max with `maximum.reduceat`.
-    A row without vectors scores 0.
-    """
-    array = _column(column)
-    rows = len(array)
-    query = np.asarray(query, dtype=np.float32)
-    if rows == 0:
-        return np.zeros(0, dtype=np.float32)
-    if query.shape[0] == 0:
-        return np.zeros(rows, dtype=np.float32)
-    lengths = ragged_lengths(array)
-    vectors = array.flatten()
-    dim = vectors.type.list_size
-    tokens = np.asarray(vectors.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
-    scores = np.zeros(rows, dtype=np.float32)
-    present = lengths > 0
-    if not present.any():
-        return scores
-    similarity = query @ tokens.T  # (query tokens, candidate tokens)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[present]
-    maxima = np.maximum.reduceat(similarity, starts, axis=1)  # (query tokens, rows with vectors)
-    scores[present] = maxima.sum(axis=0) / query.shape[0]
-    return scores
+    """MaxSim of the query's vectors against each row's ColBERT vectors, averaged over query vectors
+    (one matrix product over all candidate tokens; a row without vectors scores 0)."""
+    return scoring.colbert_scores(np.asarray(query, dtype=np.float32), column)
 
 
 def top_k(ids: np.ndarray | list[str], scores: np.ndarray, k: int) -> np.ndarray:
