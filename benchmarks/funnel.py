@@ -175,7 +175,7 @@ def run_lancedb(args: argparse.Namespace, full, small, q_full, q_small) -> dict:
     timings["exact_ms_per_query"] = 1000 * (time.perf_counter() - started) / count
     funnel_runs = []
     for shortlist in args.lancedb_shortlists:
-        retriever = Retriever(args.lancedb, "bench", exact=True, shortlist=shortlist)
+        retriever = Retriever(args.lancedb, "bench", exact=True, funnel_shortlist=shortlist)
         started = time.perf_counter()
         found = [[hit["id"] for hit in retriever.search(query, k=args.k, funnel=small_name)] for query in queries]
         seconds = time.perf_counter() - started

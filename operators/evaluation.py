@@ -24,7 +24,13 @@ from operators.metrics import evaluate_run, metric_name, qrels_from_rows
 from operators.schema import COLBERT, DENSE, SPARSE, nested_dim
 from operators.search import hybrid as fusion_ops
 from operators.search.dense import scan_topn
-from operators.search.retriever import HYBRID_MODE, Retriever, hits
+from operators.search.retriever import (
+    DEFAULT_FUNNEL_SHORTLIST,
+    DEFAULT_SHORTLIST,
+    HYBRID_MODE,
+    Retriever,
+    hits,
+)
 from operators.search.scores import ragged_lengths, top_k
 
 log = logging.getLogger(__name__)
@@ -118,7 +124,7 @@ class Evaluator:
 
     def funnel_run(self, small: str) -> dict:
         """Shortlist by the exact scan of `small`, re-rank the shortlist by `dense`."""
-        positions, _ = scan_topn(self.store, small, self.query_matrix(small), self.retriever.shortlist)
+        positions, _ = scan_topn(self.store, small, self.query_matrix(small), self.retriever.funnel_shortlist)
         unique, inverse = np.unique(positions, return_inverse=True)
         from operators.search.scores import fixed_vectors
 
@@ -171,7 +177,7 @@ class Evaluator:
                 results[f"funnel_{nested_dim(column)}"] = {
                     **self.score(self.funnel_run(column)),
                     "bytes_per_vector": bytes_per_vector(self.store, column),  # what the first stage scans
-                    "shortlist": shortlist,
+                    "shortlist": self.retriever.funnel_shortlist,
                 }
         return results, dense_positions
 
@@ -261,12 +267,13 @@ def evaluate(
     k: int = 10,
     tune_weights: bool = False,
     weights: Sequence[float] | None = None,
-    shortlist: int = 100,
+    shortlist: int = DEFAULT_SHORTLIST,
     model: str | None = None,
     report_path: str | None = None,
     use_index: bool = False,
     limit: int | None = None,
     plot: bool = True,
+    funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST,
 ) -> dict:
     """Python API behind `embedlake evaluate`. Returns {"<column or mode>": {"recall@k", "mrr@k", "ndcg@k",
     "bytes_per_vector"}, ..., "k", "queries", "queries_without_relevant", "report", "plot"}."""
@@ -278,7 +285,8 @@ def evaluate(
     if not labelled.ids:
         msg = f"{queries_path} has no queries"
         raise ValueError(msg)
-    retriever = Retriever(uri, table, model=model, shortlist=max(shortlist, k), exact=not use_index)
+    retriever = Retriever(uri, table, model=model, shortlist=max(shortlist, k), exact=not use_index,
+                          funnel_shortlist=max(funnel_shortlist, k))
     store = retriever.store
     unknown = set(store.ids().tolist())
     judged_docs = {doc for judged in labelled.qrels.values() for doc, rel in judged.items() if rel > 0}

@@ -80,7 +80,7 @@ def result(setup, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("operators.search.queries.load_query_encoder", lambda store, model=None: KnownEncoder(queries))
         return evaluation.evaluate(path, "docs", str(folder / "queries.parquet"), str(folder / "qrels.parquet"),
-                                   k=K, shortlist=SHORTLIST, tune_weights=True,
+                                   k=K, shortlist=SHORTLIST, funnel_shortlist=SHORTLIST, tune_weights=True,
                                    report_path=str(tmp_path_factory.mktemp("report") / "r.json"))
 
 

@@ -65,7 +65,7 @@ def test_dense_search_equals_numpy(lake, queries, column):
 
 def test_funnel_shortlists_by_small_column_and_reranks_by_full(lake, queries):
     path, columns = lake
-    retriever = Retriever(path, "docs", exact=True, shortlist=40)
+    retriever = Retriever(path, "docs", exact=True, funnel_shortlist=40)
     for query in queries:
         shortlist = brute_ranking(columns["id"], columns["dense_8"] @ query.dense["dense_8"], 40)
         positions = [int(doc[3:]) for doc, _ in shortlist]
@@ -74,7 +74,7 @@ def test_funnel_shortlists_by_small_column_and_reranks_by_full(lake, queries):
         assert_same_hits(retriever.search(query, funnel="dense_8", k=5), expected)
         assert_same_hits(retriever.search(query, funnel=8, k=5), expected)
     # a shortlist as large as the table is exact search
-    everything = Retriever(path, "docs", exact=True, shortlist=N)
+    everything = Retriever(path, "docs", exact=True, funnel_shortlist=N)
     for query in queries:
         exact = brute_ranking(columns["id"], columns[DENSE] @ query.dense[DENSE], 10)
         assert_same_hits(everything.search(query, funnel="dense_16", k=10), exact)

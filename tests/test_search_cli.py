@@ -105,7 +105,7 @@ def test_search_cli_equals_brute_force(embedded, stored, query_encoder, capsys, 
 
 def test_search_cli_funnel_and_text_output(embedded, stored, capsys):
     code, funnel, _ = run_cli(capsys, "search", embedded, "--table", "docs", "--query", "music player",
-                              "--funnel", "64", "--shortlist", str(DOCS), "--k", "3", "--json")
+                              "--funnel", "64", "--funnel-shortlist", str(DOCS), "--k", "3", "--json")
     assert code == 0
     _, exact, _ = run_cli(capsys, "search", embedded, "--table", "docs", "--query", "music player", "--k", "3",
                           "--json")

@@ -7,7 +7,7 @@ import argparse
 
 from operators.evaluation import evaluate
 from operators.search.hybrid import parse_weights
-from operators.search.retriever import DEFAULT_SHORTLIST
+from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -24,7 +24,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="grid-search hybrid weights on the qrels (with a 2-fold held-out estimate)")
     parser.add_argument("--weights", help="hybrid weights dense,sparse[,colbert] (default 0.4,0.2,0.4)")
     parser.add_argument("--shortlist", type=int, default=DEFAULT_SHORTLIST,
-                        help="first-stage candidates for funnel, colbert and hybrid")
+                        help="first-stage candidates for colbert and hybrid (each of dense and sparse)")
+    parser.add_argument("--funnel-shortlist", type=int, default=DEFAULT_FUNNEL_SHORTLIST,
+                        help="rows the funnel's small nested column shortlists for re-ranking with the full vector")
     parser.add_argument("--report", help="JSON report path (default OUTPUT/<table>.evaluation.json); "
                                          "the plot is written next to it as .png")
     parser.add_argument("--use-index", action="store_true",
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> dict:
         tune_weights=args.tune_weights,
         weights=parse_weights(args.weights),
         shortlist=args.shortlist,
+        funnel_shortlist=args.funnel_shortlist,
         model=args.model,
         report_path=args.report,
         use_index=args.use_index,

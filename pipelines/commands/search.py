@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from operators.search.hybrid import FUSIONS, WEIGHTED, parse_weights
-from operators.search.retriever import DEFAULT_SHORTLIST, SEARCH_MODES, search
+from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, SEARCH_MODES, search
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -24,7 +24,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--funnel", help="dense mode: shortlist with this nested column (dense_64 or 64), "
                                          "re-rank with --column")
     parser.add_argument("--shortlist", type=int, default=DEFAULT_SHORTLIST,
-                        help="first-stage candidates for funnel, colbert and hybrid (each of dense and sparse)")
+                        help="first-stage candidates for colbert and hybrid (each of dense and sparse)")
+    parser.add_argument("--funnel-shortlist", type=int, default=DEFAULT_FUNNEL_SHORTLIST,
+                        help="rows the funnel's small nested column shortlists for re-ranking with the full vector")
     parser.add_argument("--exact", action="store_true", help="exact scan even where an ANN index exists")
     parser.add_argument("--model", help="encoder for the queries when the table carries no metadata")
     return parser
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         fusion=args.fusion,
         funnel=args.funnel,
         shortlist=args.shortlist,
+        funnel_shortlist=args.funnel_shortlist,
         exact=args.exact,
         model=args.model,
     )
