@@ -239,6 +239,10 @@ def test_errors_name_the_problem(lake, queries, tmp_path):
     retriever = Retriever(path, "docs")
     with pytest.raises(ValueError, match="no column 'dense_4'"):
         retriever.search(queries[0], column="dense_4")
+    with pytest.raises(ValueError, match="--funnel applies to dense mode only"):
+        retriever.search(queries[0], mode="hybrid", funnel=8)
+    with pytest.raises(ValueError, match="--funnel takes a nested column"):
+        retriever.search(queries[0], funnel="dense")
     with pytest.raises(ValueError, match="unknown mode"):
         retriever.search(queries[0], mode="bm25")
     with pytest.raises(ValueError, match="no table 'nope'"):

@@ -134,9 +134,10 @@ class Retriever:
         if mode not in SEARCH_MODES:
             msg = f"unknown mode {mode!r} (choose from {', '.join(SEARCH_MODES)})"
             raise ValueError(msg)
-        if column is not None and mode != DENSE_MODE:
-            msg = f"--column applies to dense mode only, not {mode}"
-            raise ValueError(msg)
+        for option, value in (("--column", column), ("--funnel", funnel)):
+            if value is not None and mode != DENSE_MODE:
+                msg = f"{option} applies to dense mode only, not {mode}"
+                raise ValueError(msg)
         self._check_mode(mode)
         vectors = self.encode([query])[0] if isinstance(query, str) else query
         if mode == DENSE_MODE:
