@@ -123,7 +123,10 @@ class Evaluator:
         return run, positions
 
     def funnel_run(self, small: str) -> dict:
-        """Shortlist by the exact scan of `small`, re-rank the shortlist by `dense`."""
+        """Shortlist by the exact scan of `small` (the index with `use_index`), re-rank the shortlist by `dense`."""
+        if self.use_index:
+            return {qid: [(h["id"], h["score"]) for h in self.retriever.funnel(query, small, self.k)]
+                    for qid, query in zip(self.labelled.ids, self.vectors, strict=True)}
         positions, _ = scan_topn(self.store, small, self.query_matrix(small), self.retriever.funnel_shortlist)
         unique, inverse = np.unique(positions, return_inverse=True)
         from operators.search.scores import fixed_vectors
@@ -172,7 +175,7 @@ class Evaluator:
                 dense_positions = positions
                 run = {qid: ranking[:self.k] for qid, ranking in run.items()}
             results[column] = {**self.score(run), "bytes_per_vector": bytes_per_vector(self.store, column)}
-        if self.store.has(DENSE) and not self.use_index:
+        if self.store.has(DENSE):
             for column in self.store.dense_columns()[1:]:
                 results[f"funnel_{nested_dim(column)}"] = {
                     **self.score(self.funnel_run(column)),

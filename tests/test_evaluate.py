@@ -161,3 +161,18 @@ def test_missing_columns_in_label_files_are_reported(setup, tmp_path):
     pq.write_table(pa.table({"qid": ["a"], "text": ["x"]}), tmp_path / "q.parquet")
     with pytest.raises(ValueError, match="lacks column"):
         evaluation.evaluate(path, "docs", str(tmp_path / "q.parquet"), str(tmp_path / "q.parquet"))
+
+
+def test_search_path_gives_the_same_report_as_the_batched_exact_path(setup, result, tmp_path):
+    """--use-index ranks through Retriever (LanceDB search per query, here without an index, so exact):
+    the same numbers as the batched exact scans, which is what makes the report describe `search`."""
+    path, _columns, queries, _targets, _ids, _qrels, folder = setup
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("operators.search.queries.load_query_encoder", lambda store, model=None: KnownEncoder(queries))
+        through_search = evaluation.evaluate(path, "docs", str(folder / "queries.parquet"),
+                                             str(folder / "qrels.parquet"), k=K, shortlist=SHORTLIST,
+                                             funnel_shortlist=SHORTLIST, use_index=True,
+                                             report_path=str(tmp_path / "r.json"), plot=False)
+    for entry in ("dense", "dense_16", "dense_8", "funnel_16", "funnel_8", "sparse", "colbert", "hybrid"):
+        for metric in (f"recall@{K}", f"mrr@{K}", f"ndcg@{K}"):
+            assert through_search[entry][metric] == pytest.approx(result[entry][metric], abs=1e-9), (entry, metric)
