@@ -31,7 +31,7 @@ from operators.search.retriever import (
     Retriever,
     hits,
 )
-from operators.search.scores import ragged_lengths, top_k
+from operators.search.scores import fixed_vectors, ragged_lengths, sparse_children, top_k
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,6 @@ class Evaluator:
         self.labelled = labelled
         self.k = k
         self.use_index = use_index
-        self.results: dict[str, dict] = {}
         started = time.perf_counter()
         self.vectors = retriever.encode(labelled.texts)
         log.info("encoded %d queries in %.1f s", len(labelled.texts), time.perf_counter() - started)
@@ -129,8 +128,6 @@ class Evaluator:
                     for qid, query in zip(self.labelled.ids, self.vectors, strict=True)}
         positions, _ = scan_topn(self.store, small, self.query_matrix(small), self.retriever.funnel_shortlist)
         unique, inverse = np.unique(positions, return_inverse=True)
-        from operators.search.scores import fixed_vectors
-
         full = fixed_vectors(self.store.take(unique, [DENSE]).column(DENSE))
         ids = self.store.ids()
         run = {}
@@ -255,8 +252,6 @@ def bytes_per_vector(store, column: str) -> float:
         sample = np.random.default_rng(0).choice(rows, size=min(rows, BYTES_SAMPLE_ROWS), replace=False)
         array = store.take(np.sort(sample), [column]).column(column).combine_chunks()
         if column == SPARSE:
-            from operators.search.scores import sparse_children
-
             return float(ragged_lengths(sparse_children(array)[0]).mean() * 8)
         return float(ragged_lengths(array).mean() * store.schema.field(column).type.value_type.list_size * 2)
     return float(store.dim(column) * 4)
