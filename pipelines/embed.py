@@ -10,6 +10,7 @@ quarantined, and the run checks that before it reports success.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -37,14 +38,17 @@ from operators.encoders.base import EncoderSpec
 from operators.encoders.loader import describe_encoder, model_kind
 from operators.run_log import RunLog
 from operators.schema import (
+    COLBERT,
     ID,
     MODEL,
     QUARANTINE_SCHEMA,
     REASON,
     RUN_ID,
     SOURCE,
+    SPARSE,
     TEXT_HASH,
     embeddings_schema,
+    is_dense_column,
     quarantine_table_name,
 )
 from operators.sinks.lance_sink import (
@@ -61,6 +65,7 @@ from operators.table_meta import TableMeta, with_meta
 from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
 
 log = logging.getLogger(__name__)
+VECTOR_OUTPUTS = (SPARSE, COLBERT)
 
 
 @dataclass
@@ -112,6 +117,7 @@ class RunCounts:
     padded_tokens: int = 0
     first_read_at: float | None = None
     workers: set[str] = field(default_factory=set)
+    column_bytes: dict[str, int] = field(default_factory=dict)
 
     def add(self, result: dict) -> None:
         for name in ("rows_written", "rows_inserted", "rows_updated", "rows_unchanged", "rows_quarantined",
@@ -120,6 +126,13 @@ class RunCounts:
         read_at = float(result["first_read_at"])
         self.first_read_at = read_at if self.first_read_at is None else min(self.first_read_at, read_at)
         self.workers.update(result["workers"])
+        for name, size in json.loads(result["column_bytes"]).items():
+            self.column_bytes[name] = self.column_bytes.get(name, 0) + size
+
+    def bytes_per_doc(self) -> dict[str, float]:
+        """Average stored bytes per embedded row of each vector column (ColBERT dominates storage)."""
+        return {name: round(size / self.rows_written, 1) for name, size in self.column_bytes.items()} if \
+            self.rows_written else {}
 
 
 @dataclass
@@ -218,6 +231,7 @@ def _run(job: EmbedJob, shards, required: list[str], spec: EncoderSpec, tables: 
         "tokens_per_s": round(counts.tokens / encode_seconds, 1),
         "tokens": counts.tokens,
         "padding_waste": round(1 - counts.tokens / counts.padded_tokens, 4) if counts.padded_tokens else 0.0,
+        "bytes_per_doc": counts.bytes_per_doc(),
         "shards": len(scan.files),
         "encoder_actors": len(counts.workers),
         "encoder_nodes": len({worker.rsplit(":", 1)[0] for worker in counts.workers}),
@@ -310,6 +324,8 @@ def write_batch(batch: pa.Table, tables: Tables, run_id: str) -> pa.Table:
         RUN_ID: pa.array([run_id] * bad.num_rows, pa.string()),
     })
     written = upsert(embedded, tables.main, tables.schema, ID)
+    vector_columns = [name for name in tables.schema.names if name in VECTOR_OUTPUTS or is_dense_column(name)]
+    column_bytes = {name: embedded.column(name).nbytes for name in vector_columns}
     upsert(quarantined, tables.quarantine, QUARANTINE_SCHEMA, SOURCE)
     return pa.table({
         "rows_written": [embedded.num_rows],
@@ -322,6 +338,7 @@ def write_batch(batch: pa.Table, tables: Tables, run_id: str) -> pa.Table:
         "padded_tokens": [int(pc.sum(batch.column(PADDED_COL)).as_py() or 0)],
         "first_read_at": [pc.min(batch.column(READ_AT_COL)).as_py() or time.time()],
         "workers": pa.array([pc.unique(batch.column(WORKER_COL)).to_pylist()], pa.list_(pa.string())),
+        "column_bytes": [json.dumps(column_bytes)],
     })
 
 

@@ -34,6 +34,7 @@ def ray_session():
     """One local Ray for the whole run: 4 logical CPUs on 2 cores so two encoder actors and the
     read/write tasks fit, no dashboard, a small object store. Shut down at the end."""
     import ray
+
     from pipelines.ray_runtime import start_ray
 
     started = start_ray(address=None, num_cpus=4, object_store_memory=300 * 1024 * 1024)

@@ -116,3 +116,31 @@ def test_missing_column_fails_before_any_work(ray_session, lake, tmp_path, capsy
     assert err.strip().splitlines()[-1].startswith("embedlake: error: input")
     assert "'body'" in err and "columns found: id, text, title, section" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_bge_m3_pipeline_writes_all_three_vector_types(ray_session, lake, tiny_bge_m3_path, tmp_path):
+    from operators.encoders.base import EncoderSpec
+    from operators.encoders.loader import load_encoder
+
+    output = str(tmp_path / "m3")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["embed", lake, output, "--model", tiny_bge_m3_path, "--max-length", "256", "--actors", "1",
+                     "--no-progress", "--json"])
+    assert code == 0
+    summary = json.loads(stdout.getvalue().strip().splitlines()[-1])
+    assert (summary["rows_written"], summary["rows_quarantined"]) == (90, 4)
+    assert set(summary["bytes_per_doc"]) == {"dense", "sparse", "colbert"}
+    assert summary["bytes_per_doc"]["colbert"] > summary["bytes_per_doc"]["dense"]
+    table = lancedb.connect(output).open_table("docs").to_arrow()
+    assert {"dense", "sparse", "colbert"} <= set(table.column_names)
+    first = table.slice(0, 1)
+    text = ds.dataset(lake).to_table(filter=ds.field("id") == first.column("id")[0].as_py()).column("text")[0]
+    direct = load_encoder(EncoderSpec(model=tiny_bge_m3_path, max_length=256, device="cpu")).encode([text.as_py()])
+    assert np.allclose(first.column("dense").to_pylist()[0], direct.columns["dense"].to_pylist()[0], atol=1e-5)
+    stored_sparse, direct_sparse = first.column("sparse").to_pylist()[0], direct.columns["sparse"].to_pylist()[0]
+    assert stored_sparse["indices"] == direct_sparse["indices"]
+    assert stored_sparse["values"] == pytest.approx(direct_sparse["values"], abs=1e-5)
+    stored = np.array(first.column("colbert").to_pylist()[0], dtype=np.float32)
+    expected = np.array(direct.columns["colbert"].to_pylist()[0], dtype=np.float32)
+    assert stored.shape == expected.shape and np.allclose(stored, expected, atol=2e-3)

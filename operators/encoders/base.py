@@ -72,24 +72,30 @@ def folder_name(folder: str) -> str:
 
 
 def weights_fingerprint(folder: str) -> str:
-    """Cheap identity of a model folder's weights: config, file names, sizes and each file's first MiB.
+    """Cheap identity of a model folder's weights: file names and sizes, plus for each file its first
+    and last MiB and 8 MiB-sized samples spread through it.
 
-    Hashing multi-GB weight files whole at every actor start costs seconds; size plus the first MiB
-    (which holds safetensors' header with every tensor's offsets) changes whenever the weights do in
-    practice.
+    Hashing multi-GB weight files whole at every start costs seconds; the first MiB alone (the
+    safetensors header plus the embeddings) would miss a fine-tune that froze the embeddings, so the
+    samples reach every part of the file.
     """
     import hashlib
 
+    chunk = 1 << 20
     digest = hashlib.sha256()
     for root, _dirs, files in sorted(os.walk(folder)):
         for name in sorted(files):
             if name.startswith(".") or name.endswith(".md"):
                 continue
             path = os.path.join(root, name)
+            size = os.path.getsize(path)
             digest.update(os.path.relpath(path, folder).encode())
-            digest.update(str(os.path.getsize(path)).encode())
+            digest.update(str(size).encode())
+            offsets = sorted({0, max(0, size - chunk), *(size * k // 9 for k in range(1, 9))})
             with open(path, "rb") as handle:
-                digest.update(handle.read(1 << 20))
+                for offset in offsets:
+                    handle.seek(offset)
+                    digest.update(handle.read(chunk))
     return digest.hexdigest()[:16]
 
 
