@@ -46,7 +46,7 @@ def test_index_recall_and_search_through_it(tmp_path):
         assert entry["index_type"] == IVF_HNSW_SQ
         assert entry["recall@10"] >= 0.8, entry
     store = TableStore(path, "docs")
-    assert store.vector_index(DENSE) == ("IVF_HNSW_SQ", "dot")
+    assert store.vector_index(DENSE) == ("IVF_HNSW_SQ", "l2")
     retriever = Retriever(path, "docs")
     query = QueryVectors(dense={DENSE: columns[DENSE][17]})
     hits = retriever.search(query, k=5)

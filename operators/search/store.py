@@ -114,13 +114,12 @@ class TableStore:
         exact: bool = False,
         nprobes: int | None = None,
         refine_factor: int | None = None,
-        ef: int | None = None,
     ) -> pa.Table:
         """LanceDB's nearest neighbours by dot product (vectors are unit length), with the ANN index when one
         exists and `exact` is False (search parameters from the index plan unless given). Returns `columns`
         of the hits; callers rescore them exactly."""
         index = None if exact else self.vector_index(column)
-        # an index built with another metric (cosine, l2) ranks unit vectors the same way: search with it
+        # an index's metric (l2, cosine) ranks unit vectors like dot: search with it, rescore with dot
         metric = index[1] if index else "dot"
         builder = (
             self.table.search(np.asarray(query, dtype=np.float32), vector_column_name=column)
@@ -136,13 +135,11 @@ class TableStore:
             plan = plan_index(column, self.rows, self.dim(column), plan_type(index[0]))
             nprobes = nprobes or plan.nprobes
             refine_factor = refine_factor or plan.refine_factor
-            ef = ef or plan.ef
         if nprobes:
             builder = builder.nprobes(nprobes)
         if refine_factor:
             builder = builder.refine_factor(refine_factor)
-        if ef:
-            builder = builder.ef(ef)
+
         return builder.to_arrow().select(columns)
 
     def sparse_index_uri(self) -> str:
