@@ -44,7 +44,7 @@ def test_index_recall_and_search_through_it(tmp_path):
     for column in (DENSE, "dense_8"):
         entry = result["columns"][column]
         assert entry["index_type"] == IVF_HNSW_SQ
-        assert entry["recall@10"] >= 0.8, entry
+        assert entry["recall@10"] >= 0.95, entry  # 1.0 measured: refine_factor re-ranks on float vectors
     store = TableStore(path, "docs")
     assert store.vector_index(DENSE) == ("IVF_HNSW_SQ", "l2")
     retriever = Retriever(path, "docs")
