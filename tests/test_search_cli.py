@@ -23,7 +23,7 @@ from pipelines.cli import main
 
 pytestmark = pytest.mark.ray
 
-DOCS = 80
+DOCS = 50
 DIMS = "128,64"
 
 
