@@ -1,14 +1,18 @@
-"""Finding and reading Parquet shards from any fsspec URI (local, s3://, gs://, file://).
+"""Finding and reading Parquet shards from any fsspec URI (local, s3://, gs://, az://, file://).
 
 A shard is read by whichever worker gets it, row group by row group, with only the needed columns.
 Every row carries its provenance (`file#row`) so a quarantined row can be traced to its input, and
 text that is not valid UTF-8 or not a string is flagged here instead of failing the job.
+
+Storage options are embedlake's storage settings (operators/storage.py), translated to the
+filesystem's own options here; errors that would echo a credential are scrubbed.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import fsspec
@@ -16,14 +20,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from operators.lake_layout import GLOB_CHARS, hive_partitions, hive_values, listing_base
 from operators.schema import ID
+from operators.storage import fsspec_options, redact, redacted_errors
 
 SOURCE_COL = "_source"
 READ_AT_COL = "_read_at"
 REASON_COL = "_reason"
 TEXT_COL = "_text"
-GLOB_CHARS = "*?["
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+# Parquet reads are ranged (footer, then the needed column chunks): no read-ahead, which on object
+# stores would fetch the columns we skip.
+READ_CACHE = "none"
+FOOTER_THREADS = 32  # concurrent footer / id-column reads on object stores
+LOCAL_SCAN_THREADS = 8
 
 
 @dataclass
@@ -33,10 +43,11 @@ class ShardSet:
     uri: str
     files: list[str]
     protocol: str
-    storage_options: dict = field(default_factory=dict)
+    storage_options: dict = field(default_factory=dict, repr=False)
+    partitions: pa.Schema = field(default_factory=lambda: pa.schema([]))  # hive key=value folders
 
     def filesystem(self) -> fsspec.AbstractFileSystem:
-        return fsspec.filesystem(self.protocol, **self.storage_options)
+        return fsspec.filesystem(self.protocol, **fsspec_options(self.uri, self.storage_options))
 
 
 def _full_uri(protocol: str, path: str) -> str:
@@ -44,26 +55,35 @@ def _full_uri(protocol: str, path: str) -> str:
 
 
 def find_shards(uri: str, storage_options: dict | None = None) -> ShardSet:
-    """List the Parquet files a file, folder (recursively, hive partitions included) or glob names."""
-    storage_options = dict(storage_options or {})
-    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if any(char in path for char in GLOB_CHARS):
-        paths = sorted(p for p in fs.glob(path) if fs.isfile(p))
-    elif fs.isdir(path):
-        paths = sorted(
-            p for p in fs.find(path) if p.endswith(PARQUET_SUFFIXES) and not _hidden(p[len(path):])
-        )
-    elif fs.isfile(path):
-        paths = [path]
-    else:
-        msg = f"input {uri} does not exist"
-        raise ValueError(msg)
+    """List the Parquet files a file, folder (recursively, hive partitions included) or glob names.
+
+    One listing call for a folder or glob (no per-file stat), so thousands of shards on an object
+    store list in a few paged requests.
+    """
+    storage_options = storage_options if storage_options is not None else {}
+    with redacted_errors(storage_options):
+        fs, path = fsspec.core.url_to_fs(uri, **fsspec_options(uri, storage_options))
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        base = None
+        if any(char in path for char in GLOB_CHARS):
+            base = listing_base(path)
+            paths = sorted(p for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file")
+        elif fs.isdir(path):
+            base = path
+            paths = sorted(
+                p for p in fs.find(path) if p.endswith(PARQUET_SUFFIXES) and not _hidden(p[len(path):])
+            )
+        elif fs.isfile(path):
+            paths = [path]
+        else:
+            msg = f"input {uri} does not exist"
+            raise ValueError(msg)
     if not paths:
         msg = f"input {uri} holds no Parquet files ({', '.join(PARQUET_SUFFIXES)})"
         raise ValueError(msg)
+    partitions = hive_partitions(paths, base) if base is not None else pa.schema([])
     return ShardSet(uri=uri, files=[_full_uri(protocol, p) for p in paths], protocol=protocol,
-                    storage_options=storage_options)
+                    storage_options=storage_options, partitions=partitions)
 
 
 def _hidden(relative: str) -> bool:
@@ -72,19 +92,28 @@ def _hidden(relative: str) -> bool:
 
 
 def read_schema(shards: ShardSet, skip_bad_files: bool = False) -> pa.Schema:
-    """Schema of the first shard (the first readable one with skip_bad_files), naming a file it cannot read."""
+    """Schema of the first shard (the first readable one with skip_bad_files), naming a file it cannot read,
+    plus the hive partition columns its file does not hold."""
     fs = shards.filesystem()
     for path in shards.files:
         try:
-            _, fs_path = fsspec.core.url_to_fs(path, **shards.storage_options)
-            with fs.open(fs_path, "rb") as handle:
-                return pq.read_schema(handle)
+            _, fs_path = fsspec.core.url_to_fs(path, **fsspec_options(path, shards.storage_options))
+            with fs.open(fs_path, "rb", cache_type=READ_CACHE) as handle:
+                return with_partitions(pq.read_schema(handle), shards.partitions)
         except Exception as error:
             if not skip_bad_files:
-                msg = f"cannot read shard {path} ({type(error).__name__}: {' '.join(str(error).split())[:300]})"
-                raise ValueError(msg) from error
+                reason = redact(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}", shards.storage_options)
+                msg = f"cannot read shard {path} ({reason})"
+                raise ValueError(msg) from None
     msg = f"input {shards.uri}: no shard is readable"
     raise ValueError(msg)
+
+
+def with_partitions(schema: pa.Schema, partitions: pa.Schema) -> pa.Schema:
+    for partition in partitions:
+        if partition.name not in schema.names:
+            schema = schema.append(partition)
+    return schema
 
 
 def check_columns(schema: pa.Schema, required: Sequence[str], where: str) -> None:
@@ -99,13 +128,19 @@ def check_columns(schema: pa.Schema, required: Sequence[str], where: str) -> Non
 
 
 def count_rows(shards: ShardSet) -> int:
-    """Total rows from the Parquet footers alone (no data read)."""
-    fs = shards.filesystem()
-    total = 0
-    for path in shards.files:
-        with fs.open(path, "rb") as handle:
-            total += pq.ParquetFile(handle).metadata.num_rows
-    return total
+    """Total rows from the Parquet footers alone (no data read), many footers at a time: on an
+    object store each footer is a round trip, and thousands of them in a row take minutes."""
+    with redacted_errors(shards.storage_options):
+        fs = shards.filesystem()
+
+        def footer_rows(path: str) -> int:
+            with fs.open(path, "rb", cache_type=READ_CACHE) as handle:
+                return pq.ParquetFile(handle).metadata.num_rows
+
+        if len(shards.files) == 1 or shards.protocol in ("file", "local"):
+            return sum(footer_rows(path) for path in shards.files)
+        with ThreadPoolExecutor(max_workers=min(FOOTER_THREADS, len(shards.files))) as pool:
+            return sum(pool.map(footer_rows, shards.files))
 
 
 @dataclass
@@ -119,21 +154,30 @@ class ShardReader:
     id_column: str
     text_column: str
     keep_columns: list[str] = field(default_factory=list)
-    storage_options: dict = field(default_factory=dict)
+    storage_options: dict = field(default_factory=dict, repr=False)
     rows_per_batch: int = 2048
     duplicate_sources: set[str] = field(default_factory=set)
     keep_types: dict[str, pa.DataType] = field(default_factory=dict)  # table types to cast kept columns to
 
     def read(self, path: str) -> Iterator[pa.Table]:
-        fs, fs_path = fsspec.core.url_to_fs(path, **self.storage_options)
+        with redacted_errors(self.storage_options):
+            yield from self._read(path)
+
+    def _read(self, path: str) -> Iterator[pa.Table]:
+        fs, fs_path = fsspec.core.url_to_fs(path, **fsspec_options(path, self.storage_options))
         offset = 0
-        with fs.open(fs_path, "rb") as handle:
+        with fs.open(fs_path, "rb", cache_type=READ_CACHE) as handle:
             parquet = pq.ParquetFile(handle)
             check_columns(parquet.schema_arrow, [self.id_column, self.text_column], f"shard {path}")
             present = set(parquet.schema_arrow.names)
             columns = [c for c in dict.fromkeys([self.id_column, self.text_column, *self.keep_columns]) if c in present]
+            # Kept columns the file lacks may be hive partition values (`key=value/`) in the shard's path.
+            from_path = {k: v for k, v in hive_values(path).items() if k in self.keep_columns and k not in present}
             for record_batch in parquet.iter_batches(batch_size=self.rows_per_batch, columns=columns):
-                yield self.normalise(pa.Table.from_batches([record_batch]), path, offset)
+                table = pa.Table.from_batches([record_batch])
+                for name, value in from_path.items():
+                    table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
+                yield self.normalise(table, path, offset)
                 offset += record_batch.num_rows
 
     def normalise(self, table: pa.Table, path: str, offset: int) -> pa.Table:
@@ -210,26 +254,30 @@ class InputScan:
 
 
 def scan_input(
-    shards: ShardSet, required: Sequence[str], id_column: str, skip_bad_files: bool = False, threads: int = 8
+    shards: ShardSet, required: Sequence[str], id_column: str, skip_bad_files: bool = False, threads: int | None = None
 ) -> InputScan:
     """Read only the id column of every shard (in parallel threads): counts rows, finds duplicate ids,
-    and finds corrupt or schema-broken files before any work is spent on them."""
+    and finds corrupt or schema-broken files before any work is spent on them. On an object store each
+    shard costs round trips rather than CPU, so more of them run at once there."""
     from concurrent.futures import ThreadPoolExecutor
 
     fs = shards.filesystem()
+    # Kept hive partition columns are not in the files: check only for what the files must hold.
+    in_files = [name for name in required if name not in shards.partitions.names]
 
     def read_ids(path: str) -> pa.Array | str:
         try:
-            _, fs_path = fsspec.core.url_to_fs(path, **shards.storage_options)
-            with fs.open(fs_path, "rb") as handle:
+            _, fs_path = fsspec.core.url_to_fs(path, **fsspec_options(path, shards.storage_options))
+            with fs.open(fs_path, "rb", cache_type=READ_CACHE) as handle:
                 parquet = pq.ParquetFile(handle)
-                check_columns(parquet.schema_arrow, required, f"shard {path}")
+                check_columns(parquet.schema_arrow, in_files, f"shard {path}")
                 ids = parquet.read(columns=[id_column]).column(id_column)
         except Exception as error:  # noqa: BLE001 - reported per file below
-            return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+            return redact(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}", shards.storage_options)
         ids = ids if pa.types.is_string(ids.type) else pc.cast(ids, pa.string())
         return ids.combine_chunks()
 
+    threads = threads or (LOCAL_SCAN_THREADS if shards.protocol in ("file", "local") else FOOTER_THREADS)
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(shards.files)))) as pool:
         results = list(pool.map(read_ids, shards.files))
     bad_files = {path: result for path, result in zip(shards.files, results, strict=True) if isinstance(result, str)}

@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.exception("command failed")
         reason = " ".join(str(error).split()) or type(error).__name__
         print(f"embedlake: error: {reason}", file=sys.stderr)
-        return 1
+        code = getattr(error, "exit_code", None)  # e.g. a submitted job's own exit status
+        return code if isinstance(code, int) and code > 0 else 1
     emit(result, as_json=args.json)
     return 0
 

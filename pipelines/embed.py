@@ -61,6 +61,7 @@ from operators.sinks.lance_sink import (
 )
 from operators.sources import READ_AT_COL, REASON_COL, SOURCE_COL, ShardReader, check_columns, find_shards, read_schema
 from operators.sources import scan_input as scan_shards
+from operators.storage import redact
 from operators.table_meta import TableMeta, with_meta
 from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
 
@@ -86,8 +87,9 @@ class EmbedJob:
     overwrite: bool = False
     sync_deletes: bool = False
     skip_bad_files: bool = False
-    storage_options: dict = field(default_factory=dict)
+    storage_options: dict = field(default_factory=dict, repr=False)  # operators/storage.py settings
     actors: int | None = None  # encoder actors; default one per GPU, else one per 2 CPUs
+    actor_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per encoder actor
     threads_per_actor: int | None = None
     rows_per_encode_batch: int = 1024
     rows_per_write: int = 4096
@@ -177,7 +179,8 @@ def run_embed(job: EmbedJob) -> dict:
     try:
         summary = _run(job, shards, required, spec, tables, run_log.run_id, started)
     except BaseException as error:
-        run_log.finish({}, error=" ".join(str(error).split())[:1000] or type(error).__name__)
+        run_log.finish({}, error=redact(" ".join(str(error).split())[:1000], job.storage_options)
+                       or type(error).__name__)
         raise
     summary["run_id"] = run_log.run_id
     run_log.finish(summary)
@@ -294,6 +297,7 @@ def _execute(job: EmbedJob, scan, spec: EncoderSpec, tables: Tables, run_id: str
             compute=ActorPoolStrategy(size=actors),
             num_gpus=1 if gpus else 0,
             num_cpus=1,
+            resources=job.actor_resources or None,
         )
         .map_batches(
             partial(write_batch, tables=tables, run_id=run_id),

@@ -49,3 +49,13 @@ def tiny_bge_m3_path(tmp_path_factory) -> str:
     from tests.bge_m3_checkpoint import build_tiny_bge_m3
 
     return build_tiny_bge_m3(str(tmp_path_factory.mktemp("bge-m3") / "tiny-bge-m3"))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server on 127.0.0.1 (SeaweedFS, else moto), stopped at the end."""
+    from tests.object_store_server import TEST_ACCESS_KEY, TEST_SECRET_KEY, start_s3_server
+
+    server = start_s3_server(tmp_path_factory.mktemp("s3"), TEST_ACCESS_KEY, TEST_SECRET_KEY)
+    yield server
+    server.stop()

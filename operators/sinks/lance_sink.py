@@ -7,6 +7,9 @@ vectors never pass through the driver, progress is committed batch by batch (a k
 everything committed so far), and re-running a batch replaces rows instead of duplicating them.
 The key is declared as the table's unenforced primary key: without it, concurrent `merge_insert`
 commits duplicate keys (lance#4585); with it, Lance detects the overlap and retries.
+
+A target's storage options are embedlake's storage settings (operators/storage.py); Lance gets the
+ones for the table's object store.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import lance
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from operators.storage import lance_options, redacted_errors
+
 log = logging.getLogger(__name__)
 DELETE_CHUNK = 2000  # ids per delete predicate
 
@@ -29,11 +34,16 @@ class LanceTarget:
 
     uri: str
     table: str
-    storage_options: dict = field(default_factory=dict, hash=False, compare=False)
+    storage_options: dict = field(default_factory=dict, hash=False, compare=False, repr=False)
 
     @property
     def dataset_uri(self) -> str:
         return f"{self.uri.rstrip('/')}/{self.table}.lance"
+
+    @property
+    def lance_options(self) -> dict | None:
+        """What lance and lancedb take as `storage_options` for this table's store."""
+        return dict(lance_options(self.uri, self.storage_options)) or None
 
     def exists(self) -> bool:
         try:
@@ -43,10 +53,10 @@ class LanceTarget:
         return True
 
     def open(self) -> lance.LanceDataset:
-        return lance.dataset(self.dataset_uri, storage_options=self.storage_options or None)
+        return lance.dataset(self.dataset_uri, storage_options=self.lance_options)
 
     def lancedb_table(self):
-        return _connect(self.uri, tuple(sorted(self.storage_options.items()))).open_table(self.table)
+        return _connect(self.uri, tuple(sorted((self.lance_options or {}).items()))).open_table(self.table)
 
 
 @lru_cache(maxsize=16)
@@ -82,7 +92,7 @@ def ensure_table(
         target.dataset_uri,
         schema=schema,
         mode="overwrite" if target.exists() else "create",
-        storage_options=target.storage_options or None,
+        storage_options=target.lance_options,
     )
     target.lancedb_table().set_unenforced_primary_key(primary_key)
     return dataset
@@ -99,13 +109,14 @@ def upsert(rows: pa.Table, target: LanceTarget, schema: pa.Schema, key: str) -> 
     if rows.num_rows == 0:
         return UpsertCounts()
     data = rows.select(schema.names).cast(schema.remove_metadata())
-    result = (
-        target.lancedb_table()
-        .merge_insert(key)
-        .when_matched_update_all()
-        .when_not_matched_insert_all()
-        .execute(data)
-    )
+    with redacted_errors(target.storage_options):
+        result = (
+            target.lancedb_table()
+            .merge_insert(key)
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(data)
+        )
     return UpsertCounts(inserted=result.num_inserted_rows, updated=result.num_updated_rows)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from operators.storage import redacted_errors
 from pipelines.embed import EmbedJob, run_embed
+from pipelines.storage_cli import add_storage_option, storage_from_args
 
 
 def int_list(value: str) -> list[int]:
@@ -17,6 +19,21 @@ def int_list(value: str) -> list[int]:
 
 def name_list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def resource_amounts(value: str) -> dict[str, float]:
+    """`encoder=1,accelerator_type:A10G=0.01` into {name: amount}."""
+    amounts = {}
+    for part in name_list(value):
+        name, sep, amount = part.rpartition("=")
+        msg = f"expected NAME=AMOUNT pairs, got {part!r}"
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(msg)
+        try:
+            amounts[name.strip()] = float(amount)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(msg) from error
+    return amounts
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -43,6 +60,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--rows-per-write", type=int, default=4096, help="rows per upsert commit")
     parser.add_argument("--max-tokens-per-batch", type=int, default=16384, help="padded tokens per forward pass")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--actor-resources", type=resource_amounts, default={}, metavar="NAME=AMOUNT,...",
+                        help="custom Ray resources each encoder actor needs, to place actors on node groups")
+    add_storage_option(parser)
     return parser
 
 
@@ -69,5 +89,8 @@ def run(args: argparse.Namespace) -> dict:
         rows_per_encode_batch=args.rows_per_encode_batch,
         max_tokens_per_batch=args.max_tokens_per_batch,
         progress=args.progress,
+        storage_options=storage_from_args(args),
+        actor_resources=args.actor_resources,
     )
-    return run_embed(job)
+    with redacted_errors(job.storage_options):
+        return run_embed(job)
