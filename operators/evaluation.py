@@ -272,6 +272,7 @@ def evaluate(
     limit: int | None = None,
     plot: bool = True,
     funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST,
+    storage: dict | None = None,
 ) -> dict:
     """Python API behind `embedlake evaluate`. Returns {"<column or mode>": {"recall@k", "mrr@k", "ndcg@k",
     "bytes_per_vector"}, ..., "k", "queries", "queries_without_relevant", "report", "plot"}."""
@@ -284,7 +285,7 @@ def evaluate(
         msg = f"{queries_path} has no queries"
         raise ValueError(msg)
     retriever = Retriever(uri, table, model=model, shortlist=max(shortlist, k), exact=not use_index,
-                          funnel_shortlist=max(funnel_shortlist, k))
+                          funnel_shortlist=max(funnel_shortlist, k), storage=storage)
     store = retriever.store
     unknown = set(store.ids().tolist())
     judged_docs = {doc for judged in labelled.qrels.values() for doc, rel in judged.items() if rel > 0}

@@ -135,13 +135,14 @@ def build_indexes(
     sample: int = 100,
     k: int = 10,
     sparse: bool = True,
+    storage: dict | None = None,
 ) -> dict:
     """Python API behind `embedlake index`: an ANN index per dense column (or a note why not), the recall
     of each against exact search, and the sparse inverted index refreshed."""
     from operators.schema import SPARSE
     from operators.search.sparse_index import open_sparse_index
 
-    store = TableStore(uri, table)
+    store = TableStore(uri, table, storage)
     rows = store.rows
     chosen = columns or store.dense_columns()
     for column in chosen:
@@ -165,7 +166,7 @@ def build_indexes(
         entry.update(measure_recall(store, plan, sample, k))
         result["columns"][column] = entry
     if sparse and store.has(SPARSE):
-        reopened = TableStore(uri, table)
+        reopened = TableStore(uri, table, storage)
         index, action = open_sparse_index(reopened)
         result["sparse_index"] = {"action": action, "version": index.version, "rows": index.rows,
                                   "terms": int(index.terms.size), "postings": int(index.docs.size),

@@ -76,13 +76,14 @@ class Retriever:
         refine_factor: int | None = None,
         persist_index: bool = True,
         funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST,
+        storage: dict | None = None,
     ) -> None:
         for name, value in (("--shortlist", shortlist), ("--funnel-shortlist", funnel_shortlist)):
             if value < 1:
                 msg = f"{name} must be at least 1, got {value}"
                 raise ValueError(msg)
         self.funnel_shortlist = funnel_shortlist
-        self.store = TableStore(uri, table)
+        self.store = TableStore(uri, table, storage)
         self.model = model
         self.shortlist = shortlist
         self.exact = exact
@@ -240,9 +241,11 @@ def search(
     exact: bool = False,
     model: str | None = None,
     funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST,
+    storage: dict | None = None,
 ) -> list[dict]:
-    """Python API behind `embedlake search`: the k best rows of `table` for the text `query`."""
+    """Python API behind `embedlake search`: the k best rows of `table` for the text `query`. `storage`:
+    object-store settings (operators.storage.resolve_storage; the environment's by default)."""
     retriever = Retriever(uri, table, model=model, shortlist=shortlist, exact=exact,
-                          funnel_shortlist=funnel_shortlist)
+                          funnel_shortlist=funnel_shortlist, storage=storage)
     return retriever.search(query, mode=mode, column=column, k=k, weights=fusion_ops.parse_weights(weights)
                             if isinstance(weights, str) else weights, fusion=fusion, funnel=funnel)

@@ -5,11 +5,12 @@ LanceDB has no sparse vector type or index (lancedb#1032), so we keep our own: p
 one pass over the column. A query touches only the postings of its own tokens and sums
 w_q[t] * w_p[t] per row, which is exactly BGE-M3's lexical score for every row that shares a token.
 
-Persisted next to the table as `<T>.sparse_index/v<version>/` (numpy arrays + the ids), tagged with the
-table version it was built at. Opening the index for a newer version updates it: when the table only
-gained rows since (appends, LanceDB's default write), just the new fragments are read and merged in;
-any other change (updates, deletes, compaction) rebuilds it. Versions are written to a temporary folder
-and renamed into place, so a reader never sees half an index.
+Persisted next to the table as `<T>.sparse_index/v<version>/` (numpy arrays + the ids; a local folder or
+the same object store as the table), tagged with the table version it was built at. Opening the index for
+a newer version updates it: when the table only gained rows since (appends, new keys upserted), just the
+new fragments are read and merged in; any other change (updates, deletes, compaction) rebuilds it. A
+version's meta.json is written last, and a folder without it is never read, so a reader never sees half
+an index.
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ import io
 import json
 import logging
 import os
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from operators.schema import ID, SPARSE
 from operators.search.scores import SparseVector, ragged_lengths, sparse_children, top_k
@@ -125,70 +124,97 @@ class SparseIndex:
         return best, scores[best]
 
     # -- persistence ---------------------------------------------------------------------------
-    def save(self, index_uri: str) -> str:
-        """Write as `index_uri/v<version>`, atomically (temporary folder, then rename)."""
-        fs, root = pafs.FileSystem.from_uri(index_uri)
-        final = f"{root}/v{self.version}"
-        temporary = f"{root}/.tmp-{uuid.uuid4().hex}"
-        fs.create_dir(temporary, recursive=True)
+    def save(self, location: IndexLocation) -> str:
+        """Write as `<location>/v<version>/`; meta.json goes last and marks the folder complete (object
+        stores have no atomic folder rename). A version another process completed first is kept."""
+        folder = location.version_path(self.version)
+        if location.fs.exists(f"{folder}/{META_FILE}"):
+            return folder
+        location.fs.makedirs(folder, exist_ok=True)
         for name in ARRAYS:
             buffer = io.BytesIO()
             np.save(buffer, getattr(self, name), allow_pickle=False)
-            with fs.open_output_stream(f"{temporary}/{name}.npy") as out:
-                out.write(buffer.getvalue())
-        with fs.open_output_stream(f"{temporary}/{IDS_FILE}") as out:
-            ids = pa.table({ID: pa.array(self.ids.tolist(), type=pa.string())})
-            with pa.ipc.new_file(out, ids.schema) as writer:
-                writer.write_table(ids)
+            location.write(f"{folder}/{name}.npy", buffer.getvalue())
+        ids = pa.table({ID: pa.array(self.ids.tolist(), type=pa.string())})
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, ids.schema) as writer:
+            writer.write_table(ids)
+        location.write(f"{folder}/{IDS_FILE}", sink.getvalue().to_pybytes())
         meta = {"format": FORMAT, "version": self.version, "rows": self.rows, "terms": int(self.terms.size),
                 "postings": int(self.docs.size), "fragments": self.fragments}
-        with fs.open_output_stream(f"{temporary}/{META_FILE}") as out:
-            out.write(json.dumps(meta).encode())
-        if fs.get_file_info(final).type != pafs.FileType.NotFound:
-            fs.delete_dir(temporary)  # another process saved this version first: same content, keep theirs
-        else:
-            fs.move(temporary, final)
-        return f"{index_uri}/v{self.version}"
+        location.write(f"{folder}/{META_FILE}", json.dumps(meta).encode())
+        return folder
 
     @classmethod
-    def load(cls, index_uri: str, version: int) -> SparseIndex:
-        fs, root = pafs.FileSystem.from_uri(index_uri)
-        folder = f"{root}/v{version}"
-        with fs.open_input_file(f"{folder}/{META_FILE}") as handle:
-            meta = json.loads(handle.read())
+    def load(cls, location: IndexLocation, version: int) -> SparseIndex:
+        folder = location.version_path(version)
+        meta = json.loads(location.read(f"{folder}/{META_FILE}"))
         if meta.get("format") != FORMAT:
-            msg = f"sparse index {index_uri} has format {meta.get('format')}, expected {FORMAT}"
+            msg = f"sparse index {folder} has format {meta.get('format')}, expected {FORMAT}"
             raise ValueError(msg)
-        arrays = {}
-        for name in ARRAYS:
-            with fs.open_input_file(f"{folder}/{name}.npy") as handle:
-                arrays[name] = np.load(io.BytesIO(handle.read()), allow_pickle=False)
-        with fs.open_input_file(f"{folder}/{IDS_FILE}") as handle:
-            ids = pa.ipc.open_file(handle).read_all().column(ID)
+        arrays = {name: np.load(io.BytesIO(location.read(f"{folder}/{name}.npy")), allow_pickle=False)
+                  for name in ARRAYS}
+        ids = pa.ipc.open_file(pa.BufferReader(location.read(f"{folder}/{IDS_FILE}"))).read_all().column(ID)
         return cls(**arrays, ids=np.asarray(ids.to_pylist(), dtype=object), version=int(meta["version"]),
                    fragments=[tuple(f) for f in meta["fragments"]])
 
 
-def stored_versions(index_uri: str) -> list[int]:
-    fs, root = pafs.FileSystem.from_uri(index_uri)
-    if fs.get_file_info(root).type == pafs.FileType.NotFound:
-        return []
-    infos = fs.get_file_info(pafs.FileSelector(root))
-    names = [os.path.basename(info.path) for info in infos if info.type == pafs.FileType.Directory]
-    return sorted(int(name[1:]) for name in names if name.startswith("v") and name[1:].isdigit())
+@dataclass
+class IndexLocation:
+    """Where a table's sparse index lives (a local folder or an object-store prefix), through fsspec."""
+
+    fs: object
+    root: str
+
+    @classmethod
+    def open(cls, uri: str, storage: dict | None = None) -> IndexLocation:
+        import fsspec
+
+        from operators.storage import fsspec_options, resolve_storage
+
+        settings = storage if storage is not None else resolve_storage(None)
+        fs, root = fsspec.core.url_to_fs(uri, **fsspec_options(uri, settings))
+        return cls(fs, root.rstrip("/"))
+
+    def version_path(self, version: int) -> str:
+        return f"{self.root}/v{version}"
+
+    def write(self, path: str, data: bytes) -> None:
+        with self.fs.open(path, "wb") as handle:
+            handle.write(data)
+
+    def read(self, path: str) -> bytes:
+        with self.fs.open(path, "rb") as handle:
+            return handle.read()
+
+    def versions(self) -> list[int]:
+        """Versions whose folder is complete (has its meta.json)."""
+        if not self.fs.exists(self.root):
+            return []
+        names = [os.path.basename(path.rstrip("/")) for path in self.fs.ls(self.root, detail=False)]
+        found = sorted(int(name[1:]) for name in names if name.startswith("v") and name[1:].isdigit())
+        return [v for v in found if self.fs.exists(f"{self.version_path(v)}/{META_FILE}")]
+
+    def drop(self, versions: list[int]) -> None:
+        for version in versions:
+            self.fs.rm(self.version_path(version), recursive=True)
+
+
+def stored_versions(index_uri: str, storage: dict | None = None) -> list[int]:
+    return IndexLocation.open(index_uri, storage).versions()
 
 
 def open_sparse_index(store, persist: bool = True) -> tuple[SparseIndex, str]:
     """The index for the store's table version: loaded if stored, else extended from an older one when the
     table only grew, else rebuilt; saved when `persist`. Returns it and what was done."""
-    index_uri = store.sparse_index_uri()
-    versions = stored_versions(index_uri)
+    location = IndexLocation.open(store.sparse_index_uri(), store.storage)
+    versions = location.versions()
     if store.version in versions:
-        return SparseIndex.load(index_uri, store.version), "loaded"
+        return SparseIndex.load(location, store.version), "loaded"
     older = [v for v in versions if v < store.version]
     index, action = None, "built"
     if older:
-        index = SparseIndex.load(index_uri, older[-1]).extended(store)
+        index = SparseIndex.load(location, older[-1]).extended(store)
         action = "updated" if index is not None else "rebuilt"
     if index is None:
         index = SparseIndex.build(store)
@@ -196,17 +222,11 @@ def open_sparse_index(store, persist: bool = True) -> tuple[SparseIndex, str]:
              index.rows, index.docs.size)
     if persist:
         try:
-            index.save(index_uri)
-            _drop_versions(index_uri, [v for v in versions if v != store.version])
+            index.save(location)
+            location.drop([v for v in versions if v != store.version])
         except OSError as error:  # a read-only lake still gets searched, with an index rebuilt per process
-            log.warning("could not save the sparse index to %s (%s); using it from memory", index_uri, error)
+            log.warning("could not save the sparse index to %s (%s); using it from memory", location.root, error)
     return index, action
-
-
-def _drop_versions(index_uri: str, versions: list[int]) -> None:
-    fs, root = pafs.FileSystem.from_uri(index_uri)
-    for version in versions:
-        fs.delete_dir(f"{root}/v{version}")
 
 
 def fragment_signature(dataset) -> list[tuple[int, int, str]]:

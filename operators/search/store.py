@@ -23,12 +23,13 @@ DISTANCE = "_distance"
 class TableStore:
     """Read access to table `name` in the LanceDB at `uri`, pinned to the version current when opened."""
 
-    def __init__(self, uri: str, name: str) -> None:
-        import lancedb
+    def __init__(self, uri: str, name: str, storage: dict | None = None) -> None:
+        from operators.storage import connect, resolve_storage
 
         self.uri = uri
         self.name = name
-        db = lancedb.connect(uri)
+        self.storage = storage if storage is not None else resolve_storage(None)
+        db = connect(uri, self.storage)
         try:
             self.table = db.open_table(name)
         except (ValueError, FileNotFoundError) as error:

@@ -8,6 +8,8 @@ import argparse
 from operators.evaluation import evaluate
 from operators.search.hybrid import parse_weights
 from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST
+from operators.storage import redacted_errors
+from pipelines.storage_cli import add_storage_option, storage_from_args
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -33,10 +35,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="rank dense columns with the ANN index, as search does, instead of exactly")
     parser.add_argument("--limit", type=int, help="evaluate only the first N queries")
     parser.add_argument("--model", help="encoder for the queries when the table carries no metadata")
+    add_storage_option(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> dict:
+    storage = storage_from_args(args)
+    with redacted_errors(storage):
+        return _evaluate(args, storage)
+
+
+def _evaluate(args: argparse.Namespace, storage: dict) -> dict:
     return evaluate(
         args.output,
         args.table,
@@ -51,4 +60,5 @@ def run(args: argparse.Namespace) -> dict:
         report_path=args.report,
         use_index=args.use_index,
         limit=args.limit,
+        storage=storage,
     )

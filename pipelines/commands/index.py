@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 
 from operators.search.ann import INDEX_TYPES, MIN_ROWS, build_indexes
+from operators.storage import redacted_errors
+from pipelines.storage_cli import add_storage_option, storage_from_args
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -21,10 +23,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help=f"skip tables smaller than this (default {MIN_ROWS}): exact search is fast there")
     parser.add_argument("--sample", type=int, default=100, help="queries for the recall measurement")
     parser.add_argument("--k", type=int, default=10)
+    add_storage_option(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> dict:
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
-    return build_indexes(args.output, args.table, columns=columns, index_type=args.index_type,
-                         min_rows=args.min_rows, sample=args.sample, k=args.k)
+    storage = storage_from_args(args)
+    with redacted_errors(storage):
+        return build_indexes(args.output, args.table, columns=columns, index_type=args.index_type,
+                             min_rows=args.min_rows, sample=args.sample, k=args.k, storage=storage)

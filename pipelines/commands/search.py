@@ -6,6 +6,8 @@ import argparse
 
 from operators.search.hybrid import FUSIONS, WEIGHTED, parse_weights
 from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, SEARCH_MODES, search
+from operators.storage import redacted_errors
+from pipelines.storage_cli import add_storage_option, storage_from_args
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -29,10 +31,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="rows the funnel's small nested column shortlists for re-ranking with the full vector")
     parser.add_argument("--exact", action="store_true", help="exact scan even where an ANN index exists")
     parser.add_argument("--model", help="encoder for the queries when the table carries no metadata")
+    add_storage_option(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    storage = storage_from_args(args)
+    with redacted_errors(storage):
+        return _search(args, storage)
+
+
+def _search(args: argparse.Namespace, storage: dict) -> list[dict]:
     return search(
         args.output,
         args.table,
@@ -47,4 +56,5 @@ def run(args: argparse.Namespace) -> list[dict]:
         funnel_shortlist=args.funnel_shortlist,
         exact=args.exact,
         model=args.model,
+        storage=storage,
     )
