@@ -64,6 +64,7 @@ from operators.sources import scan_input as scan_shards
 from operators.storage import redact
 from operators.table_meta import TableMeta, with_meta
 from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
+from pipelines.workers import plan_workers
 
 log = logging.getLogger(__name__)
 VECTOR_OUTPUTS = (SPARSE, COLBERT)
@@ -88,12 +89,13 @@ class EmbedJob:
     sync_deletes: bool = False
     skip_bad_files: bool = False
     storage_options: dict = field(default_factory=dict, repr=False)  # operators/storage.py settings
-    actors: int | None = None  # encoder actors; default one per GPU, else one per 2 CPUs
+    actors: int | None = None  # encoder actors; default one per GPU, else one per CPU (pipelines/workers.py)
     actor_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per encoder actor
     threads_per_actor: int | None = None
-    rows_per_encode_batch: int = 1024
+    rows_per_encode_batch: int | None = None  # default 4096 on GPUs, 256 on CPUs (pipelines/workers.py)
     rows_per_write: int = 4096
-    max_tokens_per_batch: int = 16384
+    max_tokens_per_batch: int | None = None  # default per device (operators/encoders/base.py)
+    precision: str = "auto"  # auto, fp32, bf16, fp16, int8 (operators/encoders/precision.py)
     progress: bool = True
     command: list[str] = field(default_factory=list)  # argv, for the run log
 
@@ -104,6 +106,7 @@ class EmbedJob:
             outputs=list(self.outputs),
             max_length=self.max_length,
             max_tokens_per_batch=self.max_tokens_per_batch,
+            precision=self.precision,
         )
 
 
@@ -267,10 +270,7 @@ def _execute(job: EmbedJob, scan, spec: EncoderSpec, tables: Tables, run_id: str
     context.enable_progress_bars = False
     context.print_on_execution_start = False
 
-    gpus = cluster_gpus()
-    cpus = cluster_cpus()
-    actors = job.actors or (gpus if gpus else max(1, cpus // 2))
-    threads = job.threads_per_actor or (1 if gpus else max(1, cpus // actors))
+    plan = plan_workers(cluster_cpus(), cluster_gpus(), job.actors, job.threads_per_actor, job.rows_per_encode_batch)
     reader = ShardReader(
         job.id_column,
         job.text_column,
@@ -287,23 +287,24 @@ def _execute(job: EmbedJob, scan, spec: EncoderSpec, tables: Tables, run_id: str
     known = None if job.overwrite else partial(known_keys_loader, tables.main)
     dataset = (
         ray.data.from_items([{"path": path} for path in scan.files], override_num_blocks=min(len(scan.files), 1000))
-        .map_batches(read_shards, batch_size=1, batch_format="numpy", num_cpus=0.5)
+        .map_batches(read_shards, batch_size=1, batch_format="numpy", num_cpus=plan.io_cpus)
         .map_batches(
             EmbedRows,
-            fn_constructor_kwargs={"spec": spec, "keep_columns": job.keep_columns, "threads": threads,
+            fn_constructor_kwargs={"spec": spec, "keep_columns": job.keep_columns, "threads": plan.threads,
                                    "known_keys": known},
-            batch_size=job.rows_per_encode_batch,
+            batch_size=plan.rows_per_batch,
             batch_format="pyarrow",
-            compute=ActorPoolStrategy(size=actors),
-            num_gpus=1 if gpus else 0,
-            num_cpus=1,
+            compute=ActorPoolStrategy(size=plan.actors, max_concurrent_calls_per_actor=plan.concurrent_calls,
+                                      max_tasks_in_flight_per_actor=plan.tasks_in_flight),
+            num_gpus=plan.actor_gpus,
+            num_cpus=plan.actor_cpus,
             resources=job.actor_resources or None,
         )
         .map_batches(
             partial(write_batch, tables=tables, run_id=run_id),
             batch_size=job.rows_per_write,
             batch_format="pyarrow",
-            num_cpus=0.5,
+            num_cpus=plan.io_cpus,
         )
     )
     counts = RunCounts()

@@ -8,15 +8,19 @@ live here once.
 from __future__ import annotations
 
 import os
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from operators.encoders.batching import pad_batch, plan_batches, run_splitting_on_oom
+from operators.encoders.batching import FlatTokens, pad_rows, plan_batches, run_splitting_on_oom
+from operators.encoders.precision import compute_dtype
 
 # A fast tokenizer still tokenises a whole 1 MB text before truncating it; no token covers more
 # than this many characters per allowed token, so cutting the text first changes nothing we keep.
@@ -45,12 +49,27 @@ class EncoderDescription:
     dims: list[int] = field(default_factory=list)
 
 
+# Padded tokens per forward pass when the caller does not say. On CPU a small budget wins: the
+# activations stay in cache and padding is lower (measured in benchmarks/RESULTS.md); GPUs need big
+# batches to be busy (shared/docs/performance.md used 64k tokens).
+DEFAULT_MAX_TOKENS = {"cpu": 2048, "cuda": 65536}
+DEFAULT_MAX_ROWS = {"cpu": 256, "cuda": 4096}
+
+
 @dataclass
 class BatchLimits:
-    """How a list of texts is cut into model batches."""
+    """How a list of texts is cut into model batches; None picks the default for the device."""
 
-    max_tokens: int = 16384  # padded tokens per forward pass
-    max_rows: int = 256
+    max_tokens: int | None = None  # padded tokens per forward pass
+    max_rows: int | None = None
+
+    def for_device(self, device: torch.device) -> BatchLimits:
+        kind = "cuda" if device.type == "cuda" else "cpu"
+        return replace(
+            self,
+            max_tokens=self.max_tokens or DEFAULT_MAX_TOKENS[kind],
+            max_rows=self.max_rows or DEFAULT_MAX_ROWS[kind],
+        )
 
 
 def default_device() -> torch.device:
@@ -58,10 +77,9 @@ def default_device() -> torch.device:
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU (where bf16 is slow and lossy)."""
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU (bf16 there is an explicit choice:
+    fast only on CPUs with AVX512-BF16/AMX, and its vectors differ slightly; see precision.py)."""
+    return compute_dtype("auto", device)
 
 
 def folder_name(folder: str) -> str:
@@ -128,8 +146,14 @@ class TransformerEncoder(Encoder):
         self.tokenizer = tokenizer
         self.device = device
         self.max_length = max_length
-        self.limits = limits or BatchLimits()
+        self.limits = (limits or BatchLimits()).for_device(device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # encode() may be called from two threads (a Ray actor taking two batches at once, so that one
+        # batch tokenises while the other computes): a fast tokenizer must not run twice at once, and
+        # one device runs one batch loop at a time.
+        self._tokenize_lock = threading.Lock()
+        self._compute_lock = threading.Lock()
+        self._stager: ThreadPoolExecutor | None = None
 
     # -- what a subclass provides ------------------------------------------------------------
     @abstractmethod
@@ -147,66 +171,111 @@ class TransformerEncoder(Encoder):
     # -- the shared loop ---------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         """Token ids per text, truncated to max_length, and whether each text was truncated."""
+        tokens, truncated = self.tokenize_flat(texts)
+        return tokens.to_lists(), truncated
+
+    def tokenize_flat(self, texts: Sequence[str]) -> tuple[FlatTokens, np.ndarray]:
+        """Token ids of all texts in one flat array, truncated to max_length, and whether each text was
+        truncated. Tokenising one token past the limit tells truncated texts apart; only those are
+        tokenised again at the limit."""
         if not texts:
-            return [], np.zeros(0, dtype=bool)
+            return FlatTokens(np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64)), np.zeros(0, dtype=bool)
         char_limit = self.max_length * CHARS_PER_TOKEN_BOUND
-        cut = [len(text) > char_limit for text in texts]
-        clipped = [text[:char_limit] if too_long else text for text, too_long in zip(texts, cut, strict=True)]
-        encoded = self.tokenizer(
-            clipped,
+        cut = np.fromiter((len(text) > char_limit for text in texts), dtype=bool, count=len(texts))
+        clipped = [text[:char_limit] for text in texts] if cut.any() else list(texts)
+        with self._tokenize_lock:
+            encoded = self._token_ids(clipped, self.max_length + 1)
+            lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+            truncated = (lengths > self.max_length) | cut
+            if truncated.any():
+                again = np.flatnonzero(truncated)
+                for position, ids in zip(again, self._token_ids([clipped[i] for i in again], self.max_length),
+                                         strict=True):
+                    encoded[position] = ids
+        return FlatTokens.from_lists(encoded), truncated
+
+    def _token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
+        return self.tokenizer(
+            texts,
             add_special_tokens=True,
             truncation=True,
-            max_length=self.max_length + 1,
+            max_length=max_length,
             return_attention_mask=False,
             return_token_type_ids=False,
         )["input_ids"]
-        truncated = np.array([len(ids) > self.max_length for ids in encoded], dtype=bool) | np.array(cut)
-        if truncated.any():
-            again = [clipped[i] for i in np.flatnonzero(truncated)]
-            recut = self.tokenizer(
-                again,
-                add_special_tokens=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-            )["input_ids"]
-            for position, ids in zip(np.flatnonzero(truncated), recut, strict=True):
-                encoded[position] = ids
-        return encoded, truncated
 
     def encode(self, texts: Sequence[str], prompt_name: str | None = "document") -> EncodedBatch:
         prepared = self._prepare_texts(texts, prompt_name)
-        token_ids, truncated = self.tokenize(prepared)
-        lengths = np.array([len(ids) for ids in token_ids], dtype=np.int64)
+        tokens, truncated = self.tokenize_flat(prepared)
+        lengths = tokens.lengths
         outputs: dict[str, list | np.ndarray] = {}
-        padded_tokens = 0
-        splits = 0
-
-        def count_split(_rows: int) -> None:
-            nonlocal splits
-            splits += 1
-
-        def run(indices: np.ndarray) -> list[tuple[np.ndarray, dict[str, list | np.ndarray]]]:
-            nonlocal padded_tokens
-            input_ids, mask = pad_batch([token_ids[i] for i in indices], self.pad_id)
-            result = self._forward(input_ids.to(self.device), mask.to(self.device))
-            padded_tokens += input_ids.numel()
-            return [(indices, result)]
-
-        for batch in plan_batches(lengths, self.limits.max_tokens, self.limits.max_rows):
-            for indices, result in run_splitting_on_oom(run, batch, count_split):
-                _scatter(outputs, result, indices, len(texts))
+        stats = _LoopStats()
+        with self._compute_lock:
+            plan = plan_batches(lengths, self.limits.max_tokens, self.limits.max_rows)
+            for batch, staged in self._staged(plan, tokens):
+                run = partial(self._run_rows, tokens, staged, stats)
+                for indices, result in run_splitting_on_oom(run, batch, stats.count_split):
+                    _scatter(outputs, result, indices, len(texts))
         return EncodedBatch(
             columns=self._to_arrow(outputs) if len(texts) else self._to_arrow(self._empty_outputs()),
             token_counts=lengths,
             truncated=truncated,
-            padded_tokens=padded_tokens,
-            oom_splits=splits,
+            padded_tokens=stats.padded_tokens,
+            oom_splits=stats.splits,
         )
+
+    def _run_rows(
+        self, tokens: FlatTokens, staged: dict[int, tuple[torch.Tensor, torch.Tensor]], stats: _LoopStats,
+        indices: np.ndarray,
+    ) -> list[tuple[np.ndarray, dict[str, list | np.ndarray]]]:
+        """Forward one batch (or, after an OOM split, part of it). The staged tensors fit only the whole
+        batch, so they are keyed by its row count: halves of it pad their own."""
+        ready = staged.pop(len(indices), None)
+        input_ids, mask = ready if ready is not None else self._device_batch(tokens, indices)
+        result = self._forward(input_ids, mask)
+        stats.padded_tokens += input_ids.numel()
+        return [(indices, result)]
+
+    def _device_batch(self, tokens: FlatTokens, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad rows on the host and move them to the device; on a GPU through pinned memory, so the
+        copy does not block the host."""
+        input_ids, mask = (torch.from_numpy(array) for array in pad_rows(tokens, rows, self.pad_id))
+        if self.device.type != "cuda":
+            return input_ids.to(self.device), mask.to(self.device)
+        return (input_ids.pin_memory().to(self.device, non_blocking=True),
+                mask.pin_memory().to(self.device, non_blocking=True))
+
+    def _staged(
+        self, batches: list[np.ndarray], tokens: FlatTokens
+    ) -> Iterator[tuple[np.ndarray, dict[int, tuple[torch.Tensor, torch.Tensor]]]]:
+        """Each batch with its device tensors, keyed by its row count. On a GPU the next
+        batch is padded and copied by a helper thread while the current one computes; on a CPU that
+        thread would only compete with the model for the same cores."""
+        if self.device.type != "cuda":
+            for batch in batches:
+                yield batch, {len(batch): self._device_batch(tokens, batch)}
+            return
+        if self._stager is None:
+            self._stager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage-batches")
+        prepare = partial(self._device_batch, tokens)
+        pending: Future | None = self._stager.submit(prepare, batches[0]) if batches else None
+        for position, batch in enumerate(batches):
+            ready = pending.result() if pending is not None else self._device_batch(tokens, batch)
+            following = position + 1
+            pending = self._stager.submit(prepare, batches[following]) if following < len(batches) else None
+            yield batch, {len(batch): ready}
 
     def _empty_outputs(self) -> dict[str, list | np.ndarray]:
         return {f.name: [] for f in self.output_fields()}
+
+
+@dataclass
+class _LoopStats:
+    padded_tokens: int = 0
+    splits: int = 0
+
+    def count_split(self, _rows: int) -> None:
+        self.splits += 1
 
 
 def _scatter(
@@ -234,7 +303,8 @@ class EncoderSpec:
     dims: list[int] = field(default_factory=list)  # nested Matryoshka sizes
     outputs: list[str] = field(default_factory=list)  # BGE-M3: subset of dense, sparse, colbert
     max_length: int | None = None
-    max_tokens_per_batch: int = 16384
-    max_rows_per_batch: int = 256
+    max_tokens_per_batch: int | None = None  # None: the device's default (BatchLimits)
+    max_rows_per_batch: int | None = None
     device: str | None = None  # None: cuda when available, else cpu
+    precision: str = "auto"  # auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16, int8 (CPU)
     prompt_name: str | None = "document"

@@ -7,7 +7,9 @@ even (shared/docs/performance.md).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -35,14 +37,57 @@ def plan_batches(lengths: Sequence[int] | np.ndarray, max_tokens: int, max_rows:
     return batches
 
 
+@dataclass
+class FlatTokens:
+    """Token ids of many texts in one flat int64 array: text i is ids[offsets[i]:offsets[i + 1]].
+
+    One array instead of a list of lists lets batches be padded with numpy gathers rather than a
+    Python loop over rows.
+    """
+
+    ids: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def from_lists(cls, token_ids: Sequence[Sequence[int]]) -> FlatTokens:
+        lengths = np.fromiter(map(len, token_ids), dtype=np.int64, count=len(token_ids))
+        offsets = np.zeros(len(token_ids) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int64, count=int(offsets[-1]))
+        return cls(ids, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def row(self, index: int) -> np.ndarray:
+        return self.ids[self.offsets[index] : self.offsets[index + 1]]
+
+    def to_lists(self) -> list[list[int]]:
+        return [self.row(i).tolist() for i in range(len(self))]
+
+
+def pad_rows(tokens: FlatTokens, rows: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded (input_ids, attention_mask) int64 arrays for the texts `rows` of `tokens`."""
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = tokens.offsets[rows]
+    lengths = tokens.offsets[rows + 1] - starts
+    longest = int(lengths.max()) if len(rows) else 0
+    positions = np.arange(longest, dtype=np.int64)
+    mask = positions[None, :] < lengths[:, None]
+    source = np.minimum(starts[:, None] + positions[None, :], max(len(tokens.ids) - 1, 0))
+    gathered = tokens.ids[source] if len(tokens.ids) else np.zeros_like(source)
+    input_ids = np.where(mask, gathered, np.int64(pad_id))
+    return input_ids, mask.astype(np.int64)
+
+
 def pad_batch(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token id lists into (input_ids, attention_mask) int64 tensors."""
-    longest = max(len(ids) for ids in token_ids)
-    input_ids = np.full((len(token_ids), longest), pad_id, dtype=np.int64)
-    mask = np.zeros((len(token_ids), longest), dtype=np.int64)
-    for row, ids in enumerate(token_ids):
-        input_ids[row, : len(ids)] = ids
-        mask[row, : len(ids)] = 1
+    tokens = FlatTokens.from_lists(token_ids)
+    input_ids, mask = pad_rows(tokens, np.arange(len(tokens)), pad_id)
     return torch.from_numpy(input_ids), torch.from_numpy(mask)
 
 

@@ -23,10 +23,10 @@ from operators.encoders.base import (
     EncoderSpec,
     TransformerEncoder,
     default_device,
-    default_dtype,
     folder_name,
     weights_fingerprint,
 )
+from operators.encoders.precision import compute_dtype
 from operators.schema import COLBERT, DENSE, SPARSE, SPARSE_TYPE, colbert_type, dense_type
 
 OUTPUTS = (DENSE, SPARSE, COLBERT)
@@ -140,7 +140,7 @@ class BgeM3Encoder(TransformerEncoder):
         description = describe_folder(path, spec)
         device = torch.device(spec.device) if spec.device else default_device()
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path, dtype=default_dtype(device)).to(device)
+        model = AutoModel.from_pretrained(path, dtype=compute_dtype(spec.precision, device)).to(device)
         return cls(
             model,
             tokenizer,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from operators.encoders.base import Encoder, EncoderDescription, EncoderSpec
+from operators.encoders.precision import check_precision, model_id_suffix, quantize_linears
 
 MINILM = "minilm"
 BGE_M3_HEAD_FILES = ("colbert_linear.pt", "sparse_linear.pt")
@@ -38,23 +39,41 @@ def model_kind(model: str) -> str:
 
 def load_encoder(spec: EncoderSpec) -> Encoder:
     """Build the encoder a spec names; heavy imports happen here, inside the worker."""
+    check_precision(spec.precision)
     path = resolve_model_path(spec.model)
     if is_bge_m3_folder(path):
         from operators.encoders.bge_m3 import BgeM3Encoder
 
-        return BgeM3Encoder.from_spec(path, spec)
-    from operators.encoders.mrl import MatryoshkaEncoder
+        encoder: Encoder = BgeM3Encoder.from_spec(path, spec)
+    else:
+        from operators.encoders.mrl import MatryoshkaEncoder
 
-    return MatryoshkaEncoder.from_spec(path, spec)
+        encoder = MatryoshkaEncoder.from_spec(path, spec)
+    return apply_precision(encoder, spec.precision)
+
+
+def apply_precision(encoder: Encoder, precision: str) -> Encoder:
+    """What a precision needs beyond the load dtype (which each encoder picks from the spec): int8
+    swaps the backbone's Linear layers, and an explicit precision marks the model id, in one place
+    for every encoder so the driver's id (describe_encoder) and the workers' agree."""
+    if precision == "int8":
+        check_precision(precision, getattr(encoder, "device", None))
+        quantize_linears(encoder.model)  # type: ignore[attr-defined]
+    encoder.model_id += model_id_suffix(precision)
+    return encoder
 
 
 def describe_encoder(spec: EncoderSpec) -> EncoderDescription:
     """Model identity and output columns from config files alone (the driver never loads weights)."""
+    check_precision(spec.precision)
     path = resolve_model_path(spec.model)
     if is_bge_m3_folder(path):
         from operators.encoders.bge_m3 import describe_folder as describe_bge_m3
 
-        return describe_bge_m3(path, spec)
-    from operators.encoders.mrl import describe_folder
+        description = describe_bge_m3(path, spec)
+    else:
+        from operators.encoders.mrl import describe_folder
 
-    return describe_folder(path, spec.dims, spec.max_length)
+        description = describe_folder(path, spec.dims, spec.max_length)
+    description.model_id += model_id_suffix(spec.precision)
+    return description

@@ -29,6 +29,7 @@ from operators.encoders.base import (
     folder_name,
     weights_fingerprint,
 )
+from operators.encoders.precision import compute_dtype
 from operators.schema import DENSE, dense_column, dense_type
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
@@ -183,6 +184,7 @@ class MatryoshkaEncoder(TransformerEncoder):
         max_length: int | None = None,
         device: torch.device | None = None,
         limits: BatchLimits | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
@@ -191,7 +193,7 @@ class MatryoshkaEncoder(TransformerEncoder):
         device = device or default_device()
         tokenizer = AutoTokenizer.from_pretrained(self.layout.transformer_path)
         self.model = AutoModel.from_pretrained(
-            self.layout.transformer_path, dtype=default_dtype(device), attn_implementation="sdpa"
+            self.layout.transformer_path, dtype=dtype or default_dtype(device), attn_implementation="sdpa"
         )
         self.model.to(device).eval()
         self.heads = nn.Sequential(*[_load_dense(path) for path in self.layout.dense_paths]).to(device).eval()
@@ -203,12 +205,14 @@ class MatryoshkaEncoder(TransformerEncoder):
 
     @classmethod
     def from_spec(cls, folder: str, spec: EncoderSpec) -> MatryoshkaEncoder:
+        device = torch.device(spec.device) if spec.device else default_device()
         return cls(
             folder,
             dims=spec.dims,
             max_length=spec.max_length,
-            device=torch.device(spec.device) if spec.device else None,
+            device=device,
             limits=BatchLimits(spec.max_tokens_per_batch, spec.max_rows_per_batch),
+            dtype=compute_dtype(spec.precision, device),
         )
 
     def prompt_for(self, prompt_name: str | None) -> str:

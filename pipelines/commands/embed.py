@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from operators.storage import redacted_errors
-from pipelines.embed import EmbedJob, run_embed
 from pipelines.storage_cli import add_storage_option, storage_from_args
 
 
@@ -53,12 +52,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--sync-deletes", action="store_true", help="delete table rows whose id left the input")
     parser.add_argument("--skip-bad-files", action="store_true",
                         help="quarantine unreadable shards whole and go on (default: fail naming the file)")
-    parser.add_argument("--actors", type=int, default=None, help="encoder actors (default: one per GPU, else CPUs/2)")
+    parser.add_argument("--actors", type=int, default=None, help="encoder actors (default: one per GPU, else per CPU)")
     parser.add_argument("--threads-per-actor", type=int, default=None)
-    parser.add_argument("--rows-per-batch", dest="rows_per_encode_batch", type=int, default=1024,
-                        help="rows handed to an encoder actor at a time (sorted and cut by token budget inside)")
+    parser.add_argument("--rows-per-batch", dest="rows_per_encode_batch", type=int, default=None,
+                        help="rows handed to an encoder actor at a time, sorted and cut by token budget inside "
+                             "(default: 4096 on GPUs, 256 on CPUs)")
     parser.add_argument("--rows-per-write", type=int, default=4096, help="rows per upsert commit")
-    parser.add_argument("--max-tokens-per-batch", type=int, default=16384, help="padded tokens per forward pass")
+    parser.add_argument("--max-tokens-per-batch", type=int, default=None,
+                        help="padded tokens per forward pass (default: 65536 on GPUs, 2048 on CPUs)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                        help="auto = bf16 on GPUs, fp32 on CPUs; bf16 and int8 are faster CPU paths whose vectors "
+                             "stay within cosine 0.99 of fp32 (benchmarks/RESULTS.md)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--actor-resources", type=resource_amounts, default={}, metavar="NAME=AMOUNT,...",
                         help="custom Ray resources each encoder actor needs, to place actors on node groups")
@@ -67,6 +71,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from pipelines.embed import EmbedJob, run_embed  # torch and ray load only for this command
+
     job = EmbedJob(
         input=args.input,
         output=args.output,
@@ -88,6 +94,7 @@ def run(args: argparse.Namespace) -> dict:
         threads_per_actor=args.threads_per_actor,
         rows_per_encode_batch=args.rows_per_encode_batch,
         max_tokens_per_batch=args.max_tokens_per_batch,
+        precision=args.precision,
         progress=args.progress,
         storage_options=storage_from_args(args),
         actor_resources=args.actor_resources,

@@ -1,0 +1,77 @@
+"""What the numbers were measured on: CPU model, cores, GPU, library versions, load, and the GPU's
+measured bf16 matmul ceiling (the denominator of MFU, as in shared/docs/performance.md)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from importlib import metadata
+
+import torch
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The vector extensions that decide CPU speed per precision (AVX512-BF16/AMX for bf16, VNNI for int8)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    wanted = ("avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+                    return [flag for flag in wanted if flag in flags]
+    except OSError:
+        pass
+    return []
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def describe_machine() -> dict:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "gpus": torch.cuda.device_count() if gpu else 0,
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "sentence_transformers": _version("sentence-transformers"),
+        "ray": _version("ray"),
+        "load_average": [round(load, 2) for load in os.getloadavg()],
+    }
+
+
+def matmul_peak_flops(device: torch.device, size: int = 8192, repeats: int = 20) -> float | None:
+    """Measured bf16 matmul FLOP/s on a GPU (None on CPU, where MFU is not reported)."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - started)

@@ -1,0 +1,192 @@
+"""The whole pipeline (Parquet -> Ray -> LanceDB) through `pipelines.embed.run_embed`, against
+sentence-transformers `encode` of the same texts in the driver, interleaved; and peak memory of
+every Ray process while it runs.
+
+Imports ray and lancedb (through pipelines.embed) only when called, so the encoder benchmarks run
+without them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from benchmarks.corpus import SAMPLE_DIR
+from benchmarks.encoders import ST_BATCH_SIZE, sentence_transformer, st_padded_tokens
+from benchmarks.memory import TreeSampler
+from benchmarks.report import Result
+
+ROWS_PER_SHARD = 20_000
+RETRIES = 2  # extra tries of a round whose encoder actor died (another process killed it, say)
+
+
+@dataclass
+class PipelineOptions:
+    """What `embedlake embed` gets, beyond input and output (None: the pipeline's own default)."""
+
+    actors: int | None = None
+    threads_per_actor: int | None = None
+    rows_per_batch: int | None = None
+    max_tokens_per_batch: int | None = None
+    precision: str = "auto"
+    extra: dict = field(default_factory=dict)
+
+    def job_kwargs(self) -> dict:
+        chosen = {
+            "actors": self.actors,
+            "threads_per_actor": self.threads_per_actor,
+            "rows_per_encode_batch": self.rows_per_batch,
+            "max_tokens_per_batch": self.max_tokens_per_batch,
+        }
+        kwargs = {key: value for key, value in chosen.items() if value is not None}
+        if self.precision != "auto":
+            kwargs["precision"] = self.precision
+        return {**kwargs, **self.extra}
+
+
+def make_input(folder: Path, rows: int | None, max_chars: int | None) -> tuple[Path, list[str]]:
+    """The sample itself (rows None), or the sample's rows repeated to `rows` rows with unique ids,
+    written as shards of ROWS_PER_SHARD rows. Returns the input folder and its texts in order."""
+    sample = pa.concat_tables([pq.read_table(path) for path in sorted(SAMPLE_DIR.glob("*.parquet"))])
+    if rows is None and max_chars is None:
+        return SAMPLE_DIR, sample.column("text").to_pylist()
+    rows = rows or sample.num_rows
+    folder.mkdir(parents=True, exist_ok=True)
+    texts: list[str] = []
+    for shard, start in enumerate(range(0, rows, ROWS_PER_SHARD)):
+        count = min(ROWS_PER_SHARD, rows - start)
+        positions = np.arange(start, start + count)
+        source = sample.take(pa.array(positions % sample.num_rows))
+        shard_texts = source.column("text").to_pylist()
+        if max_chars:
+            shard_texts = [text[:max_chars] for text in shard_texts]
+        ids = [f"{row_id}~{position // sample.num_rows}" for row_id, position in
+               zip(source.column("id").to_pylist(), positions.tolist(), strict=True)]
+        pq.write_table(pa.table({"id": ids, "text": shard_texts}), folder / f"part-{shard:05d}.parquet",
+                       row_group_size=4096)
+        texts.extend(shard_texts)
+    return folder, texts
+
+
+def run_once(input_dir: Path, options: PipelineOptions) -> tuple[dict, float, TreeSampler]:
+    """One `run_embed` into a fresh lake; its summary, wall seconds and the memory samples."""
+    from pipelines.embed import EmbedJob, run_embed
+
+    output = tempfile.mkdtemp(prefix="bench-lake-")
+    try:
+        job = EmbedJob(input=str(input_dir), output=output, overwrite=True, progress=False, **options.job_kwargs())
+        with TreeSampler(interval=0.5) as sampler:
+            started = time.perf_counter()
+            summary = run_embed(job)
+            seconds = time.perf_counter() - started
+        return summary, seconds, sampler
+    finally:
+        shutil.rmtree(output, ignore_errors=True)
+
+
+def expected_actors(options: PipelineOptions) -> int:
+    """How many encoder actors a run makes on this cluster (pipelines/workers.py decides)."""
+    import ray
+
+    from pipelines.workers import plan_workers
+
+    resources = ray.cluster_resources()
+    return plan_workers(int(resources.get("CPU", 1)), int(resources.get("GPU", 0)), options.actors,
+                        options.threads_per_actor).actors
+
+
+def run_clean(input_dir: Path, options: PipelineOptions, actors: int, log=print) -> tuple[dict, float, TreeSampler]:
+    """run_once, again (up to RETRIES times) when more encoder actors than planned encoded rows: one
+    died and was replaced mid-run, and the model reload would be timed. Ray recovers, the rows are
+    right, but the round's speed says nothing about the pipeline."""
+    for attempt in range(RETRIES + 1):
+        summary, wall, sampler = run_once(input_dir, options)
+        if summary["encoder_actors"] <= actors:
+            return summary, wall, sampler
+        log(f"  an encoder actor was replaced mid-run ({summary['encoder_actors']} actors for {actors}); "
+            + ("running the round again" if attempt < RETRIES else "keeping it, marked"))
+    summary["disturbed"] = True
+    return summary, wall, sampler
+
+
+def bench_pipeline(
+    repeats: int,
+    options: PipelineOptions,
+    rows: int | None = None,
+    max_chars: int | None = None,
+    peer: bool = True,
+    log=print,
+) -> list[Result]:
+    """Pipeline docs/s (the summary's, first read to last commit) against sentence-transformers on the
+    same texts in this process, interleaved; peak PSS of this process and all its Ray descendants."""
+    import torch
+
+    from operators.encoders.base import EncoderSpec
+    from operators.encoders.loader import load_encoder, resolve_model_path
+    from pipelines.ray_runtime import start_ray
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-input-"))
+    try:
+        input_dir, texts = make_input(scratch / "input", rows, max_chars)
+        label = f"pipeline, {len(texts):,} rows" + (f" of <= {max_chars} chars" if max_chars else "")
+        lengths = load_encoder(EncoderSpec(model="minilm", device="cpu")).tokenize_flat(texts)[0].lengths
+        tokens = int(lengths.sum())
+        st = sentence_transformer(resolve_model_path("minilm"), torch.device("cpu"), torch.float32, 256) if peer \
+            else None
+        we_started = start_ray(None, num_cpus=os.cpu_count())
+        try:
+            ours_seconds, st_seconds, peaks = [], [], []
+            summaries = []
+            log(f"{label}: {tokens:,} tokens, {repeats} interleaved rounds, options {options.job_kwargs()}")
+            for round_index in range(repeats):
+                order = ["st", "ours"] if round_index % 2 == 0 or not peer else ["ours", "st"]
+                for which in order:
+                    if which == "st" and st is not None:
+                        started = time.perf_counter()
+                        st.encode(texts, batch_size=ST_BATCH_SIZE, normalize_embeddings=True)
+                        st_seconds.append(time.perf_counter() - started)
+                        log(f"  round {round_index + 1}/{repeats} st: {st_seconds[-1]:.2f}s")
+                    elif which == "ours":
+                        summary, wall, sampler = run_clean(input_dir, options, expected_actors(options), log)
+                        summaries.append(summary)
+                        ours_seconds.append(summary["rows_written"] / summary["docs_per_s"])
+                        peaks.append(sampler.peak)
+                        log(f"  round {round_index + 1}/{repeats} pipeline: {ours_seconds[-1]:.2f}s encoding "
+                            f"({wall:.1f}s wall), {summary['docs_per_s']} docs/s, peak tree PSS "
+                            f"{sampler.peak.tree_pss / 2**20:,.0f} MiB")
+        finally:
+            if we_started:
+                import ray
+
+                ray.shutdown()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    st_result = Result(f"{label}: sentence-transformers encode(batch_size={ST_BATCH_SIZE}) in the driver",
+                       len(texts), tokens, st_seconds, padded_tokens=st_padded_tokens(texts, lengths)) \
+        if st_seconds else None
+    last = summaries[-1]
+    peak = max(peaks, key=lambda p: p.tree_pss)
+    notes = [f"driver alone {peak.driver_pss / 2**20:,.0f} MiB PSS; largest Ray process {peak.largest_name} "
+             f"{peak.largest_pss / 2**20:,.0f} MiB; {peak.processes} processes"]
+    if any(summary.get("disturbed") for summary in summaries):
+        notes.append("a round kept an encoder actor restart (marked disturbed)")
+    ours = Result(
+        f"{label}: Parquet -> Ray -> LanceDB, {last['encoder_actors']} actor(s)",
+        last["rows_written"],
+        last["tokens"],
+        ours_seconds,
+        padded_tokens=round(last["tokens"] / (1 - last["padding_waste"])) if last["padding_waste"] < 1 else None,
+        peak_memory=peak.tree_pss,
+        memory_kind="PSS, driver + all Ray processes",
+        peer=st_result,
+        notes=notes,
+    )
+    return [result for result in (st_result, ours) if result is not None]

@@ -1,0 +1,75 @@
+"""How many encoder actors, with what resources and batch sizes, for the cluster at hand.
+
+GPU clusters: one actor per GPU, each taking two batches at once so one tokenises while the other
+computes (the encoder serialises the device work itself), and big batches so each call keeps the
+GPU busy for a while.
+
+CPU-only clusters: one single-threaded actor per core beats one actor with a thread per core. The
+model's matmuls scale well across threads, but tokenisation, Arrow assembly and Python run on one
+thread, and two threads of one process wait on each other at every operator when a core is taken by
+someone else; independent actors keep both cores busy (measured in benchmarks/RESULTS.md). Ray's
+CPU counts are scheduling tokens, not pinned cores, so the actors hold all but IO_CPUS of them and
+the reader and writer tasks, which mostly wait on storage, fit in what is left.
+
+Keeping every actor fed: Ray Data hands an actor whole blocks (a reader's output for one shard is
+one block), bundled up to the batch size, and queues up to `max_tasks_in_flight` of them on an actor
+as soon as it is ready. On CPUs that let the first actor to finish loading its model take every
+shard of a small corpus while the others sat idle; so CPU actors take one block at a time (the
+queue then feeds whichever actor is free) and batches stay below a shard's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IO_CPUS = 0.5  # logical CPUs left to reader and writer tasks on a CPU-only cluster
+IO_TASK_CPUS = 0.25
+GPU_ROWS_PER_BATCH = 4096
+CPU_ROWS_PER_BATCH = 256
+GPU_CONCURRENT_CALLS = 2
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    actors: int
+    threads: int  # torch intra-op threads per actor
+    actor_cpus: float  # Ray CPUs each encoder actor holds
+    actor_gpus: int
+    io_cpus: float  # Ray CPUs of each reader and writer task
+    rows_per_batch: int  # rows per call of an encoder actor
+    concurrent_calls: int  # calls an actor works on at once
+    tasks_in_flight: int  # blocks queued on an actor (including those it is working on)
+
+
+def plan_workers(
+    cpus: int,
+    gpus: int,
+    actors: int | None = None,
+    threads: int | None = None,
+    rows_per_batch: int | None = None,
+) -> WorkerPlan:
+    """The plan for a cluster of `cpus` logical CPUs and `gpus` GPUs; given values win over defaults."""
+    if gpus:
+        return WorkerPlan(
+            actors=actors or gpus,
+            threads=threads or 1,
+            actor_cpus=1,
+            actor_gpus=1,
+            io_cpus=0.5,
+            rows_per_batch=rows_per_batch or GPU_ROWS_PER_BATCH,
+            concurrent_calls=GPU_CONCURRENT_CALLS,
+            tasks_in_flight=2 * GPU_CONCURRENT_CALLS,
+        )
+    threads = threads or 1
+    actors = actors or max(1, cpus // threads)
+    share = max(cpus - IO_CPUS, 0.1) / actors
+    return WorkerPlan(
+        actors=actors,
+        threads=threads,
+        actor_cpus=round(min(float(threads), share), 3),
+        actor_gpus=0,
+        io_cpus=IO_TASK_CPUS,
+        rows_per_batch=rows_per_batch or CPU_ROWS_PER_BATCH,
+        concurrent_calls=1,
+        tasks_in_flight=1,
+    )

@@ -1,0 +1,54 @@
+"""The benchmark's own arithmetic and plumbing; the timed runs themselves are marked slow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from benchmarks.encoders import st_padded_tokens
+from benchmarks.flops import encoder_flops
+from benchmarks.report import Result, table
+
+
+def test_flops_per_token_match_the_anchor_for_bge_m3():
+    # shared/docs/performance.md: ~0.6 GFLOP per token (24 layers x 12 x 1024^2 x 2) plus attention
+    per_token = encoder_flops(1024, 4096, 24, np.array([1])) / 1
+    assert per_token == pytest.approx(24 * 12 * 1024**2 * 2, rel=1e-3)
+    assert encoder_flops(1024, 4096, 24, np.array([100, 100])) > 200 * per_token  # attention grows with length
+
+
+def test_sentence_transformers_padding_follows_its_character_sort():
+    texts = ["aaaa", "a", "aaa", "aa"]
+    lengths = np.array([4, 1, 3, 2])
+    assert st_padded_tokens(texts, lengths, batch_size=2) == 2 * 4 + 2 * 2
+    assert st_padded_tokens(texts, lengths, batch_size=4) == 16
+
+
+def test_table_reports_ratio_against_the_peer_and_padding():
+    peer = Result("st", docs=100, tokens=1000, seconds=[2.0, 4.0, 3.0], padded_tokens=1250)
+    ours = Result("ours", docs=100, tokens=1000, seconds=[1.0, 1.5, 2.0], padded_tokens=1000, peer=peer,
+                  cosine=0.99995, cosine_to="ST")
+    assert ours.ratio == pytest.approx(2.0)
+    assert peer.padding_waste == pytest.approx(0.2)
+    text = table([peer, ours], peak_flops=None)
+    assert "| ours | 66.7 |" in text and "2.00x" in text and "(peer)" in text and "0.99995 vs ST" in text
+
+
+def test_replicated_input_has_unique_ids_and_the_asked_row_count(tmp_path):
+    from benchmarks.pipeline import make_input
+
+    folder, texts = make_input(tmp_path / "in", rows=5000, max_chars=50)
+    ids = [i for path in sorted(folder.glob("*.parquet")) for i in pq.read_table(path).column("id").to_pylist()]
+    assert len(ids) == len(set(ids)) == len(texts) == 5000
+    assert max(len(text) for text in texts) <= 50
+
+
+@pytest.mark.slow
+def test_encoder_benchmark_runs_end_to_end(capsys):
+    from benchmarks.run import main
+
+    assert main(["--only", "encoders", "--device", "cpu", "--texts", "24", "--precisions", "auto,int8",
+                 "--bge-m3-size", "tiny", "--bge-m3-texts", "12", "--repeats", "1", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    assert "MiniLM-L6 encoder: ours, int8" in out and "BGE-M3-shaped (tiny" in out

@@ -1,0 +1,25 @@
+"""The encoder actor plan for CPU-only and GPU clusters (no Ray needed)."""
+
+from __future__ import annotations
+
+from pipelines.workers import IO_CPUS, plan_workers
+
+
+def test_cpu_cluster_gets_one_single_threaded_actor_per_core_and_room_for_io():
+    plan = plan_workers(cpus=2, gpus=0)
+    assert (plan.actors, plan.threads, plan.actor_gpus, plan.concurrent_calls, plan.tasks_in_flight) == (2, 1, 0, 1, 1)
+    assert plan.actors * plan.actor_cpus + IO_CPUS <= 2
+    assert plan.io_cpus <= IO_CPUS / 2  # a reader and a writer fit at once
+
+
+def test_given_values_win_and_actors_never_hold_more_cpus_than_threads():
+    plan = plan_workers(cpus=4, gpus=0, actors=2, threads=1, rows_per_batch=16)
+    assert (plan.actors, plan.threads, plan.rows_per_batch, plan.actor_cpus) == (2, 1, 16, 1.0)
+    wide = plan_workers(cpus=16, gpus=0, threads=4)
+    assert wide.actors == 4 and wide.actor_cpus <= 4
+
+
+def test_gpu_cluster_gets_an_actor_per_gpu_taking_two_batches_at_once():
+    plan = plan_workers(cpus=32, gpus=4)
+    assert (plan.actors, plan.actor_gpus, plan.concurrent_calls) == (4, 1, 2)
+    assert plan.rows_per_batch > plan_workers(cpus=32, gpus=0).rows_per_batch
