@@ -25,11 +25,12 @@ def test_run_survives_losing_a_worker_node(sample_dir, tmp_path):
         pq.write_table(table.slice(shard * 40, 40), lake / f"part-{shard}.parquet")
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""}
     result = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "scripts" / "node_failure.py"), str(lake), str(tmp_path / "out")],
+        [sys.executable, str(REPO / "tests" / "scripts" / "node_failure.py"), str(lake), str(tmp_path / "out"),
+         str(tmp_path / "report.json")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = json.loads((tmp_path / "report.json").read_text())
     assert report["removed"], "no node was removed (the run finished first)"
     assert sorted(report["ids"]) == sorted(table.column("id").to_pylist())
     summary = report["summary"]

@@ -1,7 +1,8 @@
 """Run the embed pipeline on a 3-node `ray.cluster_utils.Cluster` and remove a worker node mid-run.
 
-Run as a script (its own Ray, apart from the test session's): prints one JSON line with the run's
-summary, the node removed and the ids in the table.
+Run as a script (its own Ray, apart from the test session's): writes a JSON report (the run's summary,
+the node removed and the ids in the table) to the file named by its third argument, since Ray's own
+log lines can reach stdout after ours.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def committed(output: str) -> int:
         return 0
 
 
-def main(lake: str, output: str) -> None:
+def main(lake: str, output: str, report: str) -> None:
     # The head gets enough CPUs for read and write tasks so an actor cannot starve them (ray#44687).
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
@@ -48,11 +49,12 @@ def main(lake: str, output: str) -> None:
                                      rows_per_encode_batch=10, rows_per_write=10, progress=False))
         killer.join(timeout=5)
         ids = lance.dataset(f"{output}/docs.lance").to_table(columns=["id"]).column("id").to_pylist()
-        print(json.dumps({"summary": summary, "removed": removed, "ids": ids}))
+        with open(report, "w") as handle:
+            json.dump({"summary": summary, "removed": removed, "ids": ids}, handle)
     finally:
         ray.shutdown()
         cluster.shutdown()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])
