@@ -29,7 +29,8 @@ def test_encoder_actors_run_on_both_worker_nodes(sample_dir, tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # Ray may print its own lines after the script's report: take the last line that is our JSON object.
+    report = next(json.loads(line) for line in reversed(result.stdout.splitlines()) if line.startswith('{"'))
     # Only the two workers offer the `encoder` resource each actor needs (one each): two actors on two
     # distinct nodes can only be one actor per worker node.
     assert report["encoder_resource_nodes"] == report["worker_nodes"]
