@@ -71,7 +71,7 @@ def make_input(folder: Path, rows: int | None, max_chars: int | None) -> tuple[P
         ids = [f"{row_id}~{position // sample.num_rows}" for row_id, position in
                zip(source.column("id").to_pylist(), positions.tolist(), strict=True)]
         pq.write_table(pa.table({"id": ids, "text": shard_texts}), folder / f"part-{shard:05d}.parquet",
-                       row_group_size=4096)
+                       row_group_size=1000)
         texts.extend(shard_texts)
     return folder, texts
 
