@@ -82,3 +82,54 @@ def embeddings_schema(
         *(keep_fields or []),
     ]
     return pa.schema(fields)
+
+# Downstream results: T_clusters, T_centroids (clustering) and T_duplicates (near-duplicate detection).
+CLUSTER = "cluster"
+DISTANCE = "distance"
+CENTROID = "centroid"
+SIZE = "size"
+DUPLICATE_OF = "duplicate_of"
+SIMILARITY = "similarity"
+
+CLUSTERS_SUFFIX = "_clusters"
+CENTROIDS_SUFFIX = "_centroids"
+DUPLICATES_SUFFIX = "_duplicates"
+
+CLUSTERS_SCHEMA = pa.schema(
+    [
+        pa.field(ID, pa.string(), nullable=False),
+        pa.field(CLUSTER, pa.int32()),
+        pa.field(DISTANCE, pa.float32()),
+    ]
+)
+
+DUPLICATES_SCHEMA = pa.schema(
+    [
+        pa.field(ID, pa.string(), nullable=False),
+        pa.field(DUPLICATE_OF, pa.string()),
+        pa.field(SIMILARITY, pa.float32()),
+    ]
+)
+
+
+def centroids_schema(dim: int) -> pa.Schema:
+    """T_centroids: one unit-length centroid per cluster and how many rows it was assigned."""
+    return pa.schema(
+        [
+            pa.field(CLUSTER, pa.int32(), nullable=False),
+            pa.field(CENTROID, dense_type(dim)),
+            pa.field(SIZE, pa.int64()),
+        ]
+    )
+
+
+def clusters_table_name(table: str) -> str:
+    return f"{table}{CLUSTERS_SUFFIX}"
+
+
+def centroids_table_name(table: str) -> str:
+    return f"{table}{CENTROIDS_SUFFIX}"
+
+
+def duplicates_table_name(table: str) -> str:
+    return f"{table}{DUPLICATES_SUFFIX}"

@@ -11,8 +11,6 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
-from operators.encoders.base import EncoderSpec
-
 METADATA_KEY = b"embedlake"
 
 
@@ -25,8 +23,10 @@ class TableMeta:
     outputs: list[str] = field(default_factory=list)
     max_length: int | None = None
 
-    def encoder_spec(self, **overrides) -> EncoderSpec:
+    def encoder_spec(self, **overrides):
         """An EncoderSpec that rebuilds the table's encoder (e.g. to encode queries)."""
+        from operators.encoders.base import EncoderSpec  # torch loads only when an encoder is wanted
+
         spec = EncoderSpec(model=self.model, dims=list(self.dims), outputs=list(self.outputs),
                            max_length=self.max_length)
         for key, value in overrides.items():

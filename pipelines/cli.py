@@ -74,7 +74,22 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str
     return args, modules
 
 
+# No model hub at run time, and no download/loading progress bars on a terminal meant for our own.
+QUIET_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
     try:
         args, modules = parse_args(argv)
     except UsageError as error:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from operators.storage import redacted_errors
-from pipelines.embed import EmbedJob, run_embed
 from pipelines.storage_cli import add_storage_option, storage_from_args
 
 
@@ -72,6 +71,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from pipelines.embed import EmbedJob, run_embed  # torch and ray load only for this command
+
     job = EmbedJob(
         input=args.input,
         output=args.output,

@@ -1,0 +1,330 @@
+"""Retrieval evaluation of one table on labelled queries: every stored column and mode, the funnel at
+each nested size, the hybrid (optionally with weights tuned on the qrels), and a plot of quality against
+nested size and bytes per vector.
+
+Queries are encoded once with the table's encoder (query prompt). Dense columns are ranked by an exact
+scan (the representation's own quality, independent of any ANN index) unless `use_index`; sparse by the
+inverted index; ColBERT and hybrid re-rank the union of the exact dense and the sparse shortlists with
+exact scores, exactly as `embedlake search` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from operators.metrics import evaluate_run, metric_name, qrels_from_rows
+from operators.schema import COLBERT, DENSE, SPARSE, nested_dim
+from operators.search import hybrid as fusion_ops
+from operators.search.dense import scan_topn
+from operators.search.retriever import (
+    DEFAULT_FUNNEL_SHORTLIST,
+    DEFAULT_SHORTLIST,
+    HYBRID_MODE,
+    Retriever,
+    hits,
+)
+from operators.search.scores import fixed_vectors, ragged_lengths, sparse_children, top_k
+
+log = logging.getLogger(__name__)
+
+QUERY_ID = "query_id"
+QUERY_TEXT = "text"
+DOC_ID = "doc_id"
+RELEVANCE = "relevance"
+BYTES_SAMPLE_ROWS = 2000
+TUNE_STEP = 0.1
+
+
+@dataclass
+class LabelledQueries:
+    ids: list[str]
+    texts: list[str]
+    qrels: dict[str, dict[str, int]]
+
+
+def load_labelled_queries(queries_path: str, qrels_path: str, limit: int | None = None) -> LabelledQueries:
+    """Queries (query_id, text) and qrels (query_id, doc_id, relevance) from Parquet."""
+    queries = _read(queries_path, [QUERY_ID, QUERY_TEXT])
+    qrels = _read(qrels_path, [QUERY_ID, DOC_ID, RELEVANCE])
+    ids = [str(value) for value in queries.column(QUERY_ID).to_pylist()]
+    texts = queries.column(QUERY_TEXT).to_pylist()
+    if any(text is None for text in texts):
+        msg = f"{queries_path}: some queries have no text"
+        raise ValueError(msg)
+    if len(set(ids)) != len(ids):
+        msg = f"{queries_path}: query_id values are not unique"
+        raise ValueError(msg)
+    if limit is not None:
+        ids, texts = ids[:limit], texts[:limit]
+    judged = qrels_from_rows(qrels.column(QUERY_ID).to_pylist(), qrels.column(DOC_ID).to_pylist(),
+                             qrels.column(RELEVANCE).to_pylist())
+    return LabelledQueries(ids, texts, judged)
+
+
+def _read(path: str, columns: list[str]):
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as error:
+        msg = f"cannot read {path}: {error}"
+        raise ValueError(msg) from error
+    missing = [column for column in columns if column not in table.column_names]
+    if missing:
+        msg = f"{path} lacks column(s) {', '.join(missing)} (needs {', '.join(columns)})"
+        raise ValueError(msg)
+    return table.select(columns)
+
+
+def default_report_path(uri: str, table: str) -> str:
+    """`<uri>/<T>.evaluation.json` for a local database, else `./<T>.evaluation.json`."""
+    if "://" in uri and not uri.startswith("file://"):
+        return os.path.abspath(f"{table}.evaluation.json")
+    return os.path.join(uri.removeprefix("file://"), f"{table}.evaluation.json")
+
+
+class Evaluator:
+    """Runs every mode of one table over one set of labelled queries."""
+
+    def __init__(self, retriever: Retriever, labelled: LabelledQueries, k: int, use_index: bool = False) -> None:
+        self.retriever = retriever
+        self.store = retriever.store
+        self.labelled = labelled
+        self.k = k
+        self.use_index = use_index
+        started = time.perf_counter()
+        self.vectors = retriever.encode(labelled.texts)
+        log.info("encoded %d queries in %.1f s", len(labelled.texts), time.perf_counter() - started)
+
+    def score(self, run: dict[str, list[tuple[str, float]]]) -> dict[str, float]:
+        return evaluate_run(run, self.labelled.qrels, self.labelled.ids, self.k).as_dict()
+
+    def query_matrix(self, column: str) -> np.ndarray:
+        return np.stack([query.dense[column] for query in self.vectors])
+
+    # -- modes ---------------------------------------------------------------------------------
+    def dense_run(self, column: str, n: int) -> tuple[dict, np.ndarray]:
+        """Top-n per query on one dense column: the run, and the positions (exact scan)."""
+        if self.use_index:
+            run = {qid: [(h["id"], h["score"]) for h in self.retriever.dense(query, column, n)]
+                   for qid, query in zip(self.labelled.ids, self.vectors, strict=True)}
+            return run, np.zeros((0, 0), dtype=np.int64)
+        positions, scores = scan_topn(self.store, column, self.query_matrix(column), n)
+        ids = self.store.ids()
+        run = {qid: list(zip(ids[positions[i]].tolist(), scores[i].tolist(), strict=True))
+               for i, qid in enumerate(self.labelled.ids)}
+        return run, positions
+
+    def funnel_run(self, small: str) -> dict:
+        """Shortlist by the exact scan of `small` (the index with `use_index`), re-rank the shortlist by `dense`."""
+        if self.use_index:
+            return {qid: [(h["id"], h["score"]) for h in self.retriever.funnel(query, small, self.k)]
+                    for qid, query in zip(self.labelled.ids, self.vectors, strict=True)}
+        positions, _ = scan_topn(self.store, small, self.query_matrix(small), self.retriever.funnel_shortlist)
+        unique, inverse = np.unique(positions, return_inverse=True)
+        full = fixed_vectors(self.store.take(unique, [DENSE]).column(DENSE))
+        ids = self.store.ids()
+        run = {}
+        for i, qid in enumerate(self.labelled.ids):
+            rows = inverse.reshape(positions.shape)[i]
+            scores = full[rows] @ self.vectors[i].dense[DENSE]
+            candidate_ids = ids[positions[i]]
+            best = top_k(candidate_ids, scores, self.k)
+            run[qid] = [(str(candidate_ids[b]), float(scores[b])) for b in best]
+        return run
+
+    def sparse_run(self) -> dict:
+        index = self.retriever.sparse_index
+        run = {}
+        for qid, query in zip(self.labelled.ids, self.vectors, strict=True):
+            positions, scores = index.search(query.sparse, self.k)
+            run[qid] = [(str(index.ids[p]), float(s)) for p, s in zip(positions, scores, strict=True)]
+        return run
+
+    def candidates(self, dense_positions: np.ndarray | None) -> list:
+        return [self.retriever.candidates(query, None if dense_positions is None or not dense_positions.size
+                                          else dense_positions[i])
+                for i, query in enumerate(self.vectors)]
+
+    def fused_run(self, candidates: list, weights: dict[str, float], fusion: str) -> dict:
+        run = {}
+        for qid, found in zip(self.labelled.ids, candidates, strict=True):
+            fused = fusion_ops.fuse(found.ids, found.scores, weights, fusion)
+            run[qid] = [(h["id"], h["score"]) for h in hits(found.ids, fused, self.k)]
+        return run
+
+    # -- entries of the report ----------------------------------------------------------------
+    def dense_entries(self) -> tuple[dict[str, dict], np.ndarray | None]:
+        """One entry per dense column, then the funnel at each nested size; also the exact `dense`
+        shortlist positions, the first stage the ColBERT and hybrid entries re-rank."""
+        results: dict[str, dict] = {}
+        dense_positions = None
+        shortlist = self.retriever.shortlist
+        for column in self.store.dense_columns():
+            run, positions = self.dense_run(column, shortlist if column == DENSE else self.k)
+            if column == DENSE:
+                dense_positions = positions
+                run = {qid: ranking[:self.k] for qid, ranking in run.items()}
+            results[column] = {**self.score(run), "bytes_per_vector": bytes_per_vector(self.store, column)}
+        if self.store.has(DENSE):
+            for column in self.store.dense_columns()[1:]:
+                results[f"funnel_{nested_dim(column)}"] = {
+                    **self.score(self.funnel_run(column)),
+                    "bytes_per_vector": bytes_per_vector(self.store, column),  # what the first stage scans
+                    "shortlist": self.retriever.funnel_shortlist,
+                }
+        return results, dense_positions
+
+    def multi_mode_entries(self, dense_positions: np.ndarray | None, weights: Sequence[float] | None,
+                           tune_weights: bool, results: dict[str, dict]) -> dict[str, dict]:
+        """ColBERT and hybrid entries (weighted, RRF, tuned) over the union of the dense and sparse shortlists."""
+        entries: dict[str, dict] = {}
+        modes = self.retriever.available_modes()
+        candidates = self.candidates(dense_positions)
+        if self.store.has(COLBERT):
+            run = {qid: [(h["id"], h["score"]) for h in hits(found.ids, found.scores[fusion_ops.COLBERT_MODE],
+                                                               self.k)]
+                   for qid, found in zip(self.labelled.ids, candidates, strict=True)}
+            entries[COLBERT] = {**self.score(run), "bytes_per_vector": bytes_per_vector(self.store, COLBERT),
+                                "shortlist": self.retriever.shortlist}
+        combined_bytes = sum((results | entries)[mode]["bytes_per_vector"] for mode in modes)
+        chosen = fusion_ops.mode_weights(weights, modes)
+        entries[HYBRID_MODE] = {**self.score(self.fused_run(candidates, chosen, fusion_ops.WEIGHTED)),
+                                "bytes_per_vector": combined_bytes,
+                                "weights": [chosen.get(mode, 0.0) for mode in fusion_ops.MODES]}
+        equal = fusion_ops.mode_weights((1.0, 1.0, 1.0), modes)
+        entries[f"{HYBRID_MODE}_rrf"] = {**self.score(self.fused_run(candidates, equal, fusion_ops.RRF)),
+                                         "bytes_per_vector": combined_bytes}
+        if tune_weights:
+            entries[f"{HYBRID_MODE}_tuned"] = {**self.tune(candidates, modes), "bytes_per_vector": combined_bytes}
+        return entries
+
+    def tune(self, candidates: list, modes: Sequence[str]) -> dict:
+        """Grid search of hybrid weights on the qrels, by nDCG@k (then recall, then MRR).
+
+        The best weights are fitted to these very queries, so their score is optimistic; `heldout` gives
+        an honest estimate by 2-fold cross-validation (tune on even-numbered queries, score the odd ones,
+        and the other way round, averaged)."""
+        grid = fusion_ops.weight_grid(list(modes), TUNE_STEP)
+        ndcg, recall, mrr = (metric_name(m, self.k) for m in ("ndcg", "recall", "mrr"))
+        per_query = []
+        for weights in grid:
+            run = self.fused_run(candidates, weights, fusion_ops.WEIGHTED)
+            per_query.append(run)
+
+        def best_on(query_ids: list[str]) -> tuple[dict, dict]:
+            scored = [(evaluate_run(run, self.labelled.qrels, query_ids, self.k).means, weights)
+                      for run, weights in zip(per_query, grid, strict=True)]
+            means, weights = max(scored, key=lambda pair: (_finite(pair[0][ndcg]), _finite(pair[0][recall]),
+                                                            _finite(pair[0][mrr])))
+            return weights, means
+
+        weights, means = best_on(self.labelled.ids)
+        halves = [self.labelled.ids[0::2], self.labelled.ids[1::2]]
+        heldout = []
+        for tune_on, test_on in (halves, halves[::-1]):
+            fold_weights, _ = best_on(tune_on)
+            run = per_query[grid.index(fold_weights)]
+            heldout.append(evaluate_run(run, self.labelled.qrels, test_on, self.k).means)
+        result = {**means, "weights": [weights.get(mode, 0.0) for mode in fusion_ops.MODES],
+                  "grid_points": len(grid), "step": TUNE_STEP}
+        result["heldout"] = {name: float(np.mean([fold[name] for fold in heldout])) for name in means}
+        return result
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else -1.0
+
+
+def bytes_per_vector(store, column: str) -> float:
+    """Storage of one row's vector(s): 4 bytes per float32 dim; sparse (int32 id + float32 weight) per
+    token; ColBERT 2 bytes per float16 dim per token. Ragged columns are averaged over a sample of rows."""
+    if column == SPARSE or column == COLBERT:
+        rows = store.rows
+        if rows == 0:
+            return 0.0
+        sample = np.random.default_rng(0).choice(rows, size=min(rows, BYTES_SAMPLE_ROWS), replace=False)
+        array = store.take(np.sort(sample), [column]).column(column).combine_chunks()
+        if column == SPARSE:
+            return float(ragged_lengths(sparse_children(array)[0]).mean() * 8)
+        return float(ragged_lengths(array).mean() * store.schema.field(column).type.value_type.list_size * 2)
+    return float(store.dim(column) * 4)
+
+
+def evaluate(
+    uri: str,
+    table: str,
+    queries_path: str,
+    qrels_path: str,
+    k: int = 10,
+    tune_weights: bool = False,
+    weights: Sequence[float] | None = None,
+    shortlist: int = DEFAULT_SHORTLIST,
+    model: str | None = None,
+    report_path: str | None = None,
+    use_index: bool = False,
+    limit: int | None = None,
+    plot: bool = True,
+    funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST,
+    storage: dict | None = None,
+) -> dict:
+    """Python API behind `embedlake evaluate`. Returns {"<column or mode>": {"recall@k", "mrr@k", "ndcg@k",
+    "bytes_per_vector"}, ..., "k", "queries", "queries_without_relevant", "report", "plot"}."""
+    if k < 1:
+        msg = f"--k must be at least 1, got {k}"
+        raise ValueError(msg)
+    started = time.perf_counter()
+    labelled = load_labelled_queries(queries_path, qrels_path, limit)
+    if not labelled.ids:
+        msg = f"{queries_path} has no queries"
+        raise ValueError(msg)
+    retriever = Retriever(uri, table, model=model, shortlist=max(shortlist, k), exact=not use_index,
+                          funnel_shortlist=max(funnel_shortlist, k), storage=storage)
+    store = retriever.store
+    unknown = set(store.ids().tolist())
+    judged_docs = {doc for judged in labelled.qrels.values() for doc, rel in judged.items() if rel > 0}
+    missing_docs = len(judged_docs - unknown)
+    if missing_docs:
+        log.warning("%d relevant doc ids in %s are not in table %s; they count as not retrieved",
+                    missing_docs, qrels_path, table)
+    evaluator = Evaluator(retriever, labelled, k, use_index=use_index)
+    results, dense_positions = evaluator.dense_entries()
+    if store.has(SPARSE):
+        results[SPARSE] = {**evaluator.score(evaluator.sparse_run()), "bytes_per_vector": bytes_per_vector(store,
+                                                                                                          SPARSE)}
+    if store.has(DENSE) and (store.has(SPARSE) or store.has(COLBERT)):
+        results.update(evaluator.multi_mode_entries(dense_positions, weights, tune_weights, results))
+    elif tune_weights:
+        log.warning("--tune-weights needs a table with BGE-M3 sparse or colbert outputs; skipped")
+    summary = evaluate_run({}, labelled.qrels, labelled.ids, k)
+    output = {
+        **results,
+        "k": k,
+        "queries": summary.queries,
+        "queries_without_relevant": summary.queries_without_relevant,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    report_path = report_path or default_report_path(uri, table)
+    output["report"] = report_path
+    if plot:
+        from operators.evaluation_plot import plot_quality
+
+        output["plot"] = plot_quality(results, k, os.path.splitext(report_path)[0] + ".png", title=table)
+    _write_json(report_path, output)
+    return output
+
+
+def _write_json(path: str, result: dict) -> None:
+    import json
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(result, handle, indent=2)
+
