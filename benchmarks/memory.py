@@ -35,6 +35,7 @@ class PeakMemory:
     tree_rss: int = 0
     tree_pss: int = 0
     driver_pss: int = 0
+    others_pss: int = 0  # the tree without the root: for a driver, its Ray processes
     largest_pss: int = 0
     largest_name: str = ""
     processes: int = 0
@@ -46,6 +47,7 @@ class PeakMemory:
         self.tree_rss = max(self.tree_rss, sample.rss)
         self.tree_pss = max(self.tree_pss, sample.pss)
         self.driver_pss = max(self.driver_pss, driver_pss)
+        self.others_pss = max(self.others_pss, sample.pss - driver_pss)
         self.processes = max(self.processes, sample.processes)
         if sample.largest > self.largest_pss:
             self.largest_pss, self.largest_name = sample.largest, sample.largest_name

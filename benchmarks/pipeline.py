@@ -25,6 +25,9 @@ from benchmarks.memory import TreeSampler
 from benchmarks.report import Result
 
 ROWS_PER_SHARD = 20_000
+# Reading PSS (smaps) of ~15 processes costs the driver CPU that the 2-core pipeline then lacks: at
+# 0.5 s it took ~10% of a core (measured); the peaks move slowly, so 2 s loses nothing.
+SAMPLE_SECONDS = 2.0
 RETRIES = 2  # extra tries of a round whose encoder actor died (another process killed it, say)
 
 
@@ -71,7 +74,7 @@ def make_input(folder: Path, rows: int | None, max_chars: int | None) -> tuple[P
         ids = [f"{row_id}~{position // sample.num_rows}" for row_id, position in
                zip(source.column("id").to_pylist(), positions.tolist(), strict=True)]
         pq.write_table(pa.table({"id": ids, "text": shard_texts}), folder / f"part-{shard:05d}.parquet",
-                       row_group_size=4096)
+                       row_group_size=1000)
         texts.extend(shard_texts)
     return folder, texts
 
@@ -83,7 +86,7 @@ def run_once(input_dir: Path, options: PipelineOptions) -> tuple[dict, float, Tr
     output = tempfile.mkdtemp(prefix="bench-lake-")
     try:
         job = EmbedJob(input=str(input_dir), output=output, overwrite=True, progress=False, **options.job_kwargs())
-        with TreeSampler(interval=0.5) as sampler:
+        with TreeSampler(interval=SAMPLE_SECONDS) as sampler:
             started = time.perf_counter()
             summary = run_embed(job)
             seconds = time.perf_counter() - started
@@ -119,14 +122,15 @@ def run_clean(input_dir: Path, options: PipelineOptions, actors: int, log=print)
 
 def bench_pipeline(
     repeats: int,
-    options: PipelineOptions,
+    variants: list[PipelineOptions],
     rows: int | None = None,
     max_chars: int | None = None,
     peer: bool = True,
     log=print,
 ) -> list[Result]:
-    """Pipeline docs/s (the summary's, first read to last commit) against sentence-transformers on the
-    same texts in this process, interleaved; peak PSS of this process and all its Ray descendants."""
+    """Pipeline docs/s (the summary's, first read to last commit) of each variant against
+    sentence-transformers on the same texts in this process, all interleaved round-robin; peak PSS of
+    this process and all its Ray descendants."""
     import torch
 
     from operators.encoders.base import EncoderSpec
@@ -141,27 +145,29 @@ def bench_pipeline(
         tokens = int(lengths.sum())
         st = sentence_transformer(resolve_model_path("minilm"), torch.device("cpu"), torch.float32, 256) if peer \
             else None
+        names = ["st"] * peer + [f"ours {i}" for i in range(len(variants))]
+        seconds: dict[str, list[float]] = {name: [] for name in names}
+        runs: dict[str, list[tuple[dict, TreeSampler]]] = {name: [] for name in names}
         we_started = start_ray(None, num_cpus=os.cpu_count())
         try:
-            ours_seconds, st_seconds, peaks = [], [], []
-            summaries = []
-            log(f"{label}: {tokens:,} tokens, {repeats} interleaved rounds, options {options.job_kwargs()}")
+            log(f"{label}: {tokens:,} tokens, {repeats} interleaved rounds, variants "
+                f"{[options.job_kwargs() for options in variants]}")
             for round_index in range(repeats):
-                order = ["st", "ours"] if round_index % 2 == 0 or not peer else ["ours", "st"]
-                for which in order:
-                    if which == "st" and st is not None:
+                shift = round_index % len(names)
+                for name in names[shift:] + names[:shift]:
+                    if name == "st":
                         started = time.perf_counter()
                         st.encode(texts, batch_size=ST_BATCH_SIZE, normalize_embeddings=True)
-                        st_seconds.append(time.perf_counter() - started)
-                        log(f"  round {round_index + 1}/{repeats} st: {st_seconds[-1]:.2f}s")
-                    elif which == "ours":
-                        summary, wall, sampler = run_clean(input_dir, options, expected_actors(options), log)
-                        summaries.append(summary)
-                        ours_seconds.append(summary["rows_written"] / summary["docs_per_s"])
-                        peaks.append(sampler.peak)
-                        log(f"  round {round_index + 1}/{repeats} pipeline: {ours_seconds[-1]:.2f}s encoding "
-                            f"({wall:.1f}s wall), {summary['docs_per_s']} docs/s, peak tree PSS "
-                            f"{sampler.peak.tree_pss / 2**20:,.0f} MiB")
+                        seconds[name].append(time.perf_counter() - started)
+                        log(f"  round {round_index + 1}/{repeats} st: {seconds[name][-1]:.2f}s")
+                        continue
+                    options = variants[int(name.split()[1])]
+                    summary, wall, sampler = run_clean(input_dir, options, expected_actors(options), log)
+                    runs[name].append((summary, sampler))
+                    seconds[name].append(summary["rows_written"] / summary["docs_per_s"])
+                    log(f"  round {round_index + 1}/{repeats} pipeline {options.job_kwargs()}: "
+                        f"{seconds[name][-1]:.2f}s encoding ({wall:.1f}s wall), {summary['docs_per_s']} docs/s, "
+                        f"peak PSS {sampler.peak.tree_pss / 2**20:,.0f} MiB")
         finally:
             if we_started:
                 import ray
@@ -170,23 +176,37 @@ def bench_pipeline(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     st_result = Result(f"{label}: sentence-transformers encode(batch_size={ST_BATCH_SIZE}) in the driver",
-                       len(texts), tokens, st_seconds, padded_tokens=st_padded_tokens(texts, lengths)) \
-        if st_seconds else None
+                       len(texts), tokens, seconds["st"], padded_tokens=st_padded_tokens(texts, lengths)) \
+        if peer else None
+    results = [st_result] if st_result else []
+    for index, options in enumerate(variants):
+        name = f"ours {index}"
+        results.append(_pipeline_result(label, options, runs[name], seconds[name], st_result))
+    return results
+
+
+def _pipeline_result(label: str, options: PipelineOptions, runs: list[tuple[dict, TreeSampler]],
+                     seconds: list[float], peer: Result | None) -> Result:
+    summaries = [summary for summary, _ in runs]
+    peaks = [sampler.peak for _, sampler in runs]
     last = summaries[-1]
     peak = max(peaks, key=lambda p: p.tree_pss)
-    notes = [f"driver alone {peak.driver_pss / 2**20:,.0f} MiB PSS; largest Ray process {peak.largest_name} "
+    ray_peak = max(p.others_pss for p in peaks)
+    driver_peak = max(p.driver_pss for p in peaks)
+    notes = [f"peak PSS of the Ray processes alone {ray_peak / 2**20:,.0f} MiB, of the driver alone "
+             f"{driver_peak / 2**20:,.0f} MiB; largest Ray process {peak.largest_name} "
              f"{peak.largest_pss / 2**20:,.0f} MiB; {peak.processes} processes"]
     if any(summary.get("disturbed") for summary in summaries):
         notes.append("a round kept an encoder actor restart (marked disturbed)")
-    ours = Result(
-        f"{label}: Parquet -> Ray -> LanceDB, {last['encoder_actors']} actor(s)",
+    precision = f", {options.precision}" if options.precision != "auto" else ""
+    return Result(
+        f"{label}: Parquet -> Ray -> LanceDB, {last['encoder_actors']} actor(s){precision}",
         last["rows_written"],
         last["tokens"],
-        ours_seconds,
+        seconds,
         padded_tokens=round(last["tokens"] / (1 - last["padding_waste"])) if last["padding_waste"] < 1 else None,
         peak_memory=peak.tree_pss,
         memory_kind="PSS, driver + all Ray processes",
-        peer=st_result,
+        peer=peer,
         notes=notes,
     )
-    return [result for result in (st_result, ours) if result is not None]

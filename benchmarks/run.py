@@ -65,7 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads-per-actor", type=int, default=None)
     parser.add_argument("--rows-per-batch", type=int, default=None)
     parser.add_argument("--max-tokens-per-batch", type=int, default=None)
-    parser.add_argument("--precision", default="auto", help="pipeline precision (auto, fp32, bf16, int8)")
+    parser.add_argument("--precision", default="auto",
+                        help="pipeline precision(s), e.g. auto,int8: each runs interleaved with the others")
     parser.add_argument("--results", default=None, help="results file (default benchmarks/RESULTS.md)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--title", default=None, help="heading of the RESULTS.md section")
@@ -111,12 +112,12 @@ def run_pipeline(args: argparse.Namespace, results: list[Result], notes: list[st
         return
     from benchmarks.pipeline import PipelineOptions, bench_pipeline
 
-    options = PipelineOptions(args.actors, args.threads_per_actor, args.rows_per_batch, args.max_tokens_per_batch,
-                              args.precision)
+    variants = [PipelineOptions(args.actors, args.threads_per_actor, args.rows_per_batch, args.max_tokens_per_batch,
+                                precision.strip()) for precision in args.precision.split(",") if precision.strip()]
     for rows in args.rows or [None]:
-        found = bench_pipeline(args.repeats, options, rows, args.max_chars, peer=not args.no_peer, log=log)
+        found = bench_pipeline(args.repeats, variants, rows, args.max_chars, peer=not args.no_peer, log=log)
         results += found
-        notes += [f"{found[-1].case}: {note}" for note in found[-1].notes]
+        notes += [f"{result.case}: {note}" for result in found for note in result.notes]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios (vs ST) are medians of interleaved rounds against sentence-transformers in the same run, "
         "same texts, model, device and threads; the runs column gives the spread of each case's rounds",
         "peak memory: encoder rows = working memory above the loaded models during encode; pipeline rows = "
-        "PSS summed over the driver and every Ray process (sampled every 0.5 s)",
+        "PSS summed over the driver and every Ray process (sampled every 2 s)",
     ]
     if args.only in (None, "encoders"):
         run_encoders(args, results, notes)

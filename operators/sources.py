@@ -159,13 +159,14 @@ class ShardReader:
     duplicate_sources: set[str] = field(default_factory=set)
     keep_types: dict[str, pa.DataType] = field(default_factory=dict)  # table types to cast kept columns to
 
-    def read(self, path: str) -> Iterator[pa.Table]:
+    def read(self, path: str, row_groups: Sequence[int] | None = None) -> Iterator[pa.Table]:
+        """The shard's rows (or only those of `row_groups`, so that one big shard can be read by
+        several tasks at once), with file-global row numbers in `_source`."""
         with redacted_errors(self.storage_options):
-            yield from self._read(path)
+            yield from self._read(path, row_groups)
 
-    def _read(self, path: str) -> Iterator[pa.Table]:
+    def _read(self, path: str, row_groups: Sequence[int] | None = None) -> Iterator[pa.Table]:
         fs, fs_path = fsspec.core.url_to_fs(path, **fsspec_options(path, self.storage_options))
-        offset = 0
         with fs.open(fs_path, "rb", cache_type=READ_CACHE) as handle:
             parquet = pq.ParquetFile(handle)
             check_columns(parquet.schema_arrow, [self.id_column, self.text_column], f"shard {path}")
@@ -173,12 +174,17 @@ class ShardReader:
             columns = [c for c in dict.fromkeys([self.id_column, self.text_column, *self.keep_columns]) if c in present]
             # Kept columns the file lacks may be hive partition values (`key=value/`) in the shard's path.
             from_path = {k: v for k, v in hive_values(path).items() if k in self.keep_columns and k not in present}
-            for record_batch in parquet.iter_batches(batch_size=self.rows_per_batch, columns=columns):
-                table = pa.Table.from_batches([record_batch])
-                for name, value in from_path.items():
-                    table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
-                yield self.normalise(table, path, offset)
-                offset += record_batch.num_rows
+            sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
+            starts = [sum(sizes[:i]) for i in range(len(sizes))]
+            for group in range(len(sizes)) if row_groups is None else row_groups:
+                offset = starts[group]
+                for record_batch in parquet.iter_batches(batch_size=self.rows_per_batch, row_groups=[group],
+                                                         columns=columns):
+                    table = pa.Table.from_batches([record_batch])
+                    for name, value in from_path.items():
+                        table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
+                    yield self.normalise(table, path, offset)
+                    offset += record_batch.num_rows
 
     def normalise(self, table: pa.Table, path: str, offset: int) -> pa.Table:
         rows = table.num_rows
@@ -251,6 +257,29 @@ class InputScan:
     duplicate_sources: set[str]  # file#row of every repeat of an id seen earlier in input order
     bad_files: dict[str, str]  # unreadable or unusable shard -> reason (only with skip_bad_files)
     ids: pa.Array  # every id in the input, for deleting ids that left it
+    row_groups: dict[str, list[int]] = field(default_factory=dict)  # rows of each row group of each file
+
+    def pieces(self, rows_per_piece: int) -> list[tuple[str, list[int] | None]]:
+        """(file, row groups) read tasks of about `rows_per_piece` rows or more: consecutive row groups
+        of a file go together until they reach it. Ray hands an encoder actor whole blocks, and a
+        reader task's output is one block, so one task per big shard would leave actors idle."""
+        pieces: list[tuple[str, list[int] | None]] = []
+        for path in self.files:
+            sizes = self.row_groups.get(path)
+            if not sizes:  # unknown (read it whole) or no row groups at all
+                pieces.append((path, None))
+                continue
+            current: list[int] = []
+            rows = 0
+            for group, size in enumerate(sizes):
+                current.append(group)
+                rows += size
+                if rows >= rows_per_piece:
+                    pieces.append((path, current))
+                    current, rows = [], 0
+            if current:
+                pieces.append((path, current))
+        return pieces
 
 
 def scan_input(
@@ -265,6 +294,8 @@ def scan_input(
     # Kept hive partition columns are not in the files: check only for what the files must hold.
     in_files = [name for name in required if name not in shards.partitions.names]
 
+    sizes: dict[str, list[int]] = {}
+
     def read_ids(path: str) -> pa.Array | str:
         try:
             _, fs_path = fsspec.core.url_to_fs(path, **fsspec_options(path, shards.storage_options))
@@ -272,6 +303,7 @@ def scan_input(
                 parquet = pq.ParquetFile(handle)
                 check_columns(parquet.schema_arrow, in_files, f"shard {path}")
                 ids = parquet.read(columns=[id_column]).column(id_column)
+                sizes[path] = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
         except Exception as error:  # noqa: BLE001 - reported per file below
             return redact(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}", shards.storage_options)
         ids = ids if pa.types.is_string(ids.type) else pc.cast(ids, pa.string())
@@ -304,4 +336,5 @@ def scan_input(
         f"{files[f]}#{r}" for f, r in zip(repeats.column("file").to_pylist(), repeats.column("row").to_pylist(),
                                           strict=True)
     }
-    return InputScan(files, table.num_rows, duplicate_sources, bad_files, table.column("id").combine_chunks())
+    return InputScan(files, table.num_rows, duplicate_sources, bad_files, table.column("id").combine_chunks(),
+                     {path: sizes[path] for path in files if path in sizes})

@@ -281,12 +281,14 @@ def _execute(job: EmbedJob, scan, spec: EncoderSpec, tables: Tables, run_id: str
     )
 
     def read_shards(batch: dict) -> Iterator[pa.Table]:
-        for path in batch["path"]:
-            yield from reader.read(str(path))
+        for path, row_groups in zip(batch["path"], batch["row_groups"], strict=True):
+            yield from reader.read(str(path), None if row_groups is None else [int(g) for g in row_groups])
 
     known = None if job.overwrite else partial(known_keys_loader, tables.main)
+    # One read task per piece of about a batch of rows, so big shards feed several actors at once.
+    pieces = [{"path": path, "row_groups": groups} for path, groups in scan.pieces(plan.rows_per_batch)]
     dataset = (
-        ray.data.from_items([{"path": path} for path in scan.files], override_num_blocks=min(len(scan.files), 1000))
+        ray.data.from_items(pieces, override_num_blocks=min(len(pieces), 1000))
         .map_batches(read_shards, batch_size=1, batch_format="numpy", num_cpus=plan.io_cpus)
         .map_batches(
             EmbedRows,

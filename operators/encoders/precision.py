@@ -63,12 +63,17 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Few passes over the activations: on CPU the quantisation is memory-bound and, done naively
+        # (abs, amax, divide, round, clamp, cast), cost as much as the int8 matmul it feeds.
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).float()
-        scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / INT8_MAX
-        quantised = torch.round(rows / scale).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
-        out = torch._int_mm(quantised, self.weight_t).float()
-        out.mul_(scale).mul_(self.weight_scale)
+        # max |x| per token as max(amax, -amin): two vectorised reductions, ~20x faster on CPU than
+        # vector_norm(ord=inf) or abs().amax() (which writes a copy of the activations).
+        scale = torch.maximum(rows.amax(dim=1, keepdim=True), rows.amin(dim=1, keepdim=True).neg_())
+        scale.clamp_(min=1e-8).div_(INT8_MAX)
+        quantised = torch.div(rows, scale).round_().to(torch.int8)  # |rows / scale| <= 127 by construction
+        out = torch._int_mm(quantised, self.weight_t).float().mul_(scale)
+        out.mul_(self.weight_scale)  # in place: a broadcasting addcmul is ~10x slower on CPU
         if self.bias is not None:
             out.add_(self.bias)
         return out.reshape(*shape[:-1], self.out_features).to(x.dtype)
