@@ -20,17 +20,21 @@ import pyarrow as pa
 from operators.encoders.base import EncodedBatch, Encoder, EncoderSpec
 from operators.encoders.batching import is_out_of_memory
 from operators.encoders.loader import load_encoder
+from operators.row_status import (
+    EMBEDDED,
+    PADDED_COL,
+    QUARANTINED,
+    STATUS_COL,
+    TOKENS_COL,
+    TRUNCATED_COL,
+    UNCHANGED,
+    WORKER_COL,
+)
 from operators.schema import ID, MODEL, TEXT_HASH, text_hash
 from operators.sources import READ_AT_COL, REASON_COL, SOURCE_COL, TEXT_COL
 
 log = logging.getLogger(__name__)
 
-STATUS_COL = "_status"
-TOKENS_COL = "_tokens"
-TRUNCATED_COL = "_truncated"
-PADDED_COL = "_padded_tokens"
-WORKER_COL = "_worker"
-EMBEDDED, UNCHANGED, QUARANTINED = "embedded", "unchanged", "quarantined"
 ENCODE_ATTEMPTS = 2  # tries of a whole batch before narrowing an encoder error down to rows
 
 

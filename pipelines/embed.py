@@ -20,35 +20,20 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from operators.embed import (
-    EMBEDDED,
-    PADDED_COL,
-    QUARANTINED,
-    STATUS_COL,
-    TOKENS_COL,
-    TRUNCATED_COL,
-    UNCHANGED,
-    WORKER_COL,
-    EmbedRows,
-    known_key,
-)
+from operators.embed import EmbedRows, known_key
 from operators.encoders.base import EncoderSpec
 from operators.encoders.loader import describe_encoder, model_kind
 from operators.run_log import RunLog
 from operators.schema import (
-    COLBERT,
     ID,
     MODEL,
     QUARANTINE_SCHEMA,
     REASON,
     RUN_ID,
     SOURCE,
-    SPARSE,
     TEXT_HASH,
     embeddings_schema,
-    is_dense_column,
     quarantine_table_name,
 )
 from operators.sinks.lance_sink import (
@@ -59,15 +44,15 @@ from operators.sinks.lance_sink import (
     load_known_keys,
     upsert,
 )
-from operators.sources import READ_AT_COL, REASON_COL, SOURCE_COL, ShardReader, check_columns, find_shards, read_schema
+from operators.sources import ShardReader, check_columns, find_shards, read_schema
 from operators.sources import scan_input as scan_shards
 from operators.storage import redact
 from operators.table_meta import TableMeta, with_meta
+from pipelines.embed_writer import Tables, write_batch
 from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
-from pipelines.workers import plan_workers
+from pipelines.workers import plan_rows_per_write, plan_workers
 
 log = logging.getLogger(__name__)
-VECTOR_OUTPUTS = (SPARSE, COLBERT)
 
 
 @dataclass
@@ -93,7 +78,7 @@ class EmbedJob:
     actor_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per encoder actor
     threads_per_actor: int | None = None
     rows_per_encode_batch: int | None = None  # default 4096 on GPUs, 256 on CPUs (pipelines/workers.py)
-    rows_per_write: int = 4096
+    rows_per_write: int | None = None  # rows per upsert commit; default: pipelines/workers.py plan_rows_per_write
     max_tokens_per_batch: int | None = None  # default per device (operators/encoders/base.py)
     precision: str = "auto"  # auto, fp32, bf16, fp16, int8 (operators/encoders/precision.py)
     progress: bool = True
@@ -138,15 +123,6 @@ class RunCounts:
         """Average stored bytes per embedded row of each vector column (ColBERT dominates storage)."""
         return {name: round(size / self.rows_written, 1) for name, size in self.column_bytes.items()} if \
             self.rows_written else {}
-
-
-@dataclass
-class Tables:
-    """The three tables a run writes and the schema of the main one."""
-
-    main: LanceTarget
-    quarantine: LanceTarget
-    schema: pa.Schema
 
 
 def run_embed(job: EmbedJob) -> dict:
@@ -200,6 +176,7 @@ def _run(job: EmbedJob, shards, required: list[str], spec: EncoderSpec, tables: 
              len(scan.files), describe_model_id(tables.schema), len(scan.duplicate_sources), len(scan.bad_files))
     counts = RunCounts()
     deleted = 0
+    shutdown_seconds = 0.0  # stopping the Ray we started: wall time, not embedding time
     if scan.files:
         we_started_ray = start_ray(job.address, num_cpus=os.cpu_count())
         try:
@@ -208,7 +185,9 @@ def _run(job: EmbedJob, shards, required: list[str], spec: EncoderSpec, tables: 
             if we_started_ray:
                 import ray
 
+                stopping = time.time()
                 ray.shutdown()
+                shutdown_seconds = time.time() - stopping
     if job.sync_deletes:
         deleted = delete_keys_not_in(tables.main, ID, scan.ids)
     compact(tables.main)
@@ -218,7 +197,8 @@ def _run(job: EmbedJob, shards, required: list[str], spec: EncoderSpec, tables: 
         msg = (f"row accounting failed: {scan.rows_in} rows read, {accounted} written, unchanged or "
                "quarantined; the table holds what was committed, re-run the same command to finish")
         raise RuntimeError(msg)
-    encode_seconds = max(finished - (counts.first_read_at or started), 1e-9)
+    # First read to last commit (deletes and compaction included), not counting Ray's shutdown.
+    encode_seconds = max(finished - shutdown_seconds - (counts.first_read_at or started), 1e-9)
     encoded = counts.rows_written
     return {
         "rows_in": scan.rows_in,
@@ -304,7 +284,7 @@ def _execute(job: EmbedJob, scan, spec: EncoderSpec, tables: Tables, run_id: str
         )
         .map_batches(
             partial(write_batch, tables=tables, run_id=run_id),
-            batch_size=job.rows_per_write,
+            batch_size=plan_rows_per_write(scan.rows_in, plan, job.rows_per_write),
             batch_format="pyarrow",
             num_cpus=plan.io_cpus,
         )
@@ -316,37 +296,6 @@ def _execute(job: EmbedJob, scan, spec: EncoderSpec, tables: Tables, run_id: str
         progress.update(int(result["rows_written"]) + int(result["rows_unchanged"]) + int(result["rows_quarantined"]))
     progress.close()
     return counts
-
-
-def write_batch(batch: pa.Table, tables: Tables, run_id: str) -> pa.Table:
-    """Upsert a batch's embedded rows into the table and its bad rows into the quarantine table;
-    return one row of counts for the driver."""
-    status = batch.column(STATUS_COL)
-    embedded = batch.filter(pc.equal(status, EMBEDDED))
-    bad = batch.filter(pc.equal(status, QUARANTINED))
-    quarantined = pa.table({
-        ID: bad.column(ID),
-        SOURCE: bad.column(SOURCE_COL),
-        REASON: bad.column(REASON_COL),
-        RUN_ID: pa.array([run_id] * bad.num_rows, pa.string()),
-    })
-    written = upsert(embedded, tables.main, tables.schema, ID)
-    vector_columns = [name for name in tables.schema.names if name in VECTOR_OUTPUTS or is_dense_column(name)]
-    column_bytes = {name: embedded.column(name).nbytes for name in vector_columns}
-    upsert(quarantined, tables.quarantine, QUARANTINE_SCHEMA, SOURCE)
-    return pa.table({
-        "rows_written": [embedded.num_rows],
-        "rows_inserted": [written.inserted],
-        "rows_updated": [written.updated],
-        "rows_unchanged": [int(pc.sum(pc.equal(status, UNCHANGED)).as_py() or 0)],
-        "rows_quarantined": [bad.num_rows],
-        "rows_truncated": [int(pc.sum(batch.column(TRUNCATED_COL).cast(pa.int64())).as_py() or 0)],
-        "tokens": [int(pc.sum(batch.column(TOKENS_COL)).as_py() or 0)],
-        "padded_tokens": [int(pc.sum(batch.column(PADDED_COL)).as_py() or 0)],
-        "first_read_at": [pc.min(batch.column(READ_AT_COL)).as_py() or time.time()],
-        "workers": pa.array([pc.unique(batch.column(WORKER_COL)).to_pylist()], pa.list_(pa.string())),
-        "column_bytes": [json.dumps(column_bytes)],
-    })
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -26,6 +26,12 @@ QUIET_ENV = {
 }
 
 
+# Idle worker processes Ray keeps beyond one per CPU. By default it keeps one per CPU, and encoder
+# actors hold those, so every reader and writer task started a fresh Python process and paid its
+# imports and its first Lance open (2-3 s of CPU each, taken from the encoders on a small machine).
+SPARE_WORKERS = 4
+
+
 def project_root() -> str:
     """The folder holding the `operators` and `pipelines` packages."""
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,6 +63,7 @@ def start_ray(
         runtime_env=runtime_env,
         logging_level=logging.WARNING,
         log_to_driver=True,
+        _system_config={"num_workers_soft_limit": (num_cpus or os.cpu_count() or 1) + SPARE_WORKERS},
     )
     return True
 

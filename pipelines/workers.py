@@ -27,6 +27,8 @@ IO_TASK_CPUS = 0.25
 GPU_ROWS_PER_BATCH = 4096
 CPU_ROWS_PER_BATCH = 256
 GPU_CONCURRENT_CALLS = 2
+MAX_ROWS_PER_WRITE = 4096
+WRITES_PER_ACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -73,3 +75,16 @@ def plan_workers(
         concurrent_calls=1,
         tasks_in_flight=1,
     )
+
+
+def plan_rows_per_write(rows_in: int, plan: WorkerPlan, given: int | None = None) -> int:
+    """Rows per upsert commit. Big commits cost least per row (each one is a Lance version and a key
+    join), but the rows of the last commit are written only after every encoder has finished: a small
+    corpus committed once at the end leaves the cluster idle for the whole write (measured: 3.6 s of
+    waiting for the writer plus 1.3 s of writing after 50 s of encoding, 2,714 rows on 2 CPUs). So
+    several commits per actor, a whole number of encoder batches each, at most MAX_ROWS_PER_WRITE."""
+    if given:
+        return given
+    wanted = max(1, rows_in // (WRITES_PER_ACTOR * max(plan.actors, 1)))
+    batches = -(-wanted // plan.rows_per_batch)
+    return max(plan.rows_per_batch, min(MAX_ROWS_PER_WRITE, batches * plan.rows_per_batch))

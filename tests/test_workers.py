@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.workers import IO_CPUS, plan_workers
+from pipelines.workers import IO_CPUS, MAX_ROWS_PER_WRITE, plan_rows_per_write, plan_workers
 
 
 def test_cpu_cluster_gets_one_single_threaded_actor_per_core_and_room_for_io():
@@ -23,3 +23,14 @@ def test_gpu_cluster_gets_an_actor_per_gpu_taking_two_batches_at_once():
     plan = plan_workers(cpus=32, gpus=4)
     assert (plan.actors, plan.actor_gpus, plan.concurrent_calls) == (4, 1, 2)
     assert plan.rows_per_batch > plan_workers(cpus=32, gpus=0).rows_per_batch
+
+
+def test_commits_come_several_per_actor_in_whole_encoder_batches_up_to_the_cap():
+    cpu = plan_workers(cpus=2, gpus=0)
+    small = plan_rows_per_write(2714, cpu)
+    assert small % cpu.rows_per_batch == 0 and 2714 // small >= 4  # the last commit is a small part of the run
+    assert plan_rows_per_write(10, cpu) == cpu.rows_per_batch
+    assert plan_rows_per_write(10_000_000, cpu) == MAX_ROWS_PER_WRITE
+    assert plan_rows_per_write(10_000_000, cpu, given=100) == 100
+    gpu = plan_workers(cpus=32, gpus=4)
+    assert plan_rows_per_write(1_000_000, gpu) == max(gpu.rows_per_batch, MAX_ROWS_PER_WRITE)

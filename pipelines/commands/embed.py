@@ -57,7 +57,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--rows-per-batch", dest="rows_per_encode_batch", type=int, default=None,
                         help="rows handed to an encoder actor at a time, sorted and cut by token budget inside "
                              "(default: 4096 on GPUs, 256 on CPUs)")
-    parser.add_argument("--rows-per-write", type=int, default=4096, help="rows per upsert commit")
+    parser.add_argument("--rows-per-write", type=int, default=None,
+                        help="rows per upsert commit (default: a few commits per encoder actor, at most 4096)")
     parser.add_argument("--max-tokens-per-batch", type=int, default=None,
                         help="padded tokens per forward pass (default: 65536 on GPUs, 2048 on CPUs)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
