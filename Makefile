@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo test lint bench clean
+.PHONY: install install-test demo test lint bench bench-memory bench-search bench-cluster clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,25 @@ test: install-test
 lint: install-test
 	$(VENV)/bin/ruff check operators pipelines tests benchmarks
 
+# Throughput: encoders alone and the whole pipeline against sentence-transformers (~15 min on 2 cores).
 bench: install-test
 	$(VENV)/bin/python -m benchmarks.run
+
+# Peak memory of the driver and every Ray process at two corpus sizes, same object store (short rows,
+# a tiny random model so that a million rows take minutes: ~12 min).
+bench-memory: install-test
+	$(VENV)/bin/python -m benchmarks.run --only pipeline --pipeline-model tiny --rows 100000,1000000 \
+		--max-chars 120 --no-peer --repeats 1 --precision auto --object-store-memory 1GiB
+
+# Matryoshka funnel vs exact search at 1M x 384, and ANN index recall at 100k.
+bench-search: install-test
+	scratch=$$(mktemp -d) && trap 'rm -rf $$scratch' EXIT && \
+		$(VENV)/bin/python -m benchmarks.funnel --rows 1000000 --lancedb $$scratch > benchmarks/results/funnel_1m.json
+	$(VENV)/bin/python -m benchmarks.index_recall > benchmarks/results/index_recall_100k.json
+
+# Clustering and SemDeDup at 100k and 1M rows.
+bench-cluster: install-test
+	$(VENV)/bin/python -m benchmarks.cluster_dedup --out benchmarks/results/cluster_dedup.json
 
 clean:
 	rm -rf $(VENV) $(DEMO_LAKE) .pytest_cache

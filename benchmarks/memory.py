@@ -26,6 +26,7 @@ class TreeSample:
     processes: int = 0
     largest: int = 0  # PSS of the biggest single process
     largest_name: str = ""
+    by_name: dict[str, int] = field(default_factory=dict)  # biggest single process of each name
 
 
 @dataclass
@@ -40,6 +41,7 @@ class PeakMemory:
     largest_name: str = ""
     processes: int = 0
     samples: int = 0
+    by_name: dict[str, int] = field(default_factory=dict)  # peak PSS of the biggest process of each name
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds, tree PSS)
 
     def update(self, sample: TreeSample, driver_pss: int, elapsed: float) -> None:
@@ -51,6 +53,8 @@ class PeakMemory:
         self.processes = max(self.processes, sample.processes)
         if sample.largest > self.largest_pss:
             self.largest_pss, self.largest_name = sample.largest, sample.largest_name
+        for name, pss in sample.by_name.items():
+            self.by_name[name] = max(self.by_name.get(name, 0), pss)
         self.timeline.append((round(elapsed, 2), sample.pss))
 
 
@@ -71,7 +75,11 @@ def sample_tree(root: psutil.Process, children: bool = True, detailed: bool = Tr
     """One sample of the tree under `root` (itself included) and root's own PSS."""
     sample = TreeSample()
     driver_pss = 0
-    for process in [root, *(root.children(recursive=True) if children else [])]:
+    try:
+        processes = [root, *(root.children(recursive=True) if children else [])]
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):  # the root has exited (a finished driver)
+        return sample, driver_pss
+    for process in processes:
         try:
             rss, pss = _pss(process, detailed)
             name = process.name()
@@ -80,6 +88,8 @@ def sample_tree(root: psutil.Process, children: bool = True, detailed: bool = Tr
         sample.rss += rss
         sample.pss += pss
         sample.processes += 1
+        kind = name.split("(", 1)[0]  # ray::MapWorker(MapBatches(EmbedRows)) -> ray::MapWorker
+        sample.by_name[kind] = max(sample.by_name.get(kind, 0), pss)
         if process.pid == root.pid:
             driver_pss = pss
         elif pss > sample.largest:

@@ -8,11 +8,14 @@ without them.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ from benchmarks.encoders import ST_BATCH_SIZE, sentence_transformer, st_padded_t
 from benchmarks.memory import TreeSampler
 from benchmarks.report import Result
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ROWS_PER_SHARD = 20_000
 # Reading PSS (smaps) of ~15 processes costs the driver CPU that the 2-core pipeline then lacks: at
 # 0.5 s it took ~10% of a core (measured); the peaks move slowly, so 2 s loses nothing.
@@ -55,6 +59,12 @@ class PipelineOptions:
         return {**kwargs, **self.extra}
 
 
+def model_label(model: str) -> str:
+    """How a run names its model: a random benchmark checkpoint by its folder's size tag."""
+    name = Path(model).name
+    return f"random BGE-M3-shaped {name.split('-')[-1]}" if name.startswith("bench-bge-m3") else name
+
+
 def make_input(folder: Path, rows: int | None, max_chars: int | None) -> tuple[Path, list[str]]:
     """The sample itself (rows None), or the sample's rows repeated to `rows` rows with unique ids,
     written as shards of ROWS_PER_SHARD rows. Returns the input folder and its texts in order."""
@@ -79,31 +89,47 @@ def make_input(folder: Path, rows: int | None, max_chars: int | None) -> tuple[P
     return folder, texts
 
 
-def run_once(input_dir: Path, options: PipelineOptions) -> tuple[dict, float, TreeSampler]:
-    """One `run_embed` into a fresh lake; its summary, wall seconds and the memory samples."""
-    from pipelines.embed import EmbedJob, run_embed
+# The driver of each run: a fresh process, as `embedlake embed` would be, so that its memory is the
+# pipeline's and not this benchmark's (which holds the texts, their tokens and the peer model).
+DRIVER = """
+import json, sys
+from pipelines.embed import EmbedJob, run_embed
+print("SUMMARY " + json.dumps(run_embed(EmbedJob(**json.loads(sys.argv[1])))), flush=True)
+"""
 
+
+def run_once(input_dir: Path, options: PipelineOptions) -> tuple[dict, float, TreeSampler]:
+    """One `run_embed` into a fresh lake, in a driver process of its own with its own local Ray; its
+    summary, wall seconds (Ray's start and stop included) and the memory samples of the driver's tree."""
     output = tempfile.mkdtemp(prefix="bench-lake-")
+    job = {"input": str(input_dir), "output": output, "overwrite": True, "progress": False, **options.job_kwargs()}
     try:
-        job = EmbedJob(input=str(input_dir), output=output, overwrite=True, progress=False, **options.job_kwargs())
-        with TreeSampler(interval=SAMPLE_SECONDS) as sampler:
+        with tempfile.TemporaryFile(mode="w+") as errors:
             started = time.perf_counter()
-            summary = run_embed(job)
+            driver = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(job)], stdout=subprocess.PIPE,
+                                      stderr=errors, text=True, cwd=str(PROJECT_ROOT))
+            with TreeSampler(pid=driver.pid, interval=SAMPLE_SECONDS) as sampler:
+                stdout, _ = driver.communicate()
             seconds = time.perf_counter() - started
+            if driver.returncode != 0:
+                errors.seek(0)
+                msg = f"pipeline run failed ({driver.returncode}): {errors.read()[-3000:]}"
+                raise RuntimeError(msg)
+        summary = json.loads(next(line for line in stdout.splitlines() if line.startswith("SUMMARY "))[8:])
         return summary, seconds, sampler
     finally:
         shutil.rmtree(output, ignore_errors=True)
 
 
 def expected_actors(options: PipelineOptions) -> int:
-    """How many encoder actors a run makes on this cluster (pipelines/workers.py decides)."""
-    import ray
+    """How many encoder actors a run makes on this machine (pipelines/workers.py decides; the run's
+    local Ray gets every CPU and GPU)."""
+    import torch
 
     from pipelines.workers import plan_workers
 
-    resources = ray.cluster_resources()
-    return plan_workers(int(resources.get("CPU", 1)), int(resources.get("GPU", 0)), options.actors,
-                        options.threads_per_actor).actors
+    plan = plan_workers(os.cpu_count() or 1, torch.cuda.device_count(), options.actors, options.threads_per_actor)
+    return plan.actors
 
 
 def run_clean(input_dir: Path, options: PipelineOptions, actors: int, log=print) -> tuple[dict, float, TreeSampler]:
@@ -127,52 +153,51 @@ def bench_pipeline(
     max_chars: int | None = None,
     peer: bool = True,
     log=print,
+    model: str = "minilm",
 ) -> list[Result]:
     """Pipeline docs/s (the summary's, first read to last commit) of each variant against
     sentence-transformers on the same texts in this process, all interleaved round-robin; peak PSS of
-    this process and all its Ray descendants."""
+    each run's driver and all its Ray processes."""
     import torch
 
     from operators.encoders.base import EncoderSpec
     from operators.encoders.loader import load_encoder, resolve_model_path
-    from pipelines.ray_runtime import start_ray
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-input-"))
     try:
         input_dir, texts = make_input(scratch / "input", rows, max_chars)
-        label = f"pipeline, {len(texts):,} rows" + (f" of <= {max_chars} chars" if max_chars else "")
-        lengths = load_encoder(EncoderSpec(model="minilm", device="cpu")).tokenize_flat(texts)[0].lengths
+        label = (f"pipeline, {len(texts):,} rows" + (f" of <= {max_chars} chars" if max_chars else "")
+                 + ("" if model == "minilm" else f", {model_label(model)}"))
+        probe = load_encoder(EncoderSpec(model=model, device="cpu"))
+        # In chunks: a million texts tokenised at once hold ~5 GB of Python lists in this process.
+        lengths = np.concatenate([probe.tokenize_flat(texts[start:start + 20_000])[0].lengths
+                                  for start in range(0, len(texts), 20_000)])
         tokens = int(lengths.sum())
-        st = sentence_transformer(resolve_model_path("minilm"), torch.device("cpu"), torch.float32, 256) if peer \
-            else None
+        st = sentence_transformer(resolve_model_path(model), torch.device("cpu"), torch.float32, probe.max_length) \
+            if peer else None
+        del probe
         names = ["st"] * peer + [f"ours {i}" for i in range(len(variants))]
         seconds: dict[str, list[float]] = {name: [] for name in names}
         runs: dict[str, list[tuple[dict, TreeSampler]]] = {name: [] for name in names}
-        we_started = start_ray(None, num_cpus=os.cpu_count())
-        try:
-            log(f"{label}: {tokens:,} tokens, {repeats} interleaved rounds, variants "
-                f"{[options.job_kwargs() for options in variants]}")
-            for round_index in range(repeats):
-                shift = round_index % len(names)
-                for name in names[shift:] + names[:shift]:
-                    if name == "st":
-                        started = time.perf_counter()
-                        st.encode(texts, batch_size=ST_BATCH_SIZE, normalize_embeddings=True)
-                        seconds[name].append(time.perf_counter() - started)
-                        log(f"  round {round_index + 1}/{repeats} st: {seconds[name][-1]:.2f}s")
-                        continue
-                    options = variants[int(name.split()[1])]
-                    summary, wall, sampler = run_clean(input_dir, options, expected_actors(options), log)
-                    runs[name].append((summary, sampler))
-                    seconds[name].append(summary["rows_written"] / summary["docs_per_s"])
-                    log(f"  round {round_index + 1}/{repeats} pipeline {options.job_kwargs()}: "
-                        f"{seconds[name][-1]:.2f}s encoding ({wall:.1f}s wall), {summary['docs_per_s']} docs/s, "
-                        f"peak PSS {sampler.peak.tree_pss / 2**20:,.0f} MiB")
-        finally:
-            if we_started:
-                import ray
-
-                ray.shutdown()
+        log(f"{label}: {tokens:,} tokens, {repeats} interleaved rounds, variants "
+            f"{[options.job_kwargs() for options in variants]}")
+        for round_index in range(repeats):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                if name == "st":
+                    started = time.perf_counter()
+                    st.encode(texts, batch_size=ST_BATCH_SIZE, normalize_embeddings=True)
+                    seconds[name].append(time.perf_counter() - started)
+                    log(f"  round {round_index + 1}/{repeats} st: {seconds[name][-1]:.2f}s")
+                    continue
+                options = replace(variants[int(name.split()[1])])
+                options.extra = {**options.extra, "model": model}
+                summary, wall, sampler = run_clean(input_dir, options, expected_actors(options), log)
+                runs[name].append((summary, sampler))
+                seconds[name].append(summary["rows_written"] / summary["docs_per_s"])
+                log(f"  round {round_index + 1}/{repeats} pipeline {options.job_kwargs()}: "
+                    f"{seconds[name][-1]:.2f}s encoding ({wall:.1f}s wall), {summary['docs_per_s']} docs/s, "
+                    f"peak PSS {sampler.peak.tree_pss / 2**20:,.0f} MiB")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     st_result = Result(f"{label}: sentence-transformers encode(batch_size={ST_BATCH_SIZE}) in the driver",
@@ -193,9 +218,14 @@ def _pipeline_result(label: str, options: PipelineOptions, runs: list[tuple[dict
     peak = max(peaks, key=lambda p: p.tree_pss)
     ray_peak = max(p.others_pss for p in peaks)
     driver_peak = max(p.driver_pss for p in peaks)
+    biggest: dict[str, int] = {}
+    for each in peaks:
+        for name, pss in each.by_name.items():
+            biggest[name] = max(biggest.get(name, 0), pss)
+    top = sorted(biggest.items(), key=lambda item: -item[1])[:5]
     notes = [f"peak PSS of the Ray processes alone {ray_peak / 2**20:,.0f} MiB, of the driver alone "
-             f"{driver_peak / 2**20:,.0f} MiB; largest Ray process {peak.largest_name} "
-             f"{peak.largest_pss / 2**20:,.0f} MiB; {peak.processes} processes"]
+             f"{driver_peak / 2**20:,.0f} MiB; {peak.processes} processes; biggest process of each kind: "
+             + ", ".join(f"{name} {pss / 2**20:,.0f} MiB" for name, pss in top)]
     if any(summary.get("disturbed") for summary in summaries):
         notes.append("a round kept an encoder actor restart (marked disturbed)")
     precision = f", {options.precision}" if options.precision != "auto" else ""

@@ -17,6 +17,7 @@ import argparse
 import importlib.util
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,8 +33,10 @@ import torch  # noqa: E402
 
 from benchmarks import encoders  # noqa: E402
 from benchmarks.corpus import long_documents, sample_texts  # noqa: E402
-from benchmarks.machine import describe_machine, matmul_peak_flops  # noqa: E402
+from benchmarks.machine import cpu_flags, describe_machine, matmul_peak_flops  # noqa: E402
+from benchmarks.models import SIZES, build_random_bge_m3  # noqa: E402
 from benchmarks.report import Result, append_results, section, table  # noqa: E402
+from pipelines.commands.embed import byte_size  # noqa: E402
 
 GPU_DEFAULTS = {"texts": 30000, "bge_m3_size": "large", "bge_m3_texts": 30000, "long_docs": 160,
                 "precisions": "auto"}
@@ -61,12 +64,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="pipeline corpus sizes (the sample repeated); default: the sample itself")
     parser.add_argument("--max-chars", type=int, default=None, help="cut pipeline texts to this many characters")
     parser.add_argument("--no-peer", action="store_true", help="pipeline without the sentence-transformers runs")
+    parser.add_argument("--pipeline-model", default="minilm",
+                        help="pipeline model: minilm, a model folder, or tiny/small (a random BGE-M3-shaped "
+                             "checkpoint: memory runs over many rows without MiniLM's compute)")
     parser.add_argument("--actors", type=int, default=None)
     parser.add_argument("--threads-per-actor", type=int, default=None)
     parser.add_argument("--rows-per-batch", type=int, default=None)
     parser.add_argument("--max-tokens-per-batch", type=int, default=None)
-    parser.add_argument("--precision", default="auto",
+    parser.add_argument("--precision", default=None,
                         help="pipeline precision(s), e.g. auto,int8: each runs interleaved with the others")
+    parser.add_argument("--object-store-memory", type=byte_size, default=None, metavar="SIZE",
+                        help="object store of each pipeline run's local Ray (default: Ray's, 30%% of RAM)")
     parser.add_argument("--results", default=None, help="results file (default benchmarks/RESULTS.md)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--title", default=None, help="heading of the RESULTS.md section")
@@ -76,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.precision is None:  # the pipeline also with bf16 where the CPU computes it natively
+        native_bf16 = any(flag in cpu_flags() for flag in ("avx512_bf16", "amx_bf16"))
+        args.precision = "auto,bf16" if args.device.type == "cpu" and native_bf16 else "auto"
     return args
 
 
@@ -112,12 +123,19 @@ def run_pipeline(args: argparse.Namespace, results: list[Result], notes: list[st
         return
     from benchmarks.pipeline import PipelineOptions, bench_pipeline
 
+    extra = {"object_store_memory": args.object_store_memory} if args.object_store_memory else {}
     variants = [PipelineOptions(args.actors, args.threads_per_actor, args.rows_per_batch, args.max_tokens_per_batch,
-                                precision.strip()) for precision in args.precision.split(",") if precision.strip()]
-    for rows in args.rows or [None]:
-        found = bench_pipeline(args.repeats, variants, rows, args.max_chars, peer=not args.no_peer, log=log)
-        results += found
-        notes += [f"{result.case}: {note}" for result in found for note in result.notes]
+                                precision.strip(), dict(extra))
+                for precision in args.precision.split(",") if precision.strip()]
+    with tempfile.TemporaryDirectory(prefix="bench-bge-m3-") as scratch:
+        model = args.pipeline_model
+        if model in SIZES:
+            model = build_random_bge_m3(os.path.join(scratch, f"bench-bge-m3-{model}"), model, max_positions=512)
+        for rows in args.rows or [None]:
+            found = bench_pipeline(args.repeats, variants, rows, args.max_chars, peer=not args.no_peer, log=log,
+                                   model=model)
+            results += found
+            notes += [f"{result.case}: {note}" for result in found for note in result.notes]
 
 
 def main(argv: list[str] | None = None) -> int:

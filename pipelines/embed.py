@@ -70,6 +70,7 @@ class EmbedJob:
     max_length: int | None = None
     keep_columns: list[str] = field(default_factory=list)
     address: str | None = None
+    object_store_memory: int | None = None  # bytes, for the local Ray a run starts (None: Ray's default)
     overwrite: bool = False
     sync_deletes: bool = False
     skip_bad_files: bool = False
@@ -178,7 +179,7 @@ def _run(job: EmbedJob, shards, required: list[str], spec: EncoderSpec, tables: 
     deleted = 0
     shutdown_seconds = 0.0  # stopping the Ray we started: wall time, not embedding time
     if scan.files:
-        we_started_ray = start_ray(job.address, num_cpus=os.cpu_count())
+        we_started_ray = start_ray(job.address, num_cpus=os.cpu_count(), object_store_memory=job.object_store_memory)
         try:
             counts = _execute(job, scan, spec, tables, run_id)
         finally:

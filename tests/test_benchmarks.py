@@ -52,3 +52,14 @@ def test_encoder_benchmark_runs_end_to_end(capsys):
                  "--bge-m3-size", "tiny", "--bge-m3-texts", "12", "--repeats", "1", "--no-write"]) == 0
     out = capsys.readouterr().out
     assert "MiniLM-L6 encoder: ours, int8" in out and "BGE-M3-shaped (tiny" in out
+
+
+@pytest.mark.slow
+def test_pipeline_benchmark_runs_in_its_own_driver_with_a_random_model(capsys):
+    from benchmarks.run import main
+
+    assert main(["--only", "pipeline", "--device", "cpu", "--pipeline-model", "tiny", "--rows", "300",
+                 "--max-chars", "80", "--no-peer", "--repeats", "1", "--precision", "auto",
+                 "--object-store-memory", "256MiB", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    assert "pipeline, 300 rows of <= 80 chars, random BGE-M3-shaped tiny" in out and "MiB PSS" in out

@@ -34,3 +34,19 @@ def test_commits_come_several_per_actor_in_whole_encoder_batches_up_to_the_cap()
     assert plan_rows_per_write(10_000_000, cpu, given=100) == 100
     gpu = plan_workers(cpus=32, gpus=4)
     assert plan_rows_per_write(1_000_000, gpu) == max(gpu.rows_per_batch, MAX_ROWS_PER_WRITE)
+
+
+def test_object_store_sizes_read_like_people_write_them():
+    import argparse
+
+    import pytest
+
+    from pipelines.commands.embed import byte_size
+
+    assert byte_size("2GB") == 2 * 10**9
+    assert byte_size("512MiB") == 512 * 2**20
+    assert byte_size("1.5GiB") == 3 * 2**29
+    assert byte_size("100000000") == 10**8
+    for bad in ("lots", "2TB", "1MB"):  # not a size, unknown unit, too small for Ray
+        with pytest.raises(argparse.ArgumentTypeError):
+            byte_size(bad)

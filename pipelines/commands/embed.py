@@ -48,6 +48,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--max-length", type=int, default=None, help="tokens per text (longer texts are cut)")
     parser.add_argument("--keep-columns", type=name_list, default=[], help="input columns copied to the table")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)")
+    parser.add_argument("--object-store-memory", type=byte_size, default=None, metavar="SIZE",
+                        help="object store of the local Ray this run starts, e.g. 2GB (default: Ray's, 30%% of RAM); "
+                             "it bounds the memory that blocks in flight take (benchmarks/RESULTS.md)")
     parser.add_argument("--overwrite", action="store_true", help="replace the table instead of updating it")
     parser.add_argument("--sync-deletes", action="store_true", help="delete table rows whose id left the input")
     parser.add_argument("--skip-bad-files", action="store_true",
@@ -71,6 +74,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def byte_size(value: str) -> int:
+    """'2GB', '512MiB' or a number of bytes."""
+    text = value.strip().upper()
+    number = text.rstrip("KMGIB")
+    unit = text[len(number):]
+    try:
+        size = int(float(number) * SIZE_UNITS[unit])
+    except (KeyError, ValueError):
+        msg = f"not a size: {value!r} (use e.g. 2GB, 512MiB or a number of bytes)"
+        raise argparse.ArgumentTypeError(msg) from None
+    if size < 2**26:
+        msg = f"object store of {value!r} is too small for Ray (at least 64MiB)"
+        raise argparse.ArgumentTypeError(msg)
+    return size
+
+
 def run(args: argparse.Namespace) -> dict:
     from pipelines.embed import EmbedJob, run_embed  # torch and ray load only for this command
 
@@ -86,6 +108,7 @@ def run(args: argparse.Namespace) -> dict:
         max_length=args.max_length,
         keep_columns=args.keep_columns,
         address=args.address,
+        object_store_memory=args.object_store_memory,
         overwrite=args.overwrite,
         sync_deletes=args.sync_deletes,
         skip_bad_files=args.skip_bad_files,
