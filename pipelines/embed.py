@@ -170,6 +170,9 @@ def run_embed(job: EmbedJob) -> dict:
 def _run(job: EmbedJob, shards, required: list[str], spec: EncoderSpec, tables: Tables, run_id: str,
          started: float) -> dict:
     scan = scan_shards(shards, required, job.id_column, skip_bad_files=job.skip_bad_files)
+    # The pre-scan's per-file id tables are freed, but Arrow's allocator keeps their pages for reuse
+    # that never comes in the driver: ~280 MB per million ids, measured.
+    pa.default_memory_pool().release_unused()
     for path, reason in scan.bad_files.items():
         upsert(pa.Table.from_pylist([{ID: None, SOURCE: path, REASON: f"unreadable shard: {reason}", RUN_ID: run_id}],
                                     schema=QUARANTINE_SCHEMA), tables.quarantine, QUARANTINE_SCHEMA, SOURCE)
