@@ -43,7 +43,7 @@ test: install-test
 lint: install-test
 	$(VENV)/bin/ruff check operators pipelines tests benchmarks
 
-# Throughput: encoders alone and the whole pipeline against sentence-transformers (~15 min on 2 cores).
+# Throughput: encoders alone and the whole pipeline against sentence-transformers (~16 min on 2 cores).
 bench: install-test
 	$(VENV)/bin/python -m benchmarks.run
 
@@ -51,7 +51,8 @@ bench: install-test
 # a tiny random model so that a million rows take minutes: ~12 min).
 bench-memory: install-test
 	$(VENV)/bin/python -m benchmarks.run --only pipeline --pipeline-model tiny --rows 100000,1000000 \
-		--max-chars 120 --no-peer --repeats 1 --precision auto --object-store-memory 1GiB
+		--max-chars 120 --no-peer --repeats 1 --precision auto --object-store-memory 1GiB \
+		--title "$$(date -u +'%Y-%m-%d %H:%M UTC'): make bench-memory (memory vs corpus size, object store 1 GiB)"
 
 # Matryoshka funnel vs exact search at 1M x 384, and ANN index recall at 100k.
 bench-search: install-test

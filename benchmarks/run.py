@@ -1,7 +1,7 @@
 """`make bench`: encoders alone and the whole pipeline, each against sentence-transformers `encode`
 measured in the same run, in one table; appended with the machine's description to RESULTS.md.
 
-Defaults fit a 2-core CPU box in about ten minutes; on a GPU they switch to GPU-sized runs
+Defaults fit a 2-core CPU box in about fifteen minutes; on a GPU they switch to GPU-sized runs
 (30k texts, an XLM-R-large-sized random BGE-M3, 8k-token documents). The encoder part needs only
 torch, transformers, sentence-transformers and pyarrow; the pipeline part (ray, lancedb) is skipped
 with a note when those are missing.
