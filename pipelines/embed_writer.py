@@ -41,7 +41,6 @@ class Tables:
     schema: pa.Schema
 
 
-
 def write_batch(batch: pa.Table, tables: Tables, run_id: str) -> pa.Table:
     """Upsert a batch's embedded rows into the table and its bad rows into the quarantine table;
     return one row of counts for the driver."""
