@@ -36,7 +36,7 @@ from benchmarks.corpus import long_documents, sample_texts  # noqa: E402
 from benchmarks.machine import cpu_flags, describe_machine, matmul_peak_flops  # noqa: E402
 from benchmarks.models import SIZES, build_random_bge_m3  # noqa: E402
 from benchmarks.report import Result, append_results, section, table  # noqa: E402
-from pipelines.commands.embed import byte_size  # noqa: E402
+from pipelines.commands.embed import object_store_size  # noqa: E402
 
 GPU_DEFAULTS = {"texts": 30000, "bge_m3_size": "large", "bge_m3_texts": 30000, "long_docs": 160,
                 "precisions": "auto"}
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens-per-batch", type=int, default=None)
     parser.add_argument("--precision", default=None,
                         help="pipeline precision(s), e.g. auto,int8: each runs interleaved with the others")
-    parser.add_argument("--object-store-memory", type=byte_size, default=None, metavar="SIZE",
+    parser.add_argument("--object-store-memory", type=object_store_size, default=None, metavar="SIZE",
                         help="object store of each pipeline run's local Ray (default: Ray's, 30%% of RAM)")
     parser.add_argument("--results", default=None, help="results file (default benchmarks/RESULTS.md)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")

@@ -10,6 +10,7 @@ filesystem's own options here; errors that would echo a credential are scrubbed.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -175,7 +176,7 @@ class ShardReader:
             # Kept columns the file lacks may be hive partition values (`key=value/`) in the shard's path.
             from_path = {k: v for k, v in hive_values(path).items() if k in self.keep_columns and k not in present}
             sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
-            starts = [sum(sizes[:i]) for i in range(len(sizes))]
+            starts = [0, *itertools.accumulate(sizes)]  # first row of each row group in the file
             for group in range(len(sizes)) if row_groups is None else row_groups:
                 offset = starts[group]
                 for record_batch in parquet.iter_batches(batch_size=self.rows_per_batch, row_groups=[group],

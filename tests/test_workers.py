@@ -41,12 +41,12 @@ def test_object_store_sizes_read_like_people_write_them():
 
     import pytest
 
-    from pipelines.commands.embed import byte_size
+    from pipelines.commands.embed import object_store_size
 
-    assert byte_size("2GB") == 2 * 10**9
-    assert byte_size("512MiB") == 512 * 2**20
-    assert byte_size("1.5GiB") == 3 * 2**29
-    assert byte_size("100000000") == 10**8
+    assert object_store_size("2GB") == 2 * 10**9
+    assert object_store_size("512MiB") == 512 * 2**20
+    assert object_store_size("1.5GiB") == 3 * 2**29
+    assert object_store_size("100000000") == 10**8
     for bad in ("lots", "2TB", "1MB"):  # not a size, unknown unit, too small for Ray
         with pytest.raises(argparse.ArgumentTypeError):
-            byte_size(bad)
+            object_store_size(bad)

@@ -48,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--max-length", type=int, default=None, help="tokens per text (longer texts are cut)")
     parser.add_argument("--keep-columns", type=name_list, default=[], help="input columns copied to the table")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)")
-    parser.add_argument("--object-store-memory", type=byte_size, default=None, metavar="SIZE",
+    parser.add_argument("--object-store-memory", type=object_store_size, default=None, metavar="SIZE",
                         help="object store of the local Ray this run starts, e.g. 2GB (default: Ray's, 30%% of RAM); "
                              "it bounds the memory that blocks in flight take (benchmarks/RESULTS.md)")
     parser.add_argument("--overwrite", action="store_true", help="replace the table instead of updating it")
@@ -77,8 +77,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
-def byte_size(value: str) -> int:
-    """'2GB', '512MiB' or a number of bytes."""
+def object_store_size(value: str) -> int:
+    """An object store size: '2GB', '512MiB' or a number of bytes, at least Ray's minimum of 64 MiB."""
     text = value.strip().upper()
     number = text.rstrip("KMGIB")
     unit = text[len(number):]
