@@ -24,6 +24,7 @@ import pyarrow as pa
 from operators.embed import EmbedRows, known_key
 from operators.encoders.base import EncoderSpec
 from operators.encoders.loader import describe_encoder, model_kind
+from operators.encoders.precision import Precision
 from operators.errors import one_line
 from operators.run_log import RunLog
 from operators.schema import (
@@ -83,7 +84,7 @@ class EmbedJob:
     rows_per_encode_batch: int | None = None  # default 4096 on GPUs, 256 on CPUs (pipelines/workers.py)
     rows_per_write: int | None = None  # rows per upsert commit; default: pipelines/workers.py plan_rows_per_write
     max_tokens_per_batch: int | None = None  # default per device (operators/encoders/base.py)
-    precision: str = "auto"  # auto, fp32, bf16, fp16, int8 (operators/encoders/precision.py)
+    precision: Precision = Precision.AUTO  # operators/encoders/precision.py
     progress: bool = True
     command: list[str] = field(default_factory=list)  # argv, for the run log
 

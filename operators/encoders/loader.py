@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 from operators.encoders.base import Encoder, EncoderDescription, EncoderSpec
-from operators.encoders.precision import check_precision, model_id_suffix, quantize_linears
+from operators.encoders.bge_m3 import is_bge_m3_folder
+from operators.encoders.int8 import quantize_linears
+from operators.encoders.precision import Precision, check_precision, model_id_suffix
 
 MINILM = "minilm"
-BGE_M3_HEAD_FILES = ("colbert_linear.pt", "sparse_linear.pt")
 
 
 def resolve_model_path(model: str) -> str:
@@ -25,11 +26,6 @@ def resolve_model_path(model: str) -> str:
         msg = f"model {model!r} is neither 'minilm' nor a local model folder (no hub access at run time)"
         raise ValueError(msg)
     return path
-
-
-def is_bge_m3_folder(path: str) -> bool:
-    """A folder in BAAI/bge-m3's layout carries both head files next to the backbone."""
-    return all(os.path.isfile(os.path.join(path, name)) for name in BGE_M3_HEAD_FILES)
 
 
 def model_kind(model: str) -> str:
@@ -56,7 +52,7 @@ def apply_precision(encoder: Encoder, precision: str) -> Encoder:
     """What a precision needs beyond the load dtype (which each encoder picks from the spec): int8
     swaps the backbone's Linear layers, and an explicit precision marks the model id, in one place
     for every encoder so the driver's id (describe_encoder) and the workers' agree."""
-    if precision == "int8":
+    if precision == Precision.INT8:
         check_precision(precision, getattr(encoder, "device", None))
         quantize_linears(encoder.model)  # type: ignore[attr-defined]
     encoder.model_id += model_id_suffix(precision)

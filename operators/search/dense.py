@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from operators.search.store import TableStore
+from operators.vectors import as_matrix
 
 QUERY_BLOCK = 256  # queries scored together: bounds the (queries x rows) score block in memory
 
@@ -95,14 +96,12 @@ def funnel_topn(
 def scan_topn(store: TableStore, column: str, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-n over a table column for many queries at once, streaming the column in batches:
     memory stays at one batch plus (queries x n), whatever the table size."""
-    from operators.search.scores import fixed_vectors
-
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     best_pos = np.zeros((queries.shape[0], 0), dtype=np.int64)
     best_scores = np.zeros((queries.shape[0], 0), dtype=np.float32)
     start = 0
     for batch in store.scan([column]):
-        matrix = fixed_vectors(batch.column(0))
+        matrix = as_matrix(batch.column(0))
         for first in range(0, queries.shape[0], QUERY_BLOCK):
             block = slice(first, first + QUERY_BLOCK)
             positions, scores = exact_topn(matrix, queries[block], n)
