@@ -40,9 +40,11 @@ def cli_result(*argv: str) -> object:
     return result
 
 
-def cli_error(*argv: str) -> str:
-    """The reason a command that must fail at run time gives: exit status 1 and exactly one line on stderr."""
+def cli_error(*argv: str, alone: bool = False) -> str:
+    """The reason a command that must fail at run time gives: exit status 1, no traceback, and a last line
+    `embedlake: error: ...` on stderr (the only line there with `alone`; progress may come before it)."""
     code, _, err = run_cli(*argv)
     lines = err.strip().splitlines()
-    assert code == 1 and len(lines) == 1, (code, err[-3000:])
-    return lines[0]
+    assert code == 1 and lines and lines[-1].startswith("embedlake: error: "), (code, err[-3000:])
+    assert "Traceback" not in err and (len(lines) == 1 or not alone), err[-3000:]
+    return lines[-1]

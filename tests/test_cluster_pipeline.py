@@ -81,4 +81,4 @@ def test_cli_clusters_a_nested_column(ray_session, sections_lake, tmp_path):
     ],
 )
 def test_cli_errors_are_one_line(sections_lake, args, message):
-    assert message in cli_error("cluster", sections_lake, *args, "--json")
+    assert message in cli_error("cluster", sections_lake, *args, "--json", alone=True)

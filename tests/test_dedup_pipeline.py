@@ -77,4 +77,4 @@ def test_cli_minhash_finds_planted_edits(ray_session, sections_lake, sections):
     ],
 )
 def test_cli_errors_are_one_line(sections_lake, args, message):
-    assert message in cli_error("dedup", sections_lake, *args, "--json")
+    assert message in cli_error("dedup", sections_lake, *args, "--json", alone=True)

@@ -106,7 +106,8 @@ def test_search_cli_funnel_and_text_output(embedded, stored, capsys):
 
 def test_search_cli_errors_are_one_line(embedded):
     search = ("search", embedded, "--query", "x")
-    assert "sparse search needs column(s) sparse" in cli_error(*search, "--table", "docs", "--mode", "sparse")
+    assert "sparse search needs column(s) sparse" in cli_error(*search, "--table", "docs", "--mode", "sparse",
+                                                              alone=True)
     assert "no table 'nope'" in cli_error(*search, "--table", "nope")
     assert "no column 'dense_32'" in cli_error(*search, "--table", "docs", "--column", "dense_32")
 
