@@ -93,6 +93,7 @@ class EmbedJob:
             max_length=self.max_length,
             max_tokens_per_batch=self.max_tokens_per_batch,
             precision=self.precision,
+            storage=self.storage_options,
         )
 
 
@@ -138,7 +139,7 @@ def run_embed(job: EmbedJob) -> dict:
     meta = TableMeta(
         model=job.model,
         model_id=description.model_id,
-        kind=model_kind(job.model),
+        kind=model_kind(job.model, job.storage_options),
         dims=description.dims,
         outputs=[f.name for f in description.fields],
         max_length=description.max_length,
