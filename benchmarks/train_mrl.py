@@ -69,9 +69,10 @@ def evaluate_model(model: str, scratch: Path, name: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="1,2")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--holdout", type=float, default=0.05)
     parser.add_argument("--query-prompt", default="query: ")
     parser.add_argument("--document-prompt", default="passage: ")
@@ -91,8 +92,8 @@ def main() -> None:
             out = scratch / f"trained-{workers}w"
             summary, seconds = embedlake(
                 "train", pairs, str(out), "--anchor-column", "title", "--positive-column", "text",
-                "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-                "--learning-rate", str(args.learning_rate), "--holdout", str(args.holdout),
+                "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--holdout", str(args.holdout),
+                "--max-length", str(args.max_length), "--learning-rate", str(args.learning_rate),
                 "--query-prompt", args.query_prompt, "--document-prompt", args.document_prompt,
                 "--workers", str(workers), "--no-progress")
             run = {"workers": workers, "wall_seconds": round(seconds, 1), "train_seconds": summary["train_seconds"],

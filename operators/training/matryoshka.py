@@ -144,8 +144,15 @@ def training_arguments(settings: MatryoshkaSettings, output_dir: str, per_device
         report_to="none",
         disable_tqdm=True,
         use_cpu=use_cpu,
+        bf16=not use_cpu and _cuda_bf16(),  # mixed precision on GPUs that have it (weights stay fp32)
         dataloader_num_workers=0,
     )
+
+
+def _cuda_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def loss_curve(log_history: Sequence[dict]) -> list[dict]:
