@@ -15,7 +15,8 @@ import tempfile
 
 import fsspec
 
-from operators.storage import LOCAL, fsspec_options, protocol_of, redacted_errors
+from operators.storage import LOCAL, protocol_of, redacted_errors
+from operators.storage import filesystem as storage_filesystem
 
 CACHE_ENV = "EMBEDLAKE_MODEL_CACHE"
 
@@ -33,7 +34,7 @@ def filesystem(uri: str, storage: dict | None = None) -> tuple[fsspec.AbstractFi
     if not is_remote(uri):
         return fsspec.filesystem("file"), local_path(uri)
     with redacted_errors(storage):
-        return fsspec.core.url_to_fs(uri, **fsspec_options(uri, storage))
+        return storage_filesystem(uri, storage)
 
 
 def join(uri: str, *parts: str) -> str:

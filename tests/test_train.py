@@ -194,7 +194,8 @@ def test_sigkilled_run_resumes_from_its_last_epoch_checkpoint(ray_session, pairs
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"--anchor-column": "synopsis"}, "has no column(s) 'synopsis'; columns found: id, title, text, negative"),
+        ({"--anchor-column": "synopsis"},
+         "has no column 'synopsis' (the training pairs; columns found: id, title, text, negative)"),
         ({"--positive-column": "id", "--anchor-column": "id"}, "must differ"),
     ],
 )

@@ -55,7 +55,8 @@ def test_check_counts_blank_and_null_texts_and_names_the_first(tmp_path):
 
 def test_columns_must_exist_differ_and_hold_text(shard):
     schema = pq.read_schema(shard)
-    with pytest.raises(ValueError, match=r"has no column\(s\) 'missing'; columns found: q, d, n, other"):
+    found = r"has no column 'missing' \(the training pairs; columns found: q, d, n, other\)"
+    with pytest.raises(ValueError, match=found):
         PairColumns("q", "missing").check(schema, "input x")
     with pytest.raises(ValueError, match="must differ"):
         PairColumns("q", "q").check(schema, "input x")

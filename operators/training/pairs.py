@@ -11,13 +11,13 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from operators.sources import READ_CACHE, ShardSet, check_columns
-from operators.storage import fsspec_options, redacted_errors
+from operators.schema import require_columns
+from operators.sources import ShardSet
+from operators.storage import open_input, redacted_errors
 
 # The column names sentence-transformers' trainer sees (its prompts are keyed by them).
 ANCHOR, POSITIVE, NEGATIVE = "anchor", "positive", "negative"
@@ -47,7 +47,7 @@ class PairColumns:
         if len(set(names)) != len(names):
             msg = f"anchor, positive and negative columns must differ, got {', '.join(names)}"
             raise ValueError(msg)
-        check_columns(schema, names, where)
+        require_columns(schema, names, where, why="the training pairs")
         for name in names:
             kind = schema.field(name).type
             if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
@@ -93,16 +93,14 @@ class PairReader:
     def batches(self, path: str) -> Iterator[tuple[int, pa.Table]]:
         """(first row number, batch) for one shard, renamed to anchor/positive[/negative]."""
         mapping = self.columns.mapping()
-        with redacted_errors(self.storage_options):
-            fs, fs_path = fsspec.core.url_to_fs(path, **fsspec_options(path, self.storage_options))
-            with fs.open(fs_path, "rb", cache_type=READ_CACHE) as handle:
-                parquet = pq.ParquetFile(handle)
-                self.columns.check(parquet.schema_arrow, f"shard {path}")
-                offset = 0
-                for batch in parquet.iter_batches(batch_size=READ_BATCH, columns=list(mapping)):
-                    table = pa.Table.from_batches([batch]).rename_columns([mapping[n] for n in batch.schema.names])
-                    yield offset, table.select(list(mapping.values()))
-                    offset += batch.num_rows
+        with redacted_errors(self.storage_options), open_input(path, self.storage_options) as handle:
+            parquet = pq.ParquetFile(handle)
+            self.columns.check(parquet.schema_arrow, f"shard {path}")
+            offset = 0
+            for batch in parquet.iter_batches(batch_size=READ_BATCH, columns=list(mapping)):
+                table = pa.Table.from_batches([batch]).rename_columns([mapping[n] for n in batch.schema.names])
+                yield offset, table.select(list(mapping.values()))
+                offset += batch.num_rows
 
     def check(self, path: str) -> PairCheck:
         """Count one shard's pairs and held-out pairs, and find rows with a null or blank text."""
