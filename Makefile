@@ -65,7 +65,7 @@ bench-cluster: install-test
 	$(VENV)/bin/python -m benchmarks.cluster_dedup --out benchmarks/results/cluster_dedup.json
 
 # Matryoshka fine-tuning of MiniLM on the sample (400 evaluation queries' packages left out), 1 and 2 Ray Train
-# workers, then embed + evaluate on the 400 queries at every nested size (~40 min on 2 idle cores).
+# workers, then embed + evaluate on the 400 queries at every nested size (long: two training runs on 2 cores).
 bench-train: install-test
 	$(VENV)/bin/python -m benchmarks.train_mrl --out benchmarks/results/train_mrl_2cpu.json
 

@@ -77,7 +77,7 @@ class TrainJob(TrainingOptions):
     address: str | None = None
     overwrite: bool = False
     progress: bool = True
-    storage_options: dict = field(default_factory=dict, repr=False)
+    storage: dict = field(default_factory=dict, repr=False)  # resolved settings (operators/storage.py)
     command: list[str] = field(default_factory=list)
 
     def columns(self) -> PairColumns:
@@ -85,7 +85,7 @@ class TrainJob(TrainingOptions):
 
     def identity(self) -> dict:
         """What makes two runs the same run (a resume must match it); resources are not part of it."""
-        skip = {"workers", "cpus_per_worker", "address", "overwrite", "progress", "storage_options", "command"}
+        skip = {"workers", "cpus_per_worker", "address", "overwrite", "progress", "storage", "command"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -130,7 +130,7 @@ def finished_run(job: TrainJob) -> dict | None:
     """MODEL_OUT's state, read only: the stored report when this very run already finished, None when
     it is empty or holds this run unfinished. A run of other settings is refused unless --overwrite
     (then it is replaced at `claim_output`); a folder that is not ours is always refused."""
-    storage = job.storage_options
+    storage = job.storage
     fs, path = filesystem(job.model_out, storage)
     with redacted_errors(storage):
         if fs.exists(path) and not fs.isdir(path):
@@ -158,7 +158,7 @@ def finished_run(job: TrainJob) -> dict | None:
 
 def claim_output(job: TrainJob) -> None:
     """Start (or keep) this run in MODEL_OUT: a replaced run's files go, the run's settings are noted."""
-    storage = job.storage_options
+    storage = job.storage
     noted = read_json(join(job.model_out, CHECKPOINTS, CONFIG_FILE), storage)
     identity = json.loads(json.dumps(job.identity()))
     finished = read_json(join(job.model_out, REPORT_FILE), storage)
@@ -177,7 +177,7 @@ def run_train(job: TrainJob) -> dict:
     validate(job)
     base_folder = resolve_model_path(job.base)
     settings = settings_for(job, base_folder)
-    shards = find_shards(job.input, job.storage_options)
+    shards = find_shards(job.input, job.storage)
     check_input(shards, job.columns())
     done = finished_run(job)
     if done is not None:
@@ -188,7 +188,7 @@ def run_train(job: TrainJob) -> dict:
 
     we_started_ray = start_ray(job.address, num_cpus=os.cpu_count())
     try:
-        reader = PairReader(job.columns(), job.holdout, job.storage_options)
+        reader = PairReader(job.columns(), job.holdout, job.storage)
         counts = check_pairs(reader, shards, job.batch_size)
         claim_output(job)
         steps_per_epoch = counts.train // job.batch_size
@@ -232,7 +232,7 @@ def run_train(job: TrainJob) -> dict:
         "job": json.loads(json.dumps(job.identity())),
     }
     write_report(job, summary)
-    remove_tree(join(job.model_out, CHECKPOINTS), job.storage_options)
+    remove_tree(join(job.model_out, CHECKPOINTS), job.storage)
     return summary
 
 
@@ -278,7 +278,7 @@ def fit(job: TrainJob, settings: MatryoshkaSettings, shards: ShardSet, reader: P
 
     from pipelines.train_worker import train_loop
 
-    fs, path = filesystem(join(job.model_out, CHECKPOINTS), job.storage_options)
+    fs, path = filesystem(join(job.model_out, CHECKPOINTS), job.storage)
     storage_fs = pafs.PyFileSystem(pafs.FSSpecHandler(fs)) if is_remote(job.model_out) else None
     config = {
         "settings": settings.as_dict(),
@@ -307,7 +307,7 @@ def fit(job: TrainJob, settings: MatryoshkaSettings, shards: ShardSet, reader: P
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
-    with redacted_errors(job.storage_options):
+    with redacted_errors(job.storage):
         result = trainer.fit()
     metrics = result.metrics or {}
     if result.checkpoint is None or not metrics.get("final"):
@@ -348,8 +348,8 @@ def publish_model(job: TrainJob, final_path: str, fs) -> None:
     """Copy the final checkpoint's model folder to MODEL_OUT's root (same filesystem as the checkpoints)."""
     from operators.model_store import copy_tree
 
-    _, root = filesystem(job.model_out, job.storage_options)
-    with redacted_errors(job.storage_options):
+    _, root = filesystem(job.model_out, job.storage)
+    with redacted_errors(job.storage):
         copied = copy_tree(fs, final_path, root)
     log.info("wrote %d model files to %s", copied, job.model_out)
 
@@ -362,10 +362,10 @@ def write_report(job: TrainJob, summary: dict) -> None:
         png = os.path.join(scratch, PLOT_FILE)
         plot_training(summary, png)
         with open(png, "rb") as handle:
-            write_bytes(join(job.model_out, PLOT_FILE), handle.read(), job.storage_options)
+            write_bytes(join(job.model_out, PLOT_FILE), handle.read(), job.storage)
     summary["report"] = join(job.model_out, REPORT_FILE)
     summary["plot"] = join(job.model_out, PLOT_FILE)
-    write_json(join(job.model_out, REPORT_FILE), summary, job.storage_options)
+    write_json(join(job.model_out, REPORT_FILE), summary, job.storage)
 
 
 __all__ = ["TRAINING_FILE", "TrainJob", "run_train"]

@@ -88,12 +88,12 @@ class PairReader:
 
     columns: PairColumns
     holdout: float = 0.0
-    storage_options: dict = field(default_factory=dict, repr=False)
+    storage: dict = field(default_factory=dict, repr=False)
 
     def batches(self, path: str) -> Iterator[tuple[int, pa.Table]]:
         """(first row number, batch) for one shard, renamed to anchor/positive[/negative]."""
         mapping = self.columns.mapping()
-        with redacted_errors(self.storage_options), open_input(path, self.storage_options) as handle:
+        with redacted_errors(self.storage), open_input(path, self.storage) as handle:
             parquet = pq.ParquetFile(handle)
             self.columns.check(parquet.schema_arrow, f"shard {path}")
             offset = 0

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> dict:
 
     # Every job field has the option of the same name (`command` and storage are the CLI's own).
     given = {f.name: getattr(args, f.name) for f in fields(TrainJob)
-             if f.name not in ("command", "storage_options") and hasattr(args, f.name)}
-    job = TrainJob(**given, storage_options=storage_from_args(args), command=["embedlake", *getattr(args, "argv", [])])
-    with redacted_errors(job.storage_options):
+             if f.name not in ("command", "storage") and hasattr(args, f.name)}
+    job = TrainJob(**given, storage=storage_from_args(args), command=["embedlake", *getattr(args, "argv", [])])
+    with redacted_errors(job.storage):
         return run_train(job)
