@@ -62,18 +62,6 @@ def copy_tree(fs: fsspec.AbstractFileSystem, source: str, target: str, skip: tup
     return len(files)
 
 
-def upload_tree(local_folder: str, uri: str, storage: dict | None = None) -> None:
-    """Copy a local folder's files to `uri` (a local folder or an object-store prefix)."""
-    fs, path = filesystem(uri, storage)
-    with redacted_errors(storage):
-        for root, _dirs, names in os.walk(local_folder):
-            for name in names:
-                relative = os.path.relpath(os.path.join(root, name), local_folder).replace(os.sep, "/")
-                destination = f"{path.rstrip('/')}/{relative}"
-                fs.makedirs(destination.rsplit("/", 1)[0], exist_ok=True)
-                fs.put_file(os.path.join(root, name), destination)
-
-
 def read_json(uri: str, storage: dict | None = None) -> dict | None:
     fs, path = filesystem(uri, storage)
     with redacted_errors(storage):
