@@ -23,11 +23,14 @@ from pipelines.storage_cli import storage_from_args
 
 # Each name is a module in pipelines.commands with add_parser(subparsers) and run(args) -> result
 # (pipelines/commands/__init__.py).
-COMMANDS = ("embed", "search", "evaluate", "index", "cluster", "dedup", "submit")
+COMMANDS = ("embed", "train", "search", "evaluate", "index", "cluster", "dedup", "submit")
 
 
 class UsageError(ValueError):
-    """Bad arguments or input, reported as one line without a traceback."""
+    """Bad arguments or input, reported as one line without a traceback (exit status 2, also when a
+    command raises it after parsing)."""
+
+    exit_code = 2
 
 
 def _available_commands() -> dict[str, object]:

@@ -313,3 +313,4 @@ class EncoderSpec:
     device: str | None = None  # None: cuda when available, else cpu
     precision: Precision = Precision.AUTO  # operators/encoders/precision.py
     prompt_name: str | None = "document"
+    storage: dict = field(default_factory=dict, repr=False)  # settings to fetch a model folder on an object store

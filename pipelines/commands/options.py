@@ -109,10 +109,18 @@ def add_address_option(parser: argparse.ArgumentParser) -> None:
 
 # -- value types -------------------------------------------------------------------------------
 def int_list(value: str) -> list[int]:
+    return _number_list(value, int, "integers")
+
+
+def float_list(value: str) -> list[float]:
+    return _number_list(value, float, "numbers")
+
+
+def _number_list(value: str, kind: type, what: str) -> list:
     try:
-        return [int(part) for part in value.split(",") if part.strip()]
+        return [kind(part) for part in value.split(",") if part.strip()]
     except ValueError as error:
-        msg = f"expected comma-separated integers, got {value!r}"
+        msg = f"expected comma-separated {what}, got {value!r}"
         raise argparse.ArgumentTypeError(msg) from error
 
 
