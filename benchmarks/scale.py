@@ -143,6 +143,21 @@ def shard_rows(shard: int, rows: int, base_count: int, first: int | None = None)
     return positions % base_count, [f"doc-{p:010d}" for p in positions]
 
 
+def table_target(out: Path, name: str = "docs"):
+    """The lake's table as the pipeline addresses it (a TableRef; a LanceTarget in code before it)."""
+    try:
+        from operators.tables import Lake
+    except ImportError:
+        from operators.sinks.lance_sink import LanceTarget
+
+        return LanceTarget(str(out), name)
+    return Lake(str(out)).table(name)
+
+
+def lance_dataset(target):
+    return target.dataset() if hasattr(target, "dataset") else target.open()
+
+
 def file_column(schema: pa.Schema) -> str | None:
     """The table column naming each row's source shard, when the pipeline keeps one."""
     try:
@@ -156,7 +171,7 @@ def build_lake(scratch: Path, rows: int, base: pa.Table, base_texts_: list[str])
     """Input shards of `rows` rows and the table as a run over them would have written it."""
     import lance
 
-    from operators.sinks.lance_sink import LanceTarget, ensure_table
+    from operators.sinks.lance_sink import ensure_table
 
     lake = scratch / f"lake-{rows}"
     out = scratch / f"out-{rows}"
@@ -167,7 +182,7 @@ def build_lake(scratch: Path, rows: int, base: pa.Table, base_texts_: list[str])
     shutil.rmtree(out, ignore_errors=True)
     lake.mkdir(parents=True)
     schema = base.schema
-    target = LanceTarget(str(out), "docs")
+    target = table_target(out)
     ensure_table(target, schema, primary_key="id")
     texts = pa.array(base_texts_, pa.string())
     file_col = file_column(schema)
@@ -223,10 +238,10 @@ def add_shard(lake: Path, rows: int, base_texts_: list[str]) -> None:
 def commit_seconds(out: Path, base: pa.Table, rows: int) -> dict:
     """Median seconds of one write batch (COMMIT_ROWS rows) committed the way the pipeline commits:
     an update of existing ids, and an insert of new ids."""
-    from operators.sinks.lance_sink import LanceTarget, upsert
+    from operators.sinks.lance_sink import upsert
 
-    target = LanceTarget(str(out), "docs")
-    schema = target.open().schema
+    target = table_target(out)
+    schema = lance_dataset(target).schema
     figures = {}
     for kind in ("update", "insert"):
         times = []
@@ -247,7 +262,7 @@ def commit_seconds(out: Path, base: pa.Table, rows: int) -> dict:
         figures[kind] = round(statistics.median(times), 3)
         log(f"  commit of {COMMIT_ROWS} rows ({kind}) into {rows:,} rows: {times}")
     # leave the table as the lake describes it
-    target.open().delete("id LIKE 'commit-%'")
+    lance_dataset(target).delete("id LIKE 'commit-%'")
     return figures
 
 

@@ -152,7 +152,7 @@ class TableKeys:
     reader just read, by source shard, or by fragment. Shard paths become indexes into this run's
     listing (-1: not listed any more; null: a row written before tables kept their shard)."""
 
-    target: object  # sinks.lance_sink.LanceTarget
+    target: object  # operators.tables.TableRef
     version: int
     model_id: str
     files: pa.Array  # this run's listing, in order
@@ -161,10 +161,7 @@ class TableKeys:
     COLUMNS = (ID, TEXT_HASH, MODEL, SOURCE_FILE)
 
     def dataset(self):
-        import lance
-
-        return lance.dataset(self.target.dataset_uri, version=self.version,
-                             storage_options=self.target.lance_options)
+        return self.target.dataset(self.version)
 
     def by_ids(self, ids: pa.Array) -> pa.Table:
         present = pc.unique(pc.drop_null(ids)).to_pylist()

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.sinks.lance_sink import LanceTarget, ensure_table, upsert
+from operators.sinks.lance_sink import ensure_table, upsert
+from operators.tables import Lake
 
 PATH = "path"
 FILES_SUFFIX = "_files"
@@ -39,12 +40,12 @@ class Recorded:
 
 
 class FileManifest:
-    def __init__(self, uri: str, table: str, storage_options: dict, overwrite: bool = False) -> None:
-        self.target = LanceTarget(uri, f"{table}{FILES_SUFFIX}", storage_options)
+    def __init__(self, lake: Lake, table: str, overwrite: bool = False) -> None:
+        self.target = lake.table(f"{table}{FILES_SUFFIX}")
         ensure_table(self.target, FILES_SCHEMA, primary_key=PATH, overwrite=overwrite)
 
     def load(self) -> dict[str, Recorded]:
-        rows = self.target.open().to_table(columns=[PATH, "version", "rows", "model"]).to_pylist()
+        rows = self.target.dataset().to_table(columns=[PATH, "version", "rows", "model"]).to_pylist()
         return {row[PATH]: Recorded(row["version"], row["rows"], row["model"]) for row in rows}
 
     def record(self, files: dict[str, tuple[str, int]], model: str, run_id: str) -> None:
@@ -67,7 +68,7 @@ class FileManifest:
         """Drop shards whose rows a run removed (they left the input)."""
         if not paths:
             return
-        dataset = self.target.open()
+        dataset = self.target.dataset()
         gone = pa.array(paths, pa.string())
         kept = dataset.to_table(columns=[PATH]).column(PATH)
         if pc.any(pc.is_in(kept, value_set=gone)).as_py():

@@ -16,12 +16,12 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from operators.errors import one_line
 from operators.exchange import (
     FILE_COL,
     INPUT,
@@ -35,13 +35,10 @@ from operators.exchange import (
     key_row_schema,
 )
 from operators.lake_layout import GLOB_CHARS, hive_partitions, hive_values, listing_base
-from operators.schema import ID, TEXT_HASH, text_hashes
-from operators.storage import fsspec_options, redact, redacted_errors
+from operators.schema import ID, TEXT_HASH, require_columns, text_hashes
+from operators.storage import filesystem, open_input, redacted_errors
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
-# Parquet reads are ranged (footer, then the needed column chunks): no read-ahead, which on object
-# stores would fetch the columns we skip.
-READ_CACHE = "none"
 FOOTER_THREADS = 32  # concurrent footer / id-column reads on object stores
 LOCAL_SCAN_THREADS = 8
 
@@ -57,9 +54,6 @@ class ShardSet:
     partitions: pa.Schema = field(default_factory=lambda: pa.schema([]))  # hive key=value folders
     versions: dict[str, str] = field(default_factory=dict)  # file -> "size:ETag or mtime", from the listing
 
-    def filesystem(self) -> fsspec.AbstractFileSystem:
-        return fsspec.filesystem(self.protocol, **fsspec_options(self.uri, self.storage_options))
-
 
 def _full_uri(protocol: str, path: str) -> str:
     return path if protocol in ("file", "local") else f"{protocol}://{path}"
@@ -73,7 +67,7 @@ def find_shards(uri: str, storage_options: dict | None = None) -> ShardSet:
     """
     storage_options = storage_options if storage_options is not None else {}
     with redacted_errors(storage_options):
-        fs, path = fsspec.core.url_to_fs(uri, **fsspec_options(uri, storage_options))
+        fs, path = filesystem(uri, storage_options)
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         base = None
         if any(char in path for char in GLOB_CHARS):
@@ -114,16 +108,13 @@ def _hidden(relative: str) -> bool:
 def read_schema(shards: ShardSet, skip_bad_files: bool = False) -> pa.Schema:
     """Schema of the first shard (the first readable one with skip_bad_files), naming a file it cannot read,
     plus the hive partition columns its file does not hold."""
-    fs = shards.filesystem()
     for path in shards.files:
         try:
-            _, fs_path = fsspec.core.url_to_fs(path, **fsspec_options(path, shards.storage_options))
-            with fs.open(fs_path, "rb", cache_type=READ_CACHE) as handle:
+            with open_input(path, shards.storage_options) as handle:
                 return with_partitions(pq.read_schema(handle), shards.partitions)
         except Exception as error:
             if not skip_bad_files:
-                reason = redact(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}", shards.storage_options)
-                msg = f"cannot read shard {path} ({reason})"
+                msg = f"cannot read shard {path} ({one_line(error, 300, shards.storage_options, with_type=True)})"
                 raise ValueError(msg) from None
     msg = f"input {shards.uri}: no shard is readable"
     raise ValueError(msg)
@@ -134,17 +125,6 @@ def with_partitions(schema: pa.Schema, partitions: pa.Schema) -> pa.Schema:
         if partition.name not in schema.names:
             schema = schema.append(partition)
     return schema
-
-
-def check_columns(schema: pa.Schema, required: Sequence[str], where: str) -> None:
-    """Fail before any work when a needed column is missing, naming the columns that exist."""
-    missing = [name for name in required if name not in schema.names]
-    if missing:
-        msg = (
-            f"{where} has no column(s) {', '.join(repr(m) for m in missing)}; "
-            f"columns found: {', '.join(schema.names)}"
-        )
-        raise ValueError(msg)
 
 
 @dataclass
@@ -171,10 +151,9 @@ class ShardReader:
             yield from self._read(path, row_groups, file_index)
 
     def _read(self, path: str, row_groups: Sequence[int] | None, file_index: int) -> Iterator[pa.Table]:
-        fs, fs_path = fsspec.core.url_to_fs(path, **fsspec_options(path, self.storage_options))
-        with fs.open(fs_path, "rb", cache_type=READ_CACHE) as handle:
+        with open_input(path, self.storage_options) as handle:
             parquet = pq.ParquetFile(handle)
-            check_columns(parquet.schema_arrow, [self.id_column, self.text_column], f"shard {path}")
+            require_columns(parquet.schema_arrow, [self.id_column, self.text_column], f"shard {path}")
             present = set(parquet.schema_arrow.names)
             columns = [c for c in dict.fromkeys([self.id_column, self.text_column, *self.keep_columns]) if c in present]
             # Kept columns the file lacks may be hive partition values (`key=value/`) in the shard's path.
@@ -302,18 +281,16 @@ def plan_reads(
     until they reach `rows_per_piece`: Ray hands an encoder actor whole blocks, and one task per big
     shard would leave actors idle. A shard whose footer cannot be read or lacks a needed column fails
     the run, naming it, or with `skip_bad_files` is reported in `bad_files`."""
-    fs = shards.filesystem()
     in_files = [name for name in required if name not in shards.partitions.names]  # hive columns live in paths
 
     def footer(path: str) -> list[int] | str:
         try:
-            _, fs_path = fsspec.core.url_to_fs(path, **fsspec_options(path, shards.storage_options))
-            with fs.open(fs_path, "rb", cache_type=READ_CACHE) as handle:
+            with open_input(path, shards.storage_options) as handle:
                 parquet = pq.ParquetFile(handle)
-                check_columns(parquet.schema_arrow, in_files, f"shard {path}")
+                require_columns(parquet.schema_arrow, in_files, f"shard {path}")
                 return [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
         except Exception as error:  # noqa: BLE001 - reported per file below
-            return redact(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}", shards.storage_options)
+            return one_line(error, 300, shards.storage_options, with_type=True)
 
     threads = threads or (LOCAL_SCAN_THREADS if shards.protocol in ("file", "local") else FOOTER_THREADS)
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:

@@ -19,12 +19,14 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 
 import pyarrow as pa
 
 from operators.encoders.base import EncoderSpec
 from operators.encoders.loader import describe_encoder, model_kind
+from operators.errors import one_line
 from operators.exchange import decided_row_schema, key_row_schema
 from operators.incremental import Decision, TableKeys, decide
 from operators.manifest import FileManifest, unchanged_files
@@ -37,11 +39,13 @@ from operators.schema import (
     SOURCE,
     embeddings_schema,
     quarantine_table_name,
+    require_columns,
 )
-from operators.sinks.lance_sink import LanceTarget, compact, ensure_table, refresh_indexes, upsert
-from operators.sources import ReadPlan, ShardReader, ShardSet, check_columns, find_shards, plan_reads, read_schema
-from operators.storage import redact
+from operators.sinks.lance_sink import compact, ensure_table, refresh_indexes, upsert
+from operators.sources import ReadPlan, ShardReader, ShardSet, find_shards, plan_reads, read_schema
+from operators.storage import as_settings
 from operators.table_meta import TableMeta, with_meta
+from operators.tables import Lake
 from pipelines.embed_writer import EmbedSink, RunCounts, Tables
 from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
 from pipelines.workers import (
@@ -76,7 +80,7 @@ class EmbedJob:
     sync_deletes: bool = False
     rescan: bool = False  # ignore the file manifest: read every shard and compare every row's hash
     skip_bad_files: bool = False
-    storage_options: dict = field(default_factory=dict, repr=False)  # operators/storage.py settings
+    storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings (None: environment's)
     actors: int | None = None  # encoder actors; default one per GPU, else one per CPU (pipelines/workers.py)
     actor_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per encoder actor
     threads_per_actor: int | None = None
@@ -101,10 +105,11 @@ class EmbedJob:
 def run_embed(job: EmbedJob) -> dict:
     """Run the job and return the JSON summary (README: What a run guarantees)."""
     started = time.time()
-    shards = find_shards(job.input, job.storage_options)
+    job = replace(job, storage=as_settings(job.storage))  # resolved once, here, for every worker
+    shards = find_shards(job.input, job.storage)
     required = [job.id_column, job.text_column]
     input_schema = read_schema(shards, skip_bad_files=job.skip_bad_files)
-    check_columns(input_schema, [*required, *job.keep_columns], f"input {job.input}")
+    require_columns(input_schema, [*required, *job.keep_columns], f"input {job.input}")
     spec = job.encoder_spec()
     description = describe_encoder(spec)
     meta = TableMeta(
@@ -117,23 +122,19 @@ def run_embed(job: EmbedJob) -> dict:
     )
     keep_fields = [input_schema.field(name) for name in job.keep_columns]
     schema = with_meta(embeddings_schema(description.fields, keep_fields), meta)
-    tables = Tables(
-        main=LanceTarget(job.output, job.table, job.storage_options),
-        quarantine=LanceTarget(job.output, quarantine_table_name(job.table), job.storage_options),
-        schema=schema,
-    )
+    lake = Lake(job.output, job.storage)
+    tables = Tables(main=lake.table(job.table), quarantine=lake.table(quarantine_table_name(job.table)), schema=schema)
     ensure_table(tables.main, schema, primary_key=ID, overwrite=job.overwrite)
     ensure_table(tables.quarantine, QUARANTINE_SCHEMA, primary_key=SOURCE, overwrite=job.overwrite)
-    manifest = FileManifest(job.output, job.table, job.storage_options, overwrite=job.overwrite)
+    manifest = FileManifest(lake, job.table, overwrite=job.overwrite)
     config = {k: v for k, v in asdict(job).items() if k != "command"}
-    run_log = RunLog.for_table(job.output, job.table, job.storage_options, job="embed",
+    run_log = RunLog.for_table(lake, job.table, job="embed",
                                command=job.command or sys.argv, config=config, model=description.model_id)
     run_log.start()
     try:
         summary = _run(job, shards, required, spec, tables, manifest, description.model_id, run_log.run_id, started)
     except BaseException as error:
-        run_log.finish({}, error=redact(" ".join(str(error).split())[:1000], job.storage_options)
-                       or type(error).__name__)
+        run_log.finish({}, error=one_line(error, 1000, job.storage))
         raise
     summary["run_id"] = run_log.run_id
     # The run's last step: every row is accounted for and committed, the manifest and indexes are
@@ -225,7 +226,7 @@ def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec
         "encoder_actors": len(counts.workers),
         "encoder_nodes": len({worker.rsplit(":", 1)[0] for worker in counts.workers}),
         "table": job.table,
-        "quarantine_table": tables.quarantine.table,
+        "quarantine_table": tables.quarantine.name,
         "uri": job.output,
         "model": model_id,
     }
@@ -257,10 +258,10 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
     context.shuffle_input_batch_bytes = SHUFFLE_INPUT_BYTES
     keep_fields = [tables.schema.field(name) for name in job.keep_columns]
     key_schema = key_row_schema(keep_fields)
-    reader = ShardReader(job.id_column, job.text_column, job.keep_columns, job.storage_options,
+    reader = ShardReader(job.id_column, job.text_column, job.keep_columns, job.storage,
                          keep_types={f.name: f.type for f in keep_fields})
     files = pa.array(shards.files, pa.string())
-    table = tables.main.open()
+    table = tables.main.dataset()
     table_rows = 0 if job.overwrite else table.count_rows()
     keys = TableKeys(tables.main, table.version, model_id, files, key_schema) if table_rows else None
     # Scan the table's keys when this run reads a good part of it; else look up what is read.

@@ -45,7 +45,8 @@ from operators.schema import (
     SPARSE,
     is_dense_column,
 )
-from operators.sinks.lance_sink import LanceTarget, delete_keys, upsert
+from operators.sinks.lance_sink import delete_keys, upsert
+from operators.tables import TableRef
 
 log = logging.getLogger(__name__)
 VECTOR_OUTPUTS = (SPARSE, COLBERT)
@@ -53,10 +54,10 @@ VECTOR_OUTPUTS = (SPARSE, COLBERT)
 
 @dataclass
 class Tables:
-    """The two tables a run's writers write, and the schema of the main one."""
+    """The two tables a run's writers fill (the table and its quarantine) and the schema of the main one."""
 
-    main: LanceTarget
-    quarantine: LanceTarget
+    main: TableRef
+    quarantine: TableRef
     schema: pa.Schema
 
 

@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from operators.exchange import ORDER_COL, REASON_COL, ROW_BITS, TEXT_COL
-from operators.sources import ShardReader, check_columns, find_shards
+from operators.schema import require_columns
+from operators.sources import ShardReader, find_shards
 
 
 @pytest.fixture
@@ -34,8 +35,8 @@ def test_missing_input_and_empty_folder_fail_clearly(tmp_path):
 
 
 def test_missing_column_names_the_columns_found():
-    with pytest.raises(ValueError, match="no column\\(s\\) 'body'; columns found: id, text"):
-        check_columns(pa.schema([("id", pa.int64()), ("text", pa.string())]), ["id", "body"], "input x")
+    with pytest.raises(ValueError, match="no column 'body' \\(columns found: id, text\\)"):
+        require_columns(pa.schema([("id", pa.int64()), ("text", pa.string())]), ["id", "body"], "input x")
 
 
 def test_reader_casts_ids_records_provenance_and_flags_bad_text(tmp_path):

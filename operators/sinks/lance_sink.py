@@ -8,61 +8,23 @@ everything committed so far), and re-running a batch replaces rows instead of du
 The key is declared as the table's unenforced primary key: without it, concurrent `merge_insert`
 commits duplicate keys (lance#4585); with it, Lance detects the overlap and retries.
 
-A target's storage options are embedlake's storage settings (operators/storage.py); Lance gets the
-ones for the table's object store.
+A target is a `TableRef` (operators/tables.py): the table's name and its Lake, whose storage settings
+travel to the writers; Lance gets the ones for the table's object store.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 
 import lance
 import pyarrow as pa
 
-from operators.storage import lance_options, redacted_errors
+from operators.storage import redacted_errors
+from operators.tables import TableRef
 
 log = logging.getLogger(__name__)
 DELETE_CHUNK = 2000  # ids per delete predicate
-
-
-@dataclass(frozen=True)
-class LanceTarget:
-    """One LanceDB table: the database URI (folder or object-store URI) and the table name."""
-
-    uri: str
-    table: str
-    storage_options: dict = field(default_factory=dict, hash=False, compare=False, repr=False)
-
-    @property
-    def dataset_uri(self) -> str:
-        return f"{self.uri.rstrip('/')}/{self.table}.lance"
-
-    @property
-    def lance_options(self) -> dict | None:
-        """What lance and lancedb take as `storage_options` for this table's store."""
-        return dict(lance_options(self.uri, self.storage_options)) or None
-
-    def exists(self) -> bool:
-        try:
-            self.open()
-        except (ValueError, FileNotFoundError, OSError):
-            return False
-        return True
-
-    def open(self) -> lance.LanceDataset:
-        return lance.dataset(self.dataset_uri, storage_options=self.lance_options)
-
-    def lancedb_table(self):
-        return _connect(self.uri, tuple(sorted((self.lance_options or {}).items()))).open_table(self.table)
-
-
-@lru_cache(maxsize=16)
-def _connect(uri: str, storage_items: tuple):
-    import lancedb
-
-    return lancedb.connect(uri, storage_options=dict(storage_items) or None)
 
 
 # Columns added to a table written before they existed (null in its old rows) instead of asking for
@@ -71,18 +33,18 @@ ADDABLE_COLUMNS = ("source_file",)
 
 
 def ensure_table(
-    target: LanceTarget, schema: pa.Schema, primary_key: str, overwrite: bool = False
+    target: TableRef, schema: pa.Schema, primary_key: str, overwrite: bool = False
 ) -> lance.LanceDataset:
     """Create the table empty with `schema` and its primary key (or replace it with `overwrite`);
     check that an existing table has the same columns."""
     if target.exists() and not overwrite:
-        dataset = target.open()
+        dataset = target.dataset()
         existing = {f.name: f.type for f in dataset.schema}
         wanted = {f.name: f.type for f in schema}
         added = [schema.field(name) for name in wanted if name not in existing and name in ADDABLE_COLUMNS]
         if added and all(existing.get(k) == v for k, v in wanted.items() if k not in ADDABLE_COLUMNS):
             dataset.add_columns(added)  # all null: a table written before the column existed
-            dataset = target.open()
+            dataset = target.dataset()
             existing = {f.name: f.type for f in dataset.schema}
         if existing != wanted:
             diff = sorted(
@@ -91,7 +53,7 @@ def ensure_table(
                 if existing.get(name) != wanted.get(name)
             )
             msg = (
-                f"table {target.table} at {target.uri} exists with other columns ({'; '.join(diff)}); "
+                f"table {target.name} at {target.uri} exists with other columns ({'; '.join(diff)}); "
                 "write to another --table or pass --overwrite"
             )
             raise ValueError(msg)
@@ -101,9 +63,9 @@ def ensure_table(
         target.dataset_uri,
         schema=schema,
         mode="overwrite" if target.exists() else "create",
-        storage_options=target.lance_options,
+        storage_options=target.lake.lance_options(),
     )
-    target.lancedb_table().set_unenforced_primary_key(primary_key)
+    target.open().set_unenforced_primary_key(primary_key)
     return dataset
 
 
@@ -113,14 +75,14 @@ class UpsertCounts:
     updated: int = 0
 
 
-def upsert(rows: pa.Table, target: LanceTarget, schema: pa.Schema, key: str) -> UpsertCounts:
+def upsert(rows: pa.Table, target: TableRef, schema: pa.Schema, key: str) -> UpsertCounts:
     """Insert rows whose key is new and replace rows whose key exists, in one commit."""
     if rows.num_rows == 0:
         return UpsertCounts()
     data = rows.select(schema.names).cast(schema.remove_metadata())
-    with redacted_errors(target.storage_options):
+    with redacted_errors(target.lake.storage):
         result = (
-            target.lancedb_table()
+            target.open()
             .merge_insert(key)
             .when_matched_update_all()
             .when_not_matched_insert_all()
@@ -129,16 +91,16 @@ def upsert(rows: pa.Table, target: LanceTarget, schema: pa.Schema, key: str) -> 
     return UpsertCounts(inserted=result.num_inserted_rows, updated=result.num_updated_rows)
 
 
-def delete_keys(target: LanceTarget, key: str, keys: list[str]) -> int:
+def delete_keys(target: TableRef, key: str, keys: list[str]) -> int:
     """Delete the rows with these keys (found through the key's scalar index); returns how many."""
     deleted = 0
     for start in range(0, len(keys), DELETE_CHUNK):
         chunk = keys[start : start + DELETE_CHUNK]
         quoted = ", ".join("'" + value.replace("'", "''") + "'" for value in chunk)
-        dataset = target.open()
+        dataset = target.dataset()
         before = dataset.count_rows()
         dataset.delete(f"{key} IN ({quoted})")
-        deleted += before - target.open().count_rows()
+        deleted += before - target.dataset().count_rows()
     return deleted
 
 
@@ -149,10 +111,10 @@ KEY_INDEXES = {"id": "BTREE", "source_file": "BITMAP"}
 MAX_INDEX_SEGMENTS = 16  # delta segments (one per run that wrote) before they are merged into one
 
 
-def refresh_indexes(target: LanceTarget, indexes: dict[str, str] = KEY_INDEXES) -> None:
+def refresh_indexes(target: TableRef, indexes: dict[str, str] = KEY_INDEXES) -> None:
     """Create the key indexes the table lacks, and index rows written since (a delta segment, whose
     cost follows the new rows; the segments are merged once there are many)."""
-    dataset = target.open()
+    dataset = target.dataset()
     if dataset.count_rows() == 0:
         return
     existing = {d.field_names[0]: d for d in dataset.describe_indices() if len(d.field_names) == 1}
@@ -162,7 +124,7 @@ def refresh_indexes(target: LanceTarget, indexes: dict[str, str] = KEY_INDEXES) 
             continue
         if column not in existing:
             dataset.create_scalar_index(column, kind)
-            dataset = target.open()
+            dataset = target.dataset()
         else:
             names.append(existing[column])
     stale = [d.name for d in names if dataset.stats.index_stats(d.name).get("num_unindexed_rows", 0)]
@@ -171,8 +133,8 @@ def refresh_indexes(target: LanceTarget, indexes: dict[str, str] = KEY_INDEXES) 
         dataset.optimize.optimize_indices(index_names=stale, num_indices_to_merge=None if merge else 0)
 
 
-def compact(target: LanceTarget, max_fragments: int = 64) -> None:
+def compact(target: TableRef, max_fragments: int = 64) -> None:
     """Merge the small fragments that batch-by-batch commits leave behind, once there are many."""
-    dataset = target.open()
+    dataset = target.dataset()
     if len(dataset.get_fragments()) > max_fragments:
         dataset.optimize.compact_files()
