@@ -122,13 +122,15 @@ def build_base(scratch: Path, model: str, job_base: dict) -> pa.Table:
 
     folder = scratch / "base-input"
     out = scratch / "base-out"
-    if not (out / "docs.lance").exists():
+    if not (out / "built").exists():
+        shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         texts = base_texts(BASE_ROWS)
         pq.write_table(pa.table({"id": [f"base-{i}" for i in range(BASE_ROWS)], "text": texts}),
                        folder / "base.parquet", row_group_size=ROW_GROUP)
         run_driver({**job_base, "input": str(folder), "output": str(out), "overwrite": True}, "base run")
+        (out / "built").write_text("ok")
     table = lance.dataset(str(out / "docs.lance")).to_table()
     # without Lance's field metadata (the primary-key mark), which the lake's table gets from ensure_table
     table = table.cast(pa.schema([f.remove_metadata() for f in table.schema], metadata=table.schema.metadata))
