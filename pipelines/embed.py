@@ -280,6 +280,8 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
         dataset.repartition(partitions, keys=[ID])
         .map_batches(decide, fn_kwargs={"decision": decision, "schema": decided_row_schema(keep_fields)},
                      batch_size=None, batch_format="pyarrow", num_cpus=workers.io_cpus)
+        # A partition's rows to embed are one block; cut it so that every encoder actor gets some.
+        .repartition(target_num_rows_per_block=workers.rows_per_batch)
         .map_batches(
             EmbedRows,
             fn_constructor_kwargs={"spec": spec, "keep_fields": keep_fields, "threads": workers.threads},
