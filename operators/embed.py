@@ -23,6 +23,7 @@ from operators.encoders.batching import is_out_of_memory
 from operators.encoders.loader import load_encoder
 from operators.errors import one_line
 from operators.exchange import (
+    ENCODER_ERROR,
     OOM_SPLITS_COL,
     PADDED_COL,
     REASON_COL,
@@ -80,7 +81,7 @@ class EmbedRows:
         reasons = batch.column(REASON_COL).to_pylist()
         for position, error in failures.items():
             row = int(todo[position])
-            status_list[row], reasons[row] = Status.QUARANTINED.value, f"encoder error: {error}"
+            status_list[row], reasons[row] = Status.QUARANTINED.value, f"{ENCODER_ERROR}: {error}"
         return self.assemble(batch, status_list, reasons, todo, encoded)
 
     def encode_isolating_failures(

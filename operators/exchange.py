@@ -36,6 +36,7 @@ PADDED_COL = "_padded_tokens"  # a batch's padded tokens, carried on its first r
 OOM_SPLITS_COL = "_oom_splits"  # a batch's splits after running out of device memory, on its first row
 WORKER_COL = "_worker"
 
+ENCODER_ERROR = "encoder error"  # prefix of the quarantine reason of rows an encoder error was narrowed to
 ROW_BITS = 40  # rows per file < 2**40, files < 2**23
 INPUT, TABLE = 0, 1
 

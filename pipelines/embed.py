@@ -190,8 +190,9 @@ def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec
     if counts.rows_written or counts.rows_deleted:
         refresh_indexes(tables.main)
         compact(tables.main)
-    manifest.record({path: (shards.versions.get(path, ""), rows) for path, rows in state.plan.rows.items()},
-                    model_id, run_id)
+    retry = {shards.files[index] for index in counts.files_to_retry}
+    manifest.record({path: (shards.versions.get(path, ""), rows) for path, rows in state.plan.rows.items()
+                     if path not in retry}, model_id, run_id)
     if job.sync_deletes:
         manifest.forget(vanished)
     finished = time.time()

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from ray.data import Datasink
 
 from operators.exchange import (
+    ENCODER_ERROR,
     OOM_SPLITS_COL,
     ORDER_COL,
     PADDED_COL,
@@ -81,6 +82,8 @@ class RunCounts:
     commit_seconds: float = 0.0
     first_read_at: float | None = None
     workers: set[str] = field(default_factory=set)
+    # Shards with rows an encoder error quarantined: left out of the manifest, so the next run tries them again.
+    files_to_retry: set[int] = field(default_factory=set)
     column_bytes: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: RunCounts) -> RunCounts:
@@ -144,6 +147,8 @@ def write_batch(batch: pa.Table, tables: Tables, run_id: str, files: pa.Array) -
         commit_seconds=seconds if embedded.num_rows else 0.0,
         first_read_at=pc.min(batch.column(READ_AT_COL)).as_py(),
         workers=set(pc.drop_null(pc.unique(batch.column(WORKER_COL))).to_pylist()),
+        files_to_retry=set(pc.unique(file_of(pc.filter(bad.column(ORDER_COL), pc.starts_with(
+            bad.column(REASON_COL), ENCODER_ERROR)))).to_pylist()),
         column_bytes={name: embedded.column(name).nbytes for name in vector_columns},
     )
 

@@ -111,3 +111,40 @@ def test_deletes_spare_skipped_shards_and_ids_still_in_the_input():
     assert sorted(r[ID] for r in nothing_skipped if r[STATUS_COL] == Status.DELETED) == [
         "in-skipped", "left", "unknown", "vanished"]
     assert not [r for r in decide(rows, Decision(), DECIDED).to_pylist() if r[STATUS_COL] == Status.DELETED]
+
+
+def test_writer_counts_and_flags_shards_whose_rows_hit_encoder_errors(tmp_path):
+    """A write batch (no Ray): embedded rows upserted with their shard, quarantine sources rebuilt from `_order`,
+    deleted ids removed, and shards with encoder errors flagged so the manifest leaves them out."""
+    from operators.exchange import encoded_row_schema
+    from operators.schema import QUARANTINE_SCHEMA, SOURCE, SOURCE_FILE, embeddings_schema
+    from operators.sinks.lance_sink import ensure_table
+    from operators.tables import Lake
+    from pipelines.embed_writer import Tables, write_batch
+
+    vector = pa.field("dense", pa.list_(pa.float32(), 2))
+    lake = Lake(str(tmp_path))
+    tables = Tables(main=lake.table("docs"), quarantine=lake.table("docs_quarantine"),
+                    schema=embeddings_schema([vector]))
+    ensure_table(tables.main, tables.schema, primary_key=ID)
+    ensure_table(tables.quarantine, QUARANTINE_SCHEMA, primary_key=SOURCE)
+    files = pa.array(["/lake/a.parquet", "/lake/b.parquet"])
+    rows = [("x", Status.EMBEDDED, None, (0 << ROW_BITS) + 4, [1.0, 0.0]),
+            ("y", Status.QUARANTINED, "encoder error: boom", (1 << ROW_BITS) + 7, None),
+            ("z", Status.QUARANTINED, "empty text", (0 << ROW_BITS) + 9, None)]
+    batch = conform({
+        ID: pa.array([r[0] for r in rows]), STATUS_COL: pa.array([r[1].value for r in rows]),
+        REASON_COL: pa.array([r[2] for r in rows], pa.string()), ORDER_COL: pa.array([r[3] for r in rows], pa.int64()),
+        "dense": pa.array([r[4] for r in rows], vector.type), ROWS_COL: pa.array([1, 1, 1], pa.int64()),
+        TEXT_HASH: pa.array(["h", None, None]), "model": pa.array(["m", None, None]),
+    }, encoded_row_schema([vector], []), 3)
+    counts = write_batch(batch, tables, "run-1", files)
+    assert (counts.rows_written, counts.rows_quarantined, counts.files_to_retry) == (1, 2, {1})
+    stored = tables.main.dataset().to_table().to_pylist()
+    assert [(r[ID], r[SOURCE_FILE]) for r in stored] == [("x", "/lake/a.parquet")]
+    sources = sorted(r[SOURCE] for r in tables.quarantine.dataset().to_table().to_pylist())
+    assert sources == ["/lake/a.parquet#9", "/lake/b.parquet#7"]
+    gone = conform({ID: pa.array(["x"]), STATUS_COL: pa.array([Status.DELETED.value]),
+                    ROWS_COL: pa.array([0], pa.int64())}, encoded_row_schema([vector], []), 1)
+    assert write_batch(gone, tables, "run-2", files).rows_deleted == 1
+    assert tables.main.dataset().count_rows() == 0
