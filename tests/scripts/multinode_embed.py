@@ -16,7 +16,7 @@ from tests.scripts.local_cluster import local_cluster, write_report
 def main(lake: str, output: str, report: str) -> None:
     with local_cluster(worker_resources={"encoder": 1}) as (_cluster, workers):
         summary = run_embed(EmbedJob(input=lake, output=output, actors=2, threads_per_actor=1,
-                                     actor_resources={"encoder": 1}, rows_per_encode_batch=10, rows_per_write=10,
+                                     actor_resources={"encoder": 1}, rows_per_batch=10, rows_per_write=10,
                                      progress=False))
         encoder_nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("encoder"))
         write_report(report, summary=summary, worker_nodes=sorted(node.node_id for node in workers),

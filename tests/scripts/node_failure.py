@@ -28,7 +28,7 @@ def main(lake: str, output: str, report: str) -> None:
         killer = threading.Thread(target=remove_a_worker_after_first_commit, daemon=True)
         killer.start()
         summary = run_embed(EmbedJob(input=lake, output=output, actors=2, threads_per_actor=1,
-                                     rows_per_encode_batch=10, rows_per_write=10, progress=False))
+                                     rows_per_batch=10, rows_per_write=10, progress=False))
         killer.join(timeout=5)
         write_report(report, summary=summary, removed=removed, ids=table_ids(output))
 
