@@ -106,6 +106,14 @@ def load_modules(layout: FolderLayout) -> nn.Sequential:
     return nn.Sequential(*loaded)
 
 
+def check_nested_sizes(dims: Sequence[int], dimension: int) -> None:
+    """Nested Matryoshka sizes are prefixes of the embedding: each between 1 and its dimension."""
+    too_big = [d for d in dims if not 0 < int(d) <= dimension]
+    if too_big:
+        msg = f"nested sizes {too_big} must be between 1 and the model's dimension {dimension}"
+        raise ValueError(msg)
+
+
 def mrl_fields(dimension: int, dims: Sequence[int]) -> list[pa.Field]:
     return [pa.field(DENSE, dense_type(dimension))] + [pa.field(dense_column(d), dense_type(d)) for d in dims]
 
@@ -119,10 +127,7 @@ def describe_folder(
     dimension = int(config["hidden_size"])
     for index, (kind, _path) in enumerate(layout.modules):
         dimension = MODULES[kind].output_dim(layout.module_config(index), dimension)
-    too_big = [d for d in dims if not 0 < int(d) <= dimension]
-    if too_big:
-        msg = f"nested sizes {too_big} must be between 1 and the model's dimension {dimension}"
-        raise ValueError(msg)
+    check_nested_sizes(dims, dimension)
     limit = int(max_length or layout.max_seq_length or config.get("max_position_embeddings", 512))
     nested = sorted({int(d) for d in dims if int(d) != dimension}, reverse=True)
     model_id = f"mrl:{folder_name(folder)}:{weights_fingerprint(folder)}:max_length={limit}"
