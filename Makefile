@@ -36,6 +36,13 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(VENV)/bin/embedlake embed data/sample/ $(DEMO_LAKE) --config conf/demo.yaml
 	$(VENV)/bin/embedlake search $(DEMO_LAKE) --table docs --query "$(DEMO_QUERY)" --k 5
+	@echo
+	@echo "Next, try (each works as printed):"
+	@echo "  $(VENV)/bin/embedlake evaluate $(DEMO_LAKE) --table docs --queries data/eval/queries.parquet --qrels data/eval/qrels.parquet"
+	@echo "      # Recall/MRR/nDCG@10; report and plot: $(DEMO_LAKE)/docs.evaluation.json and .png"
+	@echo "  $(VENV)/bin/embedlake search $(DEMO_LAKE) --table docs --query \"$(DEMO_QUERY)\" --mode dense --funnel dense_64"
+	@echo "  $(VENV)/bin/embedlake cluster $(DEMO_LAKE) --table docs --k 18 --labels-column section"
+	@echo "  $(VENV)/bin/embedlake dedup $(DEMO_LAKE) --table docs"
 
 test: install-test
 	$(VENV)/bin/python -m pytest -q

@@ -123,15 +123,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"embedlake: error: {one_line(error)}", file=sys.stderr)
         code = getattr(error, "exit_code", None)  # e.g. a submitted job's own exit status
         return code if isinstance(code, int) and code > 0 else 1
-    emit(result, as_json=args.json)
+    emit(result, as_json=args.json, describe=_describer(modules[args.command], args), full=args.verbose)
     return 0
 
 
-def emit(result: object, as_json: bool) -> None:
-    """Print the result: one JSON line for --json, readable text otherwise."""
+def _describer(module: object, args: argparse.Namespace):
+    """The command's own readable text (its `describe(result, args)`), if it has one; with --verbose the
+    full result follows it."""
+    describe = getattr(module, "describe", None)
+    if describe is None:
+        return None
+    return lambda result: describe(result, args)
+
+
+def emit(result: object, as_json: bool, describe=None, full: bool = False) -> None:
+    """Print the result: one JSON line for --json, the command's readable text otherwise (followed by the
+    full result with --verbose), else the plain key/value dump."""
     if as_json:
         print(json.dumps(result, default=_json_default))
-    elif isinstance(result, list):
+        return
+    if describe is not None:
+        print(describe(result))
+        if not full:
+            return
+    if isinstance(result, list):
         for row in result:
             print("\t".join(f"{key}={value}" for key, value in row.items()))
     elif isinstance(result, dict):

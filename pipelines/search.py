@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
+from operators.schema import ID, MODEL, SOURCE_FILE, TEXT_HASH
 from operators.scoring import DEFAULT_WEIGHTS, Fusion
 from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, Retriever, SearchMode
 
@@ -35,3 +38,37 @@ def run_search(job: SearchJob) -> list[dict]:
                           funnel_shortlist=job.funnel_shortlist, storage=job.storage)
     return retriever.search(job.query, mode=job.mode, column=job.column, k=job.k, weights=job.weights,
                             fusion=job.fusion, funnel=job.funnel)
+
+
+# Shown per hit in text output: the first kept string column (a title, say), cut to this many characters.
+SHOWN_CHARS = 70
+
+
+def kept_text(job: SearchJob, ids: Sequence[str]) -> dict[str, str]:
+    """id -> the hit's first kept string column (input columns copied by `embed --keep-columns`), for
+    readable output; empty when the table keeps none."""
+    from operators.tables import Lake
+
+    dataset = Lake(job.uri, job.storage).table(job.table).open().to_lance()
+    internal = {ID, TEXT_HASH, MODEL, SOURCE_FILE}
+    shown = [f.name for f in dataset.schema if f.name not in internal
+             and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
+    if not ids or not shown:
+        return {}
+    quoted = ", ".join("'" + str(i).replace("'", "''") + "'" for i in ids)
+    rows = dataset.to_table(columns=[ID, shown[0]], filter=f"{ID} IN ({quoted})").to_pylist()
+    return {row[ID]: " ".join(str(row[shown[0]] or "").split()) for row in rows}
+
+
+def format_hits(hits: list[dict], shown: dict[str, str]) -> str:
+    """Rank, score (3 decimals), id and the kept text, aligned for a terminal."""
+    if not hits:
+        return "no rows matched"
+    width = max(len(str(hit["id"])) for hit in hits)
+    lines = []
+    for rank, hit in enumerate(hits, 1):
+        text = shown.get(hit["id"], "")
+        if len(text) > SHOWN_CHARS:
+            text = text[: SHOWN_CHARS - 1] + "…"
+        lines.append(f"{rank:>3}  {hit['score']:.3f}  {str(hit['id']):<{width}}  {text}".rstrip())
+    return "\n".join(lines)

@@ -63,3 +63,21 @@ def run(args: argparse.Namespace) -> dict:
     from pipelines.embed import EmbedJob, run_embed  # torch and ray load only for this command
 
     return run_embed(job_from_args(EmbedJob, args, command=["embedlake", *args.argv]))
+
+
+def describe(summary: dict, args: argparse.Namespace) -> str:
+    """One sentence a person reads at the end of a run; the full summary is `--json` / `--verbose`."""
+    where = f"table '{summary['table']}' in {summary['uri']}"
+    changed = summary["rows_written"]
+    kept = summary["rows_unchanged"] + summary["rows_skipped"]
+    text = (f"Embedded {changed} rows in {summary['seconds']:.1f} s ({summary['docs_per_s']:.1f} docs/s) "
+            f"into {where}")
+    if kept:
+        text += f"; {kept} rows were already up to date"
+    quarantined = summary["rows_quarantined"] + summary["files_quarantined"]
+    if quarantined:
+        text += (f"; {summary['rows_quarantined']} rows and {summary['files_quarantined']} files quarantined, "
+                 f"with the reason of each in table '{summary['quarantine_table']}' (columns id, source, reason)")
+    else:
+        text += "; nothing quarantined"
+    return text + ". Full summary: --json or --verbose."

@@ -39,3 +39,10 @@ def run(args: argparse.Namespace) -> list[dict]:
     from pipelines.search import SearchJob, run_search
 
     return run_search(job_from_args(SearchJob, args))
+
+
+def describe(hits: list[dict], args: argparse.Namespace) -> str:
+    from pipelines.search import SearchJob, format_hits, kept_text
+
+    job = job_from_args(SearchJob, args)
+    return format_hits(hits, kept_text(job, [hit["id"] for hit in hits]))
