@@ -31,7 +31,7 @@ from functools import partial
 import numpy as np
 
 from benchmarks.funnel import generate, overlap, spectrum
-from operators.quantize import calibrate_ranges, int8_query, pack_bits, quantize_int8
+from operators.quantize import CALIBRATION_ROWS, calibrate_ranges, int8_query, pack_bits, quantize_int8
 from operators.search.dense import exact_topn, funnel_topn, rescore_topn
 from operators.search.quantized import binary_topn, int8_topn
 
@@ -155,7 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--small", type=int, default=64, help="(the generator's nested size; unused here)")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--calibration", type=int, default=10_000, help="rows the int8 ranges come from")
+    parser.add_argument("--calibration", type=int, default=CALIBRATION_ROWS, help="rows the int8 ranges come from")
     parser.add_argument("--binary-multipliers", type=int_list, default=[4, 10, 40, 100, 200])
     parser.add_argument("--int8-multipliers", type=int_list, default=[1, 2, 4, 10])
     parser.add_argument("--repeats", type=int, default=3)

@@ -33,6 +33,7 @@ from operators.row_status import (
 )
 from operators.schema import ID, MODEL, TEXT_HASH, text_hash
 from operators.sources import READ_AT_COL, REASON_COL, SOURCE_COL, TEXT_COL
+from operators.stored_vectors import VectorStorage
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class EmbedRows:
         keep_columns: list[str] | None = None,
         threads: int | None = None,
         known_keys: Callable[[str], set[str]] | None = None,
+        storage: VectorStorage | None = None,
     ) -> None:
         if threads:
             import torch
@@ -92,9 +94,10 @@ class EmbedRows:
         self.encoder: Encoder = load_encoder(spec)
         self.known: set[str] = known_keys(self.encoder.model_id) if known_keys else set()
         self.worker = worker_identity()
+        self.storage = storage or VectorStorage()  # quantised copies, ColBERT precision (stored_vectors.py)
 
     def output_fields(self) -> list[pa.Field]:
-        return self.encoder.output_fields()
+        return self.storage.fields(self.encoder.output_fields())
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ids = batch.column(ID).combine_chunks()
@@ -108,6 +111,7 @@ class EmbedRows:
         todo = np.flatnonzero(np.array([s == EMBEDDED for s in status], dtype=bool))
         todo_texts = [texts[int(i)].as_py() for i in todo]
         encoded, failures = self.encode_isolating_failures(todo_texts, [ids[int(i)].as_py() for i in todo])
+        encoded.columns = self.storage.apply(encoded.columns)
         for position, error in failures.items():
             row = int(todo[position])
             status[row], problems[row] = QUARANTINED, f"encoder error: {error}"
@@ -167,7 +171,7 @@ class EmbedRows:
             TEXT_HASH: pa.array(hashes, pa.string()),
             MODEL: pa.array([self.encoder.model_id if ok else None for ok in embedded], pa.string()),
         }
-        for f in self.encoder.output_fields():
+        for f in self.output_fields():
             columns[f.name] = encoded.columns[f.name].take(take)
         for name in self.keep_columns:
             columns[name] = batch.column(name)

@@ -25,6 +25,7 @@ from operators.embed import EmbedRows, known_key
 from operators.encoders.base import EncoderSpec
 from operators.encoders.loader import describe_encoder, model_kind
 from operators.errors import one_line
+from operators.quantize import CALIBRATION_ROWS, ranges_to_json
 from operators.run_log import RunLog
 from operators.schema import (
     ID,
@@ -48,8 +49,10 @@ from operators.sinks.lance_sink import (
 from operators.sources import ShardReader, find_shards, read_schema
 from operators.sources import scan_input as scan_shards
 from operators.storage import as_settings
+from operators.stored_vectors import VectorStorage
 from operators.table_meta import TableMeta, with_meta
 from operators.tables import Lake, TableRef
+from pipelines.calibrate import requested_storage, settle_existing, settle_new
 from pipelines.embed_writer import Tables, write_batch
 from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
 from pipelines.workers import plan_rows_per_write, plan_workers
@@ -84,6 +87,12 @@ class EmbedJob:
     rows_per_write: int | None = None  # rows per upsert commit; default: pipelines/workers.py plan_rows_per_write
     max_tokens_per_batch: int | None = None  # default per device (operators/encoders/base.py)
     precision: str = "auto"  # auto, fp32, bf16, fp16, int8 (operators/encoders/precision.py)
+    # Stored vectors beyond float (operators/stored_vectors.py); a table keeps what it was first written with.
+    quantize: list[str] = field(default_factory=list)  # int8, binary: `<col>_int8` / `<col>_bin` per dense column
+    recalibrate: bool = False  # new int8 ranges from a sample of the table, every stored row re-quantised
+    calibration_rows: int = CALIBRATION_ROWS  # rows the int8 ranges are calibrated from
+    colbert_precision: str | None = None  # float16, int8, binary (None: the table's, else float16)
+    colbert_pool_factor: float | None = None  # ColBERT token pooling (None: the table's, else 1 = none)
     progress: bool = True
     command: list[str] = field(default_factory=list)  # argv, for the run log
 
@@ -138,6 +147,12 @@ def run_embed(job: EmbedJob) -> dict:
     require_columns(input_schema, [*required, *job.keep_columns], f"input {job.input}")
     spec = job.encoder_spec()
     description = describe_encoder(spec)
+    lake = Lake(job.output, job.storage)
+    storage = requested_storage(job.quantize, job.colbert_precision, job.colbert_pool_factor, lake.table(job.table),
+                                description.model_id, job.overwrite, job.recalibrate)
+    if not job.overwrite:
+        storage = settle_existing(lake.table(job.table), storage, description.fields, description.model_id,
+                                  job.calibration_rows)
     meta = TableMeta(
         model=job.model,
         model_id=description.model_id,
@@ -145,10 +160,13 @@ def run_embed(job: EmbedJob) -> dict:
         dims=description.dims,
         outputs=[f.name for f in description.fields],
         max_length=description.max_length,
+        quantize=list(storage.quantize),
+        int8_ranges=ranges_to_json(storage.int8_ranges),
+        colbert_precision=storage.colbert_precision,
+        colbert_pool_factor=storage.colbert_pool_factor,
     )
     keep_fields = [input_schema.field(name) for name in job.keep_columns]
-    schema = with_meta(embeddings_schema(description.fields, keep_fields), meta)
-    lake = Lake(job.output, job.storage)
+    schema = with_meta(embeddings_schema(storage.fields(description.fields), keep_fields), meta)
     tables = Tables(main=lake.table(job.table), quarantine=lake.table(quarantine_table_name(job.table)), schema=schema)
     ensure_table(tables.main, schema, primary_key=ID, overwrite=job.overwrite)
     ensure_table(tables.quarantine, QUARANTINE_SCHEMA, primary_key=SOURCE, overwrite=job.overwrite)
@@ -157,7 +175,7 @@ def run_embed(job: EmbedJob) -> dict:
                                command=job.command or sys.argv, config=config, model=description.model_id)
     run_log.start()
     try:
-        summary = _run(job, shards, required, spec, tables, run_log.run_id, started)
+        summary = _run(job, shards, required, spec, storage, tables, run_log.run_id, started)
     except BaseException as error:
         run_log.finish({}, error=one_line(error, 1000, job.storage))
         raise
@@ -166,8 +184,8 @@ def run_embed(job: EmbedJob) -> dict:
     return summary
 
 
-def _run(job: EmbedJob, shards, required: list[str], spec: EncoderSpec, tables: Tables, run_id: str,
-         started: float) -> dict:
+def _run(job: EmbedJob, shards, required: list[str], spec: EncoderSpec, storage: VectorStorage, tables: Tables,
+         run_id: str, started: float) -> dict:
     scan = scan_shards(shards, required, job.id_column, skip_bad_files=job.skip_bad_files)
     # The pre-scan's per-file id tables are freed, but Arrow's allocator keeps their pages for reuse
     # that never comes in the driver: ~280 MB per million ids, measured.
@@ -183,7 +201,7 @@ def _run(job: EmbedJob, shards, required: list[str], spec: EncoderSpec, tables: 
     if scan.files:
         we_started_ray = start_ray(job.address, num_cpus=os.cpu_count(), object_store_memory=job.object_store_memory)
         try:
-            counts = _execute(job, scan, spec, tables, run_id)
+            counts = _execute(job, scan, spec, storage, tables, run_id)
         finally:
             if we_started_ray:
                 import ray
@@ -245,7 +263,8 @@ def known_keys_loader(target: TableRef, model_id: str) -> set[str]:
                                             strict=True)}
 
 
-def _execute(job: EmbedJob, scan, spec: EncoderSpec, tables: Tables, run_id: str) -> RunCounts:
+def _execute(job: EmbedJob, scan, spec: EncoderSpec, storage: VectorStorage, tables: Tables, run_id: str
+             ) -> RunCounts:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -262,6 +281,8 @@ def _execute(job: EmbedJob, scan, spec: EncoderSpec, tables: Tables, run_id: str
         duplicate_sources=scan.duplicate_sources,
         keep_types={name: tables.schema.field(name).type for name in job.keep_columns},
     )
+    storage = settle_new(tables.main, storage, describe_encoder(spec).fields, spec, reader, scan.files,
+                         job.calibration_rows, num_gpus=plan.actor_gpus, resources=job.actor_resources)
 
     def read_shards(batch: dict) -> Iterator[pa.Table]:
         for path, row_groups in zip(batch["path"], batch["row_groups"], strict=True):
@@ -276,7 +297,7 @@ def _execute(job: EmbedJob, scan, spec: EncoderSpec, tables: Tables, run_id: str
         .map_batches(
             EmbedRows,
             fn_constructor_kwargs={"spec": spec, "keep_columns": job.keep_columns, "threads": plan.threads,
-                                   "known_keys": known},
+                                   "known_keys": known, "storage": storage},
             batch_size=plan.rows_per_batch,
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=plan.actors, max_concurrent_calls_per_actor=plan.concurrent_calls,

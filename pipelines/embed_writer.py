@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from operators.colbert_codec import scale_column
+from operators.quantize import split_quantized_name
 from operators.row_status import (
     EMBEDDED,
     PADDED_COL,
@@ -30,7 +32,13 @@ from operators.sinks.lance_sink import upsert
 from operators.sources import READ_AT_COL, REASON_COL, SOURCE_COL
 from operators.tables import TableRef
 
-VECTOR_OUTPUTS = (SPARSE, COLBERT)
+VECTOR_OUTPUTS = (SPARSE, COLBERT, scale_column(COLBERT))
+
+
+def is_vector_column(name: str) -> bool:
+    """Vector columns, for the bytes-per-document report: dense ones and their quantised copies, sparse,
+    ColBERT and its int8 scales."""
+    return name in VECTOR_OUTPUTS or is_dense_column(split_quantized_name(name)[0])
 
 
 @dataclass
@@ -55,7 +63,7 @@ def write_batch(batch: pa.Table, tables: Tables, run_id: str) -> pa.Table:
         RUN_ID: pa.array([run_id] * bad.num_rows, pa.string()),
     })
     written = upsert(embedded, tables.main, tables.schema, ID)
-    vector_columns = [name for name in tables.schema.names if name in VECTOR_OUTPUTS or is_dense_column(name)]
+    vector_columns = [name for name in tables.schema.names if is_vector_column(name)]
     column_bytes = {name: embedded.column(name).nbytes for name in vector_columns}
     upsert(quarantined, tables.quarantine, QUARANTINE_SCHEMA, SOURCE)
     return pa.table({

@@ -35,6 +35,30 @@ def resource_amounts(value: str) -> dict[str, float]:
     return amounts
 
 
+def precision_list(value: str) -> list[str]:
+    """`int8,binary` (operators/quantize.py PRECISIONS)."""
+    from operators.quantize import parse_precisions
+
+    try:
+        return parse_precisions(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def at_least(minimum: float, kind: type = int):
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or number < minimum:
+            msg = f"expected a number >= {minimum}, got {value!r}"
+            raise argparse.ArgumentTypeError(msg)
+        return number
+
+    return parse
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("embed", help="embed Parquet shards into a LanceDB table")
     parser.add_argument("input", help="Parquet file, folder, glob or fsspec URI (s3://, gs://, file://)")
@@ -67,6 +91,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
                         help="auto = bf16 on GPUs, fp32 on CPUs; bf16 and int8 are faster CPU paths whose vectors "
                              "stay within cosine 0.99 of fp32 (benchmarks/RESULTS.md)")
+    parser.add_argument("--quantize", type=precision_list, default=[], metavar="int8,binary",
+                        help="also store <col>_int8 (int8 codes, per-dimension ranges calibrated once for the table) "
+                             "and/or <col>_bin (sign bits) for dense and each dense_<d>")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="calibrate new int8 ranges from a sample of the table and re-quantise every stored row")
+    parser.add_argument("--calibration-rows", type=at_least(1), default=None,
+                        help="rows the int8 ranges are calibrated from (default 1000)")
+    parser.add_argument("--colbert-precision", choices=["float16", "int8", "binary"], default=None,
+                        help="ColBERT storage: float16 (default), int8 (a scale per token, ~2x smaller) or binary "
+                             "(sign bits, 16x smaller); a table keeps what it was first written with")
+    parser.add_argument("--colbert-pool-factor", type=at_least(1, float), default=None,
+                        help="keep ~1/F of each document's ColBERT vectors (hierarchical token pooling; default 1)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--actor-resources", type=resource_amounts, default={}, metavar="NAME=AMOUNT,...",
                         help="custom Ray resources each encoder actor needs, to place actors on node groups")
@@ -122,6 +158,11 @@ def run(args: argparse.Namespace) -> dict:
         progress=args.progress,
         storage=storage_from_args(args),
         actor_resources=args.actor_resources,
+        quantize=args.quantize,
+        recalibrate=args.recalibrate,
+        colbert_precision=args.colbert_precision,
+        colbert_pool_factor=args.colbert_pool_factor,
+        **({"calibration_rows": args.calibration_rows} if args.calibration_rows else {}),
     )
     with redacted_errors(job.storage):
         return run_embed(job)

@@ -1,0 +1,115 @@
+"""`embed --quantize int8,binary` end to end on the session's Ray: the quantised columns equal
+sentence-transformers' `quantize_embeddings` of the stored float vectors with the table's ranges, the
+ranges are calibrated once and kept by incremental runs, and `--recalibrate` re-quantises every row;
+operator-level: re-quantising a table that gains `--quantize` later, without any encoding."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import lance
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from sentence_transformers.util.quantization import quantize_embeddings
+
+from operators.quantize import ranges_from_json, vector_matrix
+from operators.schema import DENSE, ID, MODEL, TEXT_HASH, dense_type, embeddings_schema
+from operators.stored_vectors import VectorStorage
+from operators.table_meta import TableMeta, read_meta, with_meta
+from operators.tables import Lake
+from pipelines.calibrate import requested_storage, settle_existing
+from pipelines.cli import main
+
+QUANTISED = ["dense_int8", "dense_bin", "dense_64_int8", "dense_64_bin"]
+
+
+def embed(*argv: str) -> dict:
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["embed", *argv, "--no-progress", "--json", "--rows-per-batch", "32", "--actors", "1"])
+    assert code == 0
+    return json.loads(stdout.getvalue().strip().splitlines()[-1])
+
+
+def check_codes(output: str) -> dict[str, np.ndarray]:
+    """Every stored row's codes are quantize_embeddings of its stored float vector with the table's ranges."""
+    dataset = lance.dataset(f"{output}/docs.lance")
+    ranges = ranges_from_json(read_meta(dataset.schema).int8_ranges)
+    rows = dataset.to_table()
+    for column in (DENSE, "dense_64"):
+        floats = vector_matrix(rows.column(column))
+        np.testing.assert_array_equal(vector_matrix(rows.column(f"{column}_int8"), np.int8),
+                                      quantize_embeddings(floats, precision="int8", ranges=ranges[column]))
+        np.testing.assert_array_equal(vector_matrix(rows.column(f"{column}_bin"), np.uint8),
+                                      quantize_embeddings(floats, precision="ubinary"))
+    return ranges
+
+
+@pytest.mark.ray
+def test_quantised_columns_calibrated_once_kept_incrementally_and_recalibrated(ray_session, sample_dir, tmp_path):
+    corpus = ds.dataset(str(sample_dir)).to_table(columns=["id", "text"]).slice(300, 60)
+    lake, output = tmp_path / "lake", str(tmp_path / "out")
+    lake.mkdir()
+    pq.write_table(corpus.slice(0, 30), lake / "a.parquet")
+    first = embed(str(lake), output, "--dims", "64", "--quantize", "int8,binary", "--calibration-rows", "20")
+    assert first["rows_written"] == 30
+    schema = lance.dataset(f"{output}/docs.lance").schema
+    assert schema.field("dense_int8").type == pa.list_(pa.int8(), 384)
+    assert schema.field("dense_bin").type == pa.list_(pa.uint8(), 48)
+    assert schema.field("dense_64_bin").type == pa.list_(pa.uint8(), 8)
+    assert first["bytes_per_doc"]["dense_bin"] == 48 and first["bytes_per_doc"]["dense"] == 1536
+    ranges = check_codes(output)
+    assert read_meta(schema).quantize == ["int8", "binary"]
+
+    pq.write_table(corpus.slice(30, 30), lake / "b.parquet")
+    second = embed(str(lake), output, "--dims", "64")  # the table's quantisation applies without repeating it
+    assert (second["rows_written"], second["rows_unchanged"]) == (30, 30)
+    kept = check_codes(output)
+    for column, value in ranges.items():
+        np.testing.assert_array_equal(kept[column], value)  # calibrated once: new rows use the same ranges
+
+    version = lance.dataset(f"{output}/docs.lance").version
+    third = embed(str(lake), output, "--dims", "64", "--recalibrate", "--calibration-rows", "60")
+    assert (third["rows_written"], third["rows_unchanged"]) == (0, 60)
+    assert lance.dataset(f"{output}/docs.lance").version > version
+    recalibrated = check_codes(output)  # every row re-quantised with the new ranges
+    assert not np.array_equal(recalibrated[DENSE], ranges[DENSE])
+
+
+def test_a_table_gains_quantised_columns_from_its_stored_vectors(tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(50, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    fields = [pa.field(DENSE, dense_type(16))]
+    meta = TableMeta(model="m", model_id="m:1", kind="mrl", outputs=[DENSE])
+    schema = with_meta(embeddings_schema(fields), meta)
+    rows = pa.table({ID: [f"d{i}" for i in range(50)], TEXT_HASH: ["h"] * 50, MODEL: ["m:1"] * 50,
+                     DENSE: pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 16)}, schema=schema)
+    lancedb.connect(str(tmp_path)).create_table("docs", rows)
+    target = Lake(str(tmp_path)).table("docs")
+    storage = requested_storage(["int8", "binary"], None, None, target, "m:1", overwrite=False, recalibrate=False)
+    assert storage.uncalibrated(fields) == [DENSE]
+    settled = settle_existing(target, storage, fields, "m:1", calibration_rows=50)
+    table = lance.dataset(f"{tmp_path}/docs.lance")
+    stored = read_meta(table.schema)
+    assert stored.quantize == ["int8", "binary"] and stored.model_id == "m:1"  # other metadata kept
+    ranges = ranges_from_json(stored.int8_ranges)[DENSE]
+    np.testing.assert_array_equal(ranges, np.vstack([vectors.min(axis=0), vectors.max(axis=0)]))
+    np.testing.assert_array_equal(settled.int8_ranges[DENSE], ranges)
+    data = table.to_table()
+    np.testing.assert_array_equal(vector_matrix(data.column("dense_int8"), np.int8),
+                                  quantize_embeddings(vectors, precision="int8", ranges=ranges))
+    np.testing.assert_array_equal(vector_matrix(data.column("dense_bin"), np.uint8), np.packbits(vectors > 0, axis=1))
+    # settled: a second pass changes nothing
+    version = table.version
+    settle_existing(target, requested_storage([], None, None, target, "m:1", False, False), fields, "m:1", 50)
+    assert lance.dataset(f"{tmp_path}/docs.lance").version == version
+    # another model's table is left alone (that run re-embeds every row, calibrating from its input)
+    assert requested_storage([], None, None, target, "m:2", False, False).int8_ranges == {}
+    assert VectorStorage.from_meta(stored).quantize == ("int8", "binary")
