@@ -104,6 +104,7 @@ class EmbedJob:
             max_length=self.max_length,
             max_tokens_per_batch=self.max_tokens_per_batch,
             precision=self.precision,
+            storage=self.storage or {},
         )
 
 
@@ -156,7 +157,7 @@ def run_embed(job: EmbedJob) -> dict:
     meta = TableMeta(
         model=job.model,
         model_id=description.model_id,
-        kind=model_kind(job.model),
+        kind=model_kind(job.model, job.storage),
         dims=description.dims,
         outputs=[f.name for f in description.fields],
         max_length=description.max_length,

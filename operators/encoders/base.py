@@ -308,3 +308,4 @@ class EncoderSpec:
     device: str | None = None  # None: cuda when available, else cpu
     precision: str = "auto"  # auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16, int8 (CPU)
     prompt_name: str | None = "document"
+    storage: dict = field(default_factory=dict, repr=False)  # settings to fetch a model folder on an object store
