@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
+from operators.colbert_codec import BINARY, bytes_per_token, precision_of
 from operators.metrics import evaluate_run, metric_name, qrels_from_rows
 from operators.schema import COLBERT, DENSE, SPARSE, nested_dim, require_columns
 from operators.search import hybrid as fusion_ops
@@ -241,7 +242,8 @@ def _finite(value: float) -> float:
 
 def bytes_per_vector(store, column: str) -> float:
     """Storage of one row's vector(s): 4 bytes per float32 dim; sparse (int32 id + float32 weight) per
-    token; ColBERT 2 bytes per float16 dim per token. Ragged columns are averaged over a sample of rows."""
+    token; ColBERT per token at its stored precision (operators/colbert_codec.py: 2 bytes a dim in
+    float16, 1 + a scale in int8, 1 bit in binary). Ragged columns are averaged over a sample of rows."""
     if column == SPARSE or column == COLBERT:
         rows = store.rows
         if rows == 0:
@@ -250,7 +252,10 @@ def bytes_per_vector(store, column: str) -> float:
         array = store.take(np.sort(sample), [column]).column(column).combine_chunks()
         if column == SPARSE:
             return float(ragged_lengths(sparse_children(array)[0]).mean() * 8)
-        return float(ragged_lengths(array).mean() * store.schema.field(column).type.value_type.list_size * 2)
+        token_type = store.schema.field(column).type.value_type
+        precision = precision_of(token_type.value_type)
+        dim = token_type.list_size * (8 if precision == BINARY else 1)
+        return float(ragged_lengths(array).mean() * bytes_per_token(dim, precision))
     return float(store.dim(column) * 4)
 
 

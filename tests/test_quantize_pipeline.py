@@ -113,3 +113,43 @@ def test_a_table_gains_quantised_columns_from_its_stored_vectors(tmp_path):
     # another model's table is left alone (that run re-embeds every row, calibrating from its input)
     assert requested_storage([], None, None, target, "m:2", False, False).int8_ranges == {}
     assert VectorStorage.from_meta(stored).quantize == ("int8", "binary")
+
+
+@pytest.mark.ray
+def test_bge_m3_colbert_stored_as_pooled_int8_is_searched_on_its_codes(ray_session, tiny_bge_m3_path, tmp_path):
+    from test_search_bge_m3 import DOCS, IDS, QUERIES
+
+    from operators.colbert_codec import flat_tokens
+    from operators.encoders.base import EncoderSpec
+    from operators.encoders.loader import load_encoder
+    from operators.scoring import colbert_scores
+    from operators.search.retriever import Retriever
+
+    source, output = tmp_path / "source", str(tmp_path / "out")
+    source.mkdir()
+    pq.write_table(pa.table({"id": IDS, "text": DOCS}), source / "part-0.parquet")
+    summary = embed(str(source), output, "--model", tiny_bge_m3_path, "--outputs", "dense,sparse,colbert",
+                    "--colbert-precision", "int8", "--colbert-pool-factor", "2", "--quantize", "binary")
+    dataset = lance.dataset(f"{output}/docs.lance")
+    assert dataset.schema.field("colbert").type == pa.list_(pa.list_(pa.int8(), 32))
+    assert dataset.schema.field("colbert_scale").type == pa.list_(pa.float32())
+    assert dataset.schema.field("dense_bin").type == pa.list_(pa.uint8(), 4)
+    meta = read_meta(dataset.schema)
+    assert (meta.colbert_precision, meta.colbert_pool_factor, meta.quantize) == ("int8", 2.0, ["binary"])
+    assert summary["bytes_per_doc"]["colbert_scale"] > 0
+    rows = dataset.to_table()
+    order = np.argsort(rows.column("id").to_pylist())
+    encoder = load_encoder(EncoderSpec(model=tiny_bge_m3_path, outputs=["colbert"]))
+    tokens = encoder.encode(DOCS, prompt_name="document").columns["colbert"].value_lengths().to_numpy()
+    stored = rows.column("colbert").combine_chunks().take(order)
+    np.testing.assert_array_equal(stored.value_lengths().to_numpy(), np.maximum(tokens // 2, 1))  # pooled
+    flat, _ = flat_tokens(stored, rows.column("colbert_scale").combine_chunks().take(order))
+    np.testing.assert_allclose(np.linalg.norm(flat, axis=1), 1.0, atol=0.02)  # unit cluster means, int8 codes
+    retriever = Retriever(output, "docs", exact=True)
+    for text in QUERIES:
+        query = retriever.encode([text])[0]
+        found = retriever.search(query, mode="colbert", k=5)
+        expected = colbert_scores(query.colbert, rows.column("colbert"), rows.column("colbert_scale"))
+        by_id = dict(zip(rows.column("id").to_pylist(), expected.tolist(), strict=True))
+        assert found and all(abs(hit["score"] - by_id[hit["id"]]) < 1e-5 for hit in found)
+        assert retriever.search(query, mode="hybrid", k=5)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from operators.colbert_codec import scale_column
 from operators.schema import COLBERT, DENSE, ID, SPARSE, dense_column, is_dense_column
 from operators.search import hybrid as fusion_ops
 from operators.search.scores import QueryVectors, colbert_scores, dense_scores, fixed_vectors, sparse_scores, top_k
@@ -30,6 +31,7 @@ SPARSE_MODE = fusion_ops.SPARSE_MODE
 COLBERT_MODE = fusion_ops.COLBERT_MODE
 HYBRID_MODE = "hybrid"
 SEARCH_MODES = (DENSE_MODE, SPARSE_MODE, COLBERT_MODE, HYBRID_MODE)
+COLBERT_SCALE = scale_column(COLBERT)
 DEFAULT_SHORTLIST = 100  # per first stage (dense, sparse) before ColBERT / hybrid re-ranking
 # The funnel re-ranks a shortlist of the small column alone, so it needs a longer one: on the 1M-vector benchmark
 # with a hard spectrum (39% of the variance in the first 64 of 384 dims) 400 kept 0.995 of exact top-10.
@@ -189,7 +191,7 @@ class Retriever:
         """Union of the dense and sparse shortlists with every available mode's exact score.
 
         `dense_positions` replaces the dense first stage (evaluation passes exact-scan results)."""
-        columns = [ID, *(column for column in (DENSE, SPARSE, COLBERT) if self.store.has(column))]
+        columns = [ID, *(column for column in (DENSE, SPARSE, COLBERT, COLBERT_SCALE) if self.store.has(column))]
         parts = []
         if dense_positions is not None:
             parts.append(self.store.take(dense_positions, columns))
@@ -204,7 +206,8 @@ class Retriever:
         if self.store.has(SPARSE) and query.sparse is not None:
             scores[SPARSE_MODE] = sparse_scores(rows.column(SPARSE), query.sparse)
         if self.store.has(COLBERT) and query.colbert is not None:
-            scores[COLBERT_MODE] = colbert_scores(rows.column(COLBERT), query.colbert)
+            scales = rows.column(COLBERT_SCALE) if self.store.has(COLBERT_SCALE) else None  # int8 ColBERT
+            scores[COLBERT_MODE] = colbert_scores(rows.column(COLBERT), query.colbert, scales)
         return Candidates(ids, scores)
 
     def _vector_search(self, column: str, query: QueryVectors, limit: int, columns: list[str]) -> pa.Table:

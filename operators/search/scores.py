@@ -85,10 +85,12 @@ def sparse_children(array: pa.StructArray) -> tuple[pa.Array, pa.Array]:
     return children[names.index("indices")], children[names.index("values")]
 
 
-def colbert_scores(column: pa.Array | pa.ChunkedArray, query: np.ndarray) -> np.ndarray:
-    """MaxSim of the query's vectors against each row's ColBERT vectors, averaged over query vectors
-    (one matrix product over all candidate tokens; a row without vectors scores 0)."""
-    return scoring.colbert_scores(np.asarray(query, dtype=np.float32), column)
+def colbert_scores(column: pa.Array | pa.ChunkedArray, query: np.ndarray,
+                   scales: pa.Array | pa.ChunkedArray | None = None) -> np.ndarray:
+    """MaxSim of the query's vectors against each row's ColBERT vectors (any stored precision; `scales`
+    for int8), averaged over query vectors (one matrix product over all candidate tokens; a row without
+    vectors scores 0)."""
+    return scoring.colbert_scores(np.asarray(query, dtype=np.float32), column, scales)
 
 
 def top_k(ids: np.ndarray | list[str], scores: np.ndarray, k: int) -> np.ndarray:
