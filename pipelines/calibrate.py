@@ -14,14 +14,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from operators import quantize
 from operators.encoders.base import EncoderSpec
-from operators.schema import ID, is_dense_column
+from operators.exchange import REASON_COL, TEXT_COL
+from operators.schema import is_dense_column
 from operators.sinks.requantize import (
     calibrate_from_table,
     quantized_stored,
@@ -29,7 +30,7 @@ from operators.sinks.requantize import (
     stored_meta,
     update_storage_meta,
 )
-from operators.sources import REASON_COL, TEXT_COL, ShardReader
+from operators.sources import ShardReader
 from operators.stored_vectors import VectorStorage
 from operators.table_meta import read_meta
 from operators.tables import TableRef
@@ -111,19 +112,14 @@ def settle_new(target: TableRef, storage: VectorStorage, encoder_fields: Sequenc
 
 def sample_texts(reader: ShardReader, files: Sequence[str], rows: int) -> list[str]:
     """Up to `rows` embeddable texts, the first rows of up to SAMPLE_FILES files spread over the input."""
-    from operators.embed import row_problems
-
     step = max(1, len(files) // SAMPLE_FILES)
     chosen = list(files)[::step][:SAMPLE_FILES]
     per_file = math.ceil(rows / max(1, len(chosen)))
     texts: list[str] = []
     for path in chosen:
         taken = 0
-        for table in reader.read(path):
-            problems = row_problems(table.column(ID).combine_chunks(), table.column(TEXT_COL).combine_chunks(),
-                                    table.column(REASON_COL).combine_chunks())
-            good = [text for text, problem in zip(table.column(TEXT_COL).to_pylist(), problems, strict=True)
-                    if problem is None]
+        for table in reader.read(path):  # rows that cannot be embedded come with a reason
+            good = table.filter(pc.is_null(table.column(REASON_COL))).column(TEXT_COL).to_pylist()
             texts.extend(good[:per_file - taken])
             taken += min(len(good), per_file - taken)
             if taken >= per_file:
@@ -136,7 +132,7 @@ def calibrate_from_input(spec: EncoderSpec, reader: ShardReader, files: list[str
     (empty when the input has no embeddable row)."""
     from operators.encoders.loader import load_encoder
 
-    texts = sample_texts(replace(reader, duplicate_sources=set()), files, rows)
+    texts = sample_texts(reader, files, rows)
     if not texts:
         return {}
     encoded = load_encoder(spec).encode(texts, prompt_name=spec.prompt_name)

@@ -19,7 +19,7 @@ import pytest
 from sentence_transformers.util.quantization import quantize_embeddings
 
 from operators.quantize import ranges_from_json, vector_matrix
-from operators.schema import DENSE, ID, MODEL, TEXT_HASH, dense_type, embeddings_schema
+from operators.schema import DENSE, ID, MODEL, SOURCE_FILE, TEXT_HASH, dense_type, embeddings_schema
 from operators.stored_vectors import VectorStorage
 from operators.table_meta import TableMeta, read_meta, with_meta
 from operators.tables import Lake
@@ -69,14 +69,14 @@ def test_quantised_columns_calibrated_once_kept_incrementally_and_recalibrated(r
 
     pq.write_table(corpus.slice(30, 30), lake / "b.parquet")
     second = embed(str(lake), output, "--dims", "64")  # the table's quantisation applies without repeating it
-    assert (second["rows_written"], second["rows_unchanged"]) == (30, 30)
+    assert (second["rows_written"], second["rows_unchanged"] + second["rows_skipped"]) == (30, 30)
     kept = check_codes(output)
     for column, value in ranges.items():
         np.testing.assert_array_equal(kept[column], value)  # calibrated once: new rows use the same ranges
 
     version = lance.dataset(f"{output}/docs.lance").version
     third = embed(str(lake), output, "--dims", "64", "--recalibrate", "--calibration-rows", "60")
-    assert (third["rows_written"], third["rows_unchanged"]) == (0, 60)
+    assert (third["rows_written"], third["rows_unchanged"] + third["rows_skipped"]) == (0, 60)
     assert lance.dataset(f"{output}/docs.lance").version > version
     recalibrated = check_codes(output)  # every row re-quantised with the new ranges
     assert not np.array_equal(recalibrated[DENSE], ranges[DENSE])
@@ -90,6 +90,7 @@ def test_a_table_gains_quantised_columns_from_its_stored_vectors(tmp_path):
     meta = TableMeta(model="m", model_id="m:1", kind="mrl", outputs=[DENSE])
     schema = with_meta(embeddings_schema(fields), meta)
     rows = pa.table({ID: [f"d{i}" for i in range(50)], TEXT_HASH: ["h"] * 50, MODEL: ["m:1"] * 50,
+                     SOURCE_FILE: ["a.parquet"] * 50,
                      DENSE: pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 16)}, schema=schema)
     lancedb.connect(str(tmp_path)).create_table("docs", rows)
     target = Lake(str(tmp_path)).table("docs")
