@@ -51,6 +51,18 @@ def split_quantized_name(name: str) -> tuple[str, str | None]:
     return name, None
 
 
+def quantized_columns(names: Sequence[str]) -> list[str]:
+    """The quantised copies of dense columns among a table's column names, in table order."""
+    from operators.schema import is_dense_column
+
+    result = []
+    for name in names:
+        base, precision = split_quantized_name(name)
+        if precision is not None and is_dense_column(base):
+            result.append(name)
+    return result
+
+
 # -- int8 ----------------------------------------------------------------------------------------
 def calibrate_ranges(sample: np.ndarray) -> np.ndarray:
     """Per-dimension (min, max) of a sample of embeddings: a (2, d) float32 array (sentence-transformers'

@@ -55,12 +55,7 @@ def calibrate_from_table(target: TableRef, columns: list[str], rows: int = quant
 
 def quantized_stored(names: list[str]) -> list[str]:
     """The quantised copies of dense columns among a table's column names."""
-    result = []
-    for name in names:
-        base, precision = quantize.split_quantized_name(name)
-        if precision is not None and is_dense_column(base):
-            result.append(name)
-    return result
+    return quantize.quantized_columns(names)
 
 
 def requantize(target: TableRef, storage: VectorStorage) -> int:

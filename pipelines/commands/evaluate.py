@@ -29,6 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="first-stage candidates for colbert and hybrid (each of dense and sparse)")
     parser.add_argument("--funnel-shortlist", type=int, default=DEFAULT_FUNNEL_SHORTLIST,
                         help="rows the funnel's small nested column shortlists for re-ranking with the full vector")
+    parser.add_argument("--rescore-multiplier", type=int, default=None,
+                        help="quantised funnels shortlist k x this (default 100 for _bin, 10 for _int8)")
     parser.add_argument("--report", help="JSON report path (default OUTPUT/<table>.evaluation.json); "
                                          "the plot is written next to it as .png")
     parser.add_argument("--use-index", action="store_true",
@@ -56,6 +58,7 @@ def _evaluate(args: argparse.Namespace, storage: dict) -> dict:
         weights=parse_weights(args.weights),
         shortlist=args.shortlist,
         funnel_shortlist=args.funnel_shortlist,
+        rescore_multiplier=args.rescore_multiplier,
         model=args.model,
         report_path=args.report,
         use_index=args.use_index,

@@ -18,13 +18,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--table", default="docs")
     parser.add_argument("--query", required=True, help="query text (encoded with the model's query prompt)")
     parser.add_argument("--mode", choices=SEARCH_MODES, default="dense")
-    parser.add_argument("--column", help="dense mode: vector column, dense (default) or dense_<d>")
+    parser.add_argument("--column", help="dense mode: vector column, dense (default) or dense_<d>, or a quantised copy "
+                                         "(dense_int8, dense_64_bin, ...: embed --quantize); with --funnel, the "
+                                         "column that re-ranks the shortlist")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--weights", help="hybrid weights dense,sparse[,colbert] (default 0.4,0.2,0.4)")
     parser.add_argument("--fusion", choices=FUSIONS, default=WEIGHTED,
                         help="hybrid: BGE-M3's weighted sum (default) or reciprocal-rank fusion")
-    parser.add_argument("--funnel", help="dense mode: shortlist with this nested column (dense_64 or 64), "
-                                         "re-rank with --column")
+    parser.add_argument("--funnel", help="dense mode: shortlist with this nested column (dense_64 or 64) or "
+                                         "quantised column (dense_bin, dense_64_bin, dense_int8), re-rank with "
+                                         "--column")
+    parser.add_argument("--rescore-multiplier", type=int, default=None,
+                        help="funnel shortlist = k x this (default 100 for _bin, 10 for _int8; a nested float "
+                             "funnel uses --funnel-shortlist)")
     parser.add_argument("--shortlist", type=int, default=DEFAULT_SHORTLIST,
                         help="first-stage candidates for colbert and hybrid (each of dense and sparse)")
     parser.add_argument("--funnel-shortlist", type=int, default=DEFAULT_FUNNEL_SHORTLIST,
@@ -54,6 +60,7 @@ def _search(args: argparse.Namespace, storage: dict) -> list[dict]:
         funnel=args.funnel,
         shortlist=args.shortlist,
         funnel_shortlist=args.funnel_shortlist,
+        rescore_multiplier=args.rescore_multiplier,
         exact=args.exact,
         model=args.model,
         storage=storage,
