@@ -37,6 +37,14 @@ def embed(*argv: str) -> dict:
     return json.loads(stdout.getvalue().strip().splitlines()[-1])
 
 
+def search(output: str, *argv: str) -> list[dict]:
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["search", output, "--query", "compression library", "--json", *argv])
+    assert code == 0
+    return json.loads(stdout.getvalue().strip().splitlines()[-1])
+
+
 def check_codes(output: str) -> dict[str, np.ndarray]:
     """Every stored row's codes are quantize_embeddings of its stored float vector with the table's ranges."""
     dataset = lance.dataset(f"{output}/docs.lance")
@@ -80,6 +88,22 @@ def test_quantised_columns_calibrated_once_kept_incrementally_and_recalibrated(r
     assert lance.dataset(f"{output}/docs.lance").version > version
     recalibrated = check_codes(output)  # every row re-quantised with the new ranges
     assert not np.array_equal(recalibrated[DENSE], ranges[DENSE])
+
+    # what a user runs on it: Hamming search on a nested binary column, int8 search, the quantised funnels
+    exact = search(output, "--column", "dense", "--exact")
+    ids = set(corpus.column("id").to_pylist())
+    for column in ("dense_64_bin", "dense_int8"):
+        found = search(output, "--column", column)
+        assert len(found) == 10 and {hit["id"] for hit in found} <= ids
+        assert all(-1 <= hit["score"] <= 1 for hit in found)
+    same_hits(search(output, "--funnel", "dense_64_bin", "--rescore-multiplier", "6"), exact)  # 60 rows: all
+    same_hits(search(output, "--funnel", "dense_bin", "--rescore-multiplier", "6", "--column", "dense_int8"),
+              search(output, "--column", "dense_int8"))
+
+
+def same_hits(found: list[dict], expected: list[dict]) -> None:
+    assert [hit["id"] for hit in found] == [hit["id"] for hit in expected]
+    np.testing.assert_allclose([hit["score"] for hit in found], [hit["score"] for hit in expected], atol=1e-5)
 
 
 def test_a_table_gains_quantised_columns_from_its_stored_vectors(tmp_path):
