@@ -112,8 +112,8 @@ def _lancedb(args: argparse.Namespace, full: np.ndarray, codes: np.ndarray, bits
 
     from operators.quantize import fixed_list_array, ranges_to_json
     from operators.schema import DENSE, ID
+    from operators.scoring import QueryVectors
     from operators.search.retriever import Retriever
-    from operators.search.scores import QueryVectors
     from operators.table_meta import TableMeta, with_meta
 
     meta = TableMeta(model="bench", model_id="bench", kind="mrl", outputs=[DENSE], quantize=["int8", "binary"],

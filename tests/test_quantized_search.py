@@ -9,15 +9,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from search_tables import brute_ranking, random_rows, to_arrow
-from test_evaluate import KnownEncoder
 
-from operators import evaluation, quantize
+from operators import quantize
 from operators.metrics import evaluate_run
 from operators.schema import DENSE
+from operators.scoring import QueryVectors
 from operators.search.retriever import Retriever, resolve_funnel_column
-from operators.search.scores import QueryVectors
 from operators.table_meta import TableMeta
+from pipelines.evaluate import EvaluateJob, run_evaluate
+from tests.search_tables import brute_ranking, random_rows, to_arrow
+from tests.test_evaluate import KnownEncoder
 
 N = 240
 K = 5
@@ -124,8 +125,8 @@ def test_evaluate_reports_quantised_columns_funnels_bytes_and_the_smallest_withi
                             "colbert": [np.zeros((1, 16), np.float16)] * N})
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("operators.search.queries.load_query_encoder", lambda store, model=None: encoder)
-        result = evaluation.evaluate(path, "docs", str(tmp_path / "queries.parquet"), str(tmp_path / "qrels.parquet"),
-                                     k=K, rescore_multiplier=3, report_path=str(tmp_path / "r.json"))
+        result = run_evaluate(EvaluateJob(path, str(tmp_path / "queries.parquet"), str(tmp_path / "qrels.parquet"),
+                                          k=K, rescore_multiplier=3, report=str(tmp_path / "r.json")))
     quantised = [quantize.quantized_name(c, p) for c in DENSE_COLUMNS for p in ("int8", "binary")]
     assert {*quantised, *(f"funnel_{name}" for name in quantised)} <= set(result)
     for name in quantised:
