@@ -32,6 +32,7 @@ from operators.search.retriever import (
     hits,
 )
 from operators.search.scores import fixed_vectors, ragged_lengths, sparse_children, top_k
+from operators.tables import Pin
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +271,7 @@ def evaluate(
     plot: bool = True,
     funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST,
     storage: dict | None = None,
+    pin: Pin | None = None,
 ) -> dict:
     """Python API behind `embedlake evaluate`. Returns {"<column or mode>": {"recall@k", "mrr@k", "ndcg@k",
     "bytes_per_vector"}, ..., "k", "queries", "queries_without_relevant", "report", "plot"}."""
@@ -282,7 +284,7 @@ def evaluate(
         msg = f"{queries_path} has no queries"
         raise ValueError(msg)
     retriever = Retriever(uri, table, model=model, shortlist=max(shortlist, k), exact=not use_index,
-                          funnel_shortlist=max(funnel_shortlist, k), storage=storage)
+                          funnel_shortlist=max(funnel_shortlist, k), storage=storage, pin=pin)
     store = retriever.store
     unknown = set(store.ids().tolist())
     judged_docs = {doc for judged in labelled.qrels.values() for doc, rel in judged.items() if rel > 0}
@@ -305,6 +307,7 @@ def evaluate(
         "k": k,
         "queries": summary.queries,
         "queries_without_relevant": summary.queries_without_relevant,
+        "table_version": store.version,
         "seconds": round(time.perf_counter() - started, 3),
     }
     report_path = report_path or default_report_path(uri, table)

@@ -19,7 +19,8 @@ import yaml
 from operators.errors import one_line
 
 # Each name is a module in pipelines.commands with add_parser(subparsers) and run(args) -> result.
-COMMANDS = ("embed", "train", "search", "evaluate", "index", "cluster", "dedup", "submit")
+COMMANDS = ("embed", "train", "search", "evaluate", "index", "cluster", "dedup", "versions", "rollback", "maintain",
+            "submit")
 
 
 class UsageError(ValueError):

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from search_tables import brute_lexical, brute_ranking, random_rows, to_arrow
+from search_tables import FAKE_MODEL_ID, brute_lexical, brute_ranking, random_rows, to_arrow
 
 from operators.schema import COLBERT, DENSE, SPARSE
 from operators.search.retriever import Retriever
@@ -33,7 +33,7 @@ def s3_lake(s3_server, monkeypatch) -> tuple[str, dict]:
         monkeypatch.setenv(name, value)
     s3_server.create_bucket(BUCKET)
     columns = random_rows(np.random.default_rng(21), 150)
-    meta = TableMeta(model="fake", model_id="fake:1", kind="bge-m3", dims=[16, 8], outputs=["dense", "sparse"])
+    meta = TableMeta(model="fake", model_id=FAKE_MODEL_ID, kind="bge-m3", dims=[16, 8], outputs=["dense", "sparse"])
     uri = f"s3://{BUCKET}/lake"
     connect(uri, resolve_storage(None, os.environ)).create_table("docs", to_arrow(columns, meta=meta))
     return uri, columns

@@ -17,6 +17,7 @@ from operators.schema import ID
 from operators.search.index_plan import INDEX_METRIC, MIN_ROWS, IndexPlan, IndexType, plan_index
 from operators.search.scores import fixed_vectors
 from operators.search.store import TableStore
+from operators.serving import advance_serving
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,12 @@ def build_indexes(
     from operators.search.sparse_index import open_sparse_index
 
     store = TableStore(uri, table, storage)
+    latest = store.ref.dataset().version
+    if latest != store.version:
+        msg = (f"table {table!r} has an unfinished run (latest version {latest}) on top of its serving version "
+               f"{store.version}: indexes are built for the serving version only when it is the latest; re-run the "
+               "embed command to finish the run (embed runs keep ANN indexes current)")
+        raise ValueError(msg)
     rows = store.rows
     chosen = columns or store.dense_columns()
     for column in chosen:
@@ -103,7 +110,9 @@ def build_indexes(
             **{key: value for key, value in asdict(plan).items() if value is not None and key != "column"},
             "build_seconds": round(seconds, 3)}
         plans.append(plan)
-    indexed = TableStore(uri, table, storage) if plans else store  # the version that has the indexes
+    if plans:  # readers switch to the version that has the indexes (same rows)
+        advance_serving(store.ref, store.version)
+    indexed = TableStore(uri, table, storage) if plans else store
     for plan in plans:
         result["columns"][plan.column].update(measure_recall(indexed, plan, sample, k))
     if sparse and indexed.has(SPARSE):

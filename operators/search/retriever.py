@@ -24,6 +24,7 @@ from operators.search import hybrid as fusion_ops
 from operators.search.scores import QueryVectors, colbert_scores, dense_scores, fixed_vectors, sparse_scores, top_k
 from operators.search.sparse_index import SparseIndex, open_sparse_index
 from operators.search.store import TableStore
+from operators.tables import Pin
 
 DENSE_MODE = fusion_ops.DENSE_MODE
 SPARSE_MODE = fusion_ops.SPARSE_MODE
@@ -77,13 +78,14 @@ class Retriever:
         persist_index: bool = True,
         funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST,
         storage: dict | None = None,
+        pin: Pin | None = None,
     ) -> None:
         for name, value in (("--shortlist", shortlist), ("--funnel-shortlist", funnel_shortlist)):
             if value < 1:
                 msg = f"{name} must be at least 1, got {value}"
                 raise ValueError(msg)
         self.funnel_shortlist = funnel_shortlist
-        self.store = TableStore(uri, table, storage)
+        self.store = TableStore(uri, table, storage, pin)
         self.model = model
         self.shortlist = shortlist
         self.exact = exact
@@ -242,10 +244,12 @@ def search(
     model: str | None = None,
     funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST,
     storage: dict | None = None,
+    pin: Pin | None = None,
 ) -> list[dict]:
-    """Python API behind `embedlake search`: the k best rows of `table` for the text `query`. `storage`:
-    object-store settings (operators.storage.resolve_storage; the environment's by default)."""
+    """Python API behind `embedlake search`: the k best rows of `table` for the text `query`, at the serving
+    version or the one `pin` names. `storage`: object-store settings (operators.storage.resolve_storage; the
+    environment's by default)."""
     retriever = Retriever(uri, table, model=model, shortlist=shortlist, exact=exact,
-                          funnel_shortlist=funnel_shortlist, storage=storage)
+                          funnel_shortlist=funnel_shortlist, storage=storage, pin=pin)
     return retriever.search(query, mode=mode, column=column, k=k, weights=fusion_ops.parse_weights(weights)
                             if isinstance(weights, str) else weights, fusion=fusion, funnel=funnel)

@@ -7,6 +7,7 @@ import argparse
 from operators.cluster import DEFAULT_MAX_POINTS_PER_CENTROID, DEFAULT_NITER, DEFAULT_SEED
 from operators.schema import DENSE
 from operators.storage import redacted_errors
+from pipelines.commands.options import add_pin_options
 from pipelines.storage_cli import add_storage_option, storage_from_args
 
 
@@ -35,6 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--plot-dir", default=None, help="folder for the PNGs and JSON report")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)")
+    add_pin_options(parser)
     add_storage_option(parser)
     return parser
 
@@ -54,6 +56,8 @@ def run(args: argparse.Namespace) -> dict:
         max_points_per_centroid=args.max_points_per_centroid,
         plot_dir=args.plot_dir,
         address=args.address,
+        version=args.version,
+        tag=args.tag,
         storage=storage_from_args(args),
     )
     with redacted_errors(job.storage):

@@ -22,6 +22,7 @@ from operators.dedup import (
 from operators.minhash import DEFAULT_NGRAM, DEFAULT_NUM_PERM, DEFAULT_THRESHOLD
 from operators.schema import DENSE
 from operators.storage import redacted_errors
+from pipelines.commands.options import add_pin_options
 from pipelines.storage_cli import add_storage_option, storage_from_args
 
 
@@ -69,6 +70,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="scratch folder every Ray node can read (default: OUTPUT/.embedlake_work locally)",
     )
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local Ray)")
+    add_pin_options(parser)
     add_storage_option(parser)
     return parser
 
@@ -93,6 +95,8 @@ def run(args: argparse.Namespace) -> dict:
         num_perm=args.num_perm,
         ngram=args.ngram,
         address=args.address,
+        version=args.version,
+        tag=args.tag,
         storage=storage_from_args(args),
     )
     with redacted_errors(job.storage):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from operators.maintenance import DEFAULT_KEEP_RUNS
 from operators.storage import redacted_errors
+from pipelines.commands.options import age, positive_int
 from pipelines.storage_cli import add_storage_option, storage_from_args
 
 
@@ -51,7 +53,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--object-store-memory", type=object_store_size, default=None, metavar="SIZE",
                         help="object store of the local Ray this run starts, e.g. 2GB (default: Ray's, 30%% of RAM); "
                              "it bounds the memory that blocks in flight take (benchmarks/RESULTS.md)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the table instead of updating it")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rebuild the table from empty instead of updating it (readers keep the serving version "
+                             "until the run ends; earlier runs' versions stay for rollback)")
     parser.add_argument("--sync-deletes", action="store_true", help="delete table rows whose id left the input")
     parser.add_argument("--rescan", action="store_true",
                         help="read every shard and compare every row's text hash, ignoring the file manifest "
@@ -73,6 +77,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--actor-resources", type=resource_amounts, default={}, metavar="NAME=AMOUNT,...",
                         help="custom Ray resources each encoder actor needs, to place actors on node groups")
+    parser.add_argument("--no-maintain", dest="maintain", action="store_false",
+                        help="after publishing, skip compaction and the removal of versions no retained run needs "
+                             "(embedlake maintain does both later)")
+    parser.add_argument("--keep-runs", type=positive_int, default=DEFAULT_KEEP_RUNS,
+                        help="maintain: runs whose versions are kept, this one included (default "
+                             f"{DEFAULT_KEEP_RUNS})")
+    parser.add_argument("--older-than", type=age, default="0", metavar="AGE",
+                        help="maintain: remove only versions older than this, e.g. 7d (default 0: any age)")
     add_storage_option(parser)
     return parser
 
@@ -126,6 +138,9 @@ def run(args: argparse.Namespace) -> dict:
         progress=args.progress,
         storage=storage_from_args(args),
         actor_resources=args.actor_resources,
+        maintain=args.maintain,
+        keep_runs=args.keep_runs,
+        older_than=args.older_than,
     )
     with redacted_errors(job.storage):
         return run_embed(job)

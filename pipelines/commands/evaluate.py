@@ -9,6 +9,7 @@ from operators.evaluation import evaluate
 from operators.search.hybrid import parse_weights
 from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST
 from operators.storage import redacted_errors
+from pipelines.commands.options import add_pin_options, pin_from_args
 from pipelines.storage_cli import add_storage_option, storage_from_args
 
 
@@ -35,6 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="rank dense columns with the ANN index, as search does, instead of exactly")
     parser.add_argument("--limit", type=int, help="evaluate only the first N queries")
     parser.add_argument("--model", help="encoder for the queries when the table carries no metadata")
+    add_pin_options(parser)
     add_storage_option(parser)
     return parser
 
@@ -61,4 +63,5 @@ def _evaluate(args: argparse.Namespace, storage: dict) -> dict:
         use_index=args.use_index,
         limit=args.limit,
         storage=storage,
+        pin=pin_from_args(args),
     )

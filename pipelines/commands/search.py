@@ -7,6 +7,7 @@ import argparse
 from operators.search.hybrid import FUSIONS, WEIGHTED, parse_weights
 from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, SEARCH_MODES, search
 from operators.storage import redacted_errors
+from pipelines.commands.options import add_pin_options, pin_from_args
 from pipelines.storage_cli import add_storage_option, storage_from_args
 
 
@@ -31,6 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="rows the funnel's small nested column shortlists for re-ranking with the full vector")
     parser.add_argument("--exact", action="store_true", help="exact scan even where an ANN index exists")
     parser.add_argument("--model", help="encoder for the queries when the table carries no metadata")
+    add_pin_options(parser)
     add_storage_option(parser)
     return parser
 
@@ -57,4 +59,5 @@ def _search(args: argparse.Namespace, storage: dict) -> list[dict]:
         exact=args.exact,
         model=args.model,
         storage=storage,
+        pin=pin_from_args(args),
     )
