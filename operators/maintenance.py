@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 from operators.schema import SPARSE, dense_columns
 from operators.serving import (
@@ -217,6 +217,12 @@ def _drop_sparse_indexes(target: TableRef) -> int:
     return len(stale)
 
 
+def _age_of(dataset, version: int) -> timedelta:
+    """How long ago `version` was committed (Lance's version timestamps are naive local time)."""
+    committed = next(v["timestamp"] for v in dataset.versions() if int(v["version"]) == version)
+    return max(datetime.now(committed.tzinfo) - committed, timedelta(0))
+
+
 def maintain(lake: Lake, table: str, retention: Retention = Retention()) -> dict:
     """Python API behind `embedlake maintain`: refresh the serving version (when no unfinished run sits on top
     of it) and move `serving` to the result, then remove what no retained run needs. Reports bytes before and
@@ -237,6 +243,10 @@ def maintain(lake: Lake, table: str, retention: Retention = Retention()) -> dict
         result["serving_version"] = serving
         result["refresh"] = {"skipped": f"an unfinished run (latest version {dataset.version}) is on top of the "
                                         f"serving version {serving}: re-run its embed command to finish it"}
+        # That run may still be committing: keep every version from the serving one on (its writers read them),
+        # with an hour's margin for the time between this reading and the cleanup.
+        retention = replace(retention, older_than=max(retention.older_than,
+                                                      _age_of(dataset, serving) + timedelta(hours=1)))
     result.update(retain(lake, table, retention))
     result["versions_before"] = versions_before
     result["versions_after"] = len(target.dataset().versions())

@@ -254,9 +254,12 @@ def test_maintain_command_refreshes_the_serving_version_and_skips_an_unfinished_
     base, schema = table.start("b:1")
     table.commit(base, schema, "b:1", IDS[:5])
     unfinished = table.ref.dataset().version
+    building = [int(v["version"]) for v in table.ref.dataset().versions() if int(v["version"]) > base.serving]
     result = maintain(table.lake, "docs", Retention(keep_runs=1))
     assert "unfinished run" in result["refresh"]["skipped"]
-    assert table.ref.dataset().version == unfinished  # the run can still be resumed
+    assert table.ref.dataset().version == unfinished  # the run can still be resumed ...
+    for version in building:  # ... and every version its writers may be reading is still there
+        assert table.ref.dataset(version).version == version
     assert table.start("b:1")[0].action == RESUMED
 
 
