@@ -9,11 +9,12 @@ shipped (its run ends with compaction and retention, `--keep-runs 3`), the other
 night: bytes under the table's folders (table, `_files`, `_runs`, `_quarantine`, sparse index) and the table's
 stored versions.
 
-Then reader costs on the maintained table, interleaved, median of `--repeats`: opening the table as readers did
-before serving tags (the latest version), as they do now (the tag, then the version; with and without the
-one-model check), and a whole dense search (open, encode the query, top 10) through each.
+Then reader costs on both tables, interleaved, median of `--repeats`: opening the table as readers did
+before serving tags (the latest version), as they do now (the version the tag names; with and without
+the one-model check), and a whole dense search (open, encode the query, top 10) through each.
 
-    python -m benchmarks.lifecycle --nights 10 --scratch /tmp/bench-lifecycle
+    make bench-lifecycle    # --nights 10 --base-rows 900 --shards 3 --changed 30 --new-rows 30
+    python -m benchmarks.lifecycle --readers-only --repeats 50    # reader costs again, on the tables left
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--scratch", default="/tmp/bench-lifecycle")
     parser.add_argument("--out", default=str(PROJECT_ROOT / "benchmarks" / "results" / "lifecycle.json"))
+    parser.add_argument("--readers-only", action="store_true",
+                        help="only measure reader costs, on the tables a previous run left in --scratch")
     parser.add_argument("--no-results", dest="write_results", action="store_false",
                         help="do not append the table to benchmarks/RESULTS.md")
     args = parser.parse_args()
@@ -138,6 +141,10 @@ def main() -> None:
     from pipelines.ray_runtime import start_ray
 
     scratch = Path(args.scratch)
+    if args.readers_only:  # reader costs again, on the tables a previous run left in --scratch
+        readers = {arm: reader_costs(scratch / f"out-{arm}", args.repeats) for arm in ("maintained", "unmaintained")}
+        print(json.dumps({"readers": readers, "load_end": load()}, indent=1))
+        return
     shutil.rmtree(scratch, ignore_errors=True)
     lakes = {arm: scratch / f"lake-{arm}" for arm in ("maintained", "unmaintained")}
     outputs = {arm: scratch / f"out-{arm}" for arm in lakes}

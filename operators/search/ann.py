@@ -83,9 +83,9 @@ def build_indexes(
     store = TableStore(uri, table, storage)
     latest = store.ref.dataset().version
     if latest != store.version:
-        msg = (f"table {table!r} has an unfinished run (latest version {latest}) on top of its serving version "
-               f"{store.version}: indexes are built for the serving version only when it is the latest; re-run the "
-               "embed command to finish the run (embed runs keep ANN indexes current)")
+        msg = (f"table {table!r} has versions after its serving version {store.version} (latest {latest}: an "
+               "unfinished run, or one rolled back): indexes are built for the serving version only when it is the "
+               "latest; re-run the embed command, which finishes or sets them aside and keeps ANN indexes current")
         raise ValueError(msg)
     rows = store.rows
     chosen = columns or store.dense_columns()
