@@ -78,7 +78,7 @@ bench-scale: install-test
 
 # Storage over 10 nightly incremental runs with and without retention, and what the serving tag costs readers.
 bench-lifecycle: install-test
-	$(VENV)/bin/python -m benchmarks.lifecycle --nights 10 --base-rows 900 --shards 3 --changed 30 --new-rows 30
+	$(VENV)/bin/python -m benchmarks.lifecycle --nights 10
 
 # Matryoshka fine-tuning of MiniLM on the sample (400 evaluation queries' packages left out), 1 and 2 Ray Train
 # workers, then embed + evaluate on the 400 queries at every nested size (long: two training runs on 2 cores).

@@ -1,19 +1,26 @@
 """`make bench-lifecycle`: storage over nightly incremental runs with and without retention, and what reading
 through the `serving` tag costs a reader (issue 13).
 
-The lake is the shipped sample (by default all 2,714 rows in 4 shards). Night 0 embeds it once (the packaged
-MiniLM, nested sizes 256/128/64, as `make demo`); the table is copied so that both arms start from the same
-bytes. Then, each night, the same change lands in both arms' lake: `--changed` rows of one existing shard get new
-texts (the shard is rewritten) and a new shard of `--new-rows` rows arrives. One arm runs the nightly job as
-shipped (its run ends with compaction and retention, `--keep-runs 3`), the other with `--no-maintain`. After each
-night: bytes under the table's folders (table, `_files`, `_runs`, `_quarantine`, sparse index) and the table's
-stored versions.
+Two arms get the same nights: one runs the nightly job as shipped (each run ends with compaction and retention,
+`--keep-runs 3`), the other with `--no-maintain`. After each night: bytes under the table's folders (table,
+`_files`, `_runs`, `_quarantine`, sparse index), stored versions and fragments.
+
+- `--driver tables` (default, what `make bench-lifecycle` runs): the embed job's table steps (begin_run, the
+  writers' upserts in commits of `--rows-per-write` rows, the manifest, refresh, publish, retain) driven
+  directly, with random unit vectors in the four dense columns MiniLM with `--dims 256,128,64` writes: no Ray
+  and no encoder, so that a 100k-row table and ten nights take minutes on two cores. Night 0 writes
+  `--base-rows` rows in `--shards` shards; each night after, `--changed` rows of one shard get new vectors and
+  a new shard of `--new-rows` rows arrives.
+- `--driver pipeline`: the real embed job (MiniLM, one local Ray) over the sample's first `--base-rows` rows;
+  each night `--changed` rows of one shard get new texts and a new shard arrives. Night 0 is embedded once and
+  copied to the second arm.
 
 Then reader costs on both tables, interleaved, median of `--repeats`: opening the table as readers did
 before serving tags (the latest version), as they do now (the version the tag names; with and without
-the one-model check), and a whole dense search (open, encode the query, top 10) through each.
+the one-model check), and a whole dense search (open, load the query encoder, encode, top 10).
 
-    make bench-lifecycle    # --nights 10 --base-rows 900 --shards 3 --changed 30 --new-rows 30
+    make bench-lifecycle                                           # --driver tables --nights 10, 100k rows
+    python -m benchmarks.lifecycle --driver pipeline --base-rows 900 --shards 3 --changed 30 --new-rows 30
     python -m benchmarks.lifecycle --readers-only --repeats 50    # reader costs again, on the tables left
 """
 
@@ -85,6 +92,96 @@ def run_night(lake: Path, output: Path, maintain: bool, actors: int) -> dict:
     return summary
 
 
+class SyntheticTable:
+    """The embed job's table steps driven directly, without Ray or an encoder: the table MiniLM with `--dims
+    256,128,64` writes (random unit vectors in its four dense columns), upserted in commits of `rows_per_write`
+    rows as the writers commit, then the run's end as run_embed does it (manifest, refresh, publish, retain)."""
+
+    def __init__(self, output: Path, rows_per_write: int) -> None:
+        from operators.encoders.base import EncoderSpec
+        from operators.encoders.loader import describe_encoder
+        from operators.manifest import FileManifest
+        from operators.schema import embeddings_schema
+        from operators.table_meta import TableMeta, with_meta
+        from operators.tables import Lake
+
+        description = describe_encoder(EncoderSpec(model="minilm", dims=[256, 128, 64]))
+        self.model_id = description.model_id
+        meta = TableMeta(model="minilm", model_id=self.model_id, kind="mrl", dims=description.dims,
+                         outputs=[f.name for f in description.fields], max_length=description.max_length)
+        self.schema = with_meta(embeddings_schema(description.fields), meta)
+        self.lake = Lake(str(output))
+        self.ref = self.lake.table(TABLE)
+        self.manifest = FileManifest(self.lake, TABLE)
+        self.rows_per_write = rows_per_write
+        self.rng = __import__("numpy").random.default_rng(0)
+
+    def rows(self, ids: list[str], shard: str, night: int) -> pa.Table:
+        import numpy as np
+
+        from operators.schema import ID, MODEL, SOURCE_FILE, TEXT_HASH
+
+        raw = self.rng.normal(size=(len(ids), 384)).astype(np.float32)
+        columns = {ID: pa.array(ids), TEXT_HASH: pa.array([f"{night}-{i}" for i in ids]),
+                   MODEL: pa.array([self.model_id] * len(ids)), SOURCE_FILE: pa.array([shard] * len(ids))}
+        for field in self.schema:
+            if pa.types.is_fixed_size_list(field.type):
+                width = field.type.list_size
+                part = raw[:, :width] / np.linalg.norm(raw[:, :width], axis=1, keepdims=True)
+                columns[field.name] = pa.FixedSizeListArray.from_arrays(pa.array(part.ravel()), width)
+        return pa.table([columns.get(f.name, pa.nulls(len(ids), f.type)) for f in self.schema],
+                        schema=self.schema.remove_metadata())
+
+    def run(self, writes: dict[str, list[str]], night: int, maintain: bool, retention) -> dict:
+        from operators.maintenance import refresh, retain
+        from operators.schema import ID
+        from operators.serving import begin_run, mark_building, publish
+        from operators.sinks.lance_sink import upsert
+
+        started = time.perf_counter()
+        base = begin_run(self.ref, self.manifest.target, self.schema, ID)
+        mark_building(self.ref, base.serving)
+        for shard, ids in writes.items():
+            for start in range(0, len(ids), self.rows_per_write):
+                upsert(self.rows(ids[start:start + self.rows_per_write], shard, night), self.ref, self.schema, ID)
+        self.manifest.record({shard: (f"v{night}", len(ids)) for shard, ids in writes.items()}, self.model_id,
+                             f"night{night}")
+        refresh(self.ref, compact=maintain)
+        published = publish(self.ref, self.manifest.target, f"night{night}", base.serving)
+        if maintain:
+            retain(self.lake, TABLE, retention)
+        return {"wall_seconds": round(time.perf_counter() - started, 2), "version": published.version,
+                "rows_written": sum(len(ids) for ids in writes.values())}
+
+
+def run_tables(args, outputs: dict[str, Path]) -> list[dict]:
+    """Nights through SyntheticTable: night 0 writes `base_rows` rows in `shards` shards; each night after, the
+    rows `changed` of one shard get new vectors and a new shard of `new_rows` rows arrives."""
+    from operators.maintenance import Retention
+
+    retention = Retention(keep_runs=3)
+    tables = {arm: SyntheticTable(out, args.rows_per_write) for arm, out in outputs.items()}
+    per_shard = -(-args.base_rows // args.shards)
+    base = {f"part-{s}.parquet": [f"doc{s}-{i:07d}" for i in range(per_shard)] for s in range(args.shards)}
+    nights = []
+    for night in range(args.nights + 1):
+        if night == 0:
+            writes = base
+        else:
+            shard = f"part-{night % args.shards}.parquet"
+            offset = (night * args.changed) % max(1, per_shard - args.changed)
+            writes = {shard: base[shard][offset:offset + args.changed],
+                      f"drop-{night:02d}.parquet": [f"new{night}-{i:06d}" for i in range(args.new_rows)]}
+        row: dict = {"night": night}
+        for arm, table in tables.items():
+            summary = table.run(writes, night, arm == "maintained", retention)
+            row[arm] = {**footprint(outputs[arm]), **summary}
+        nights.append(row)
+        log(f"night {night}: " + ", ".join(f"{arm} {row[arm]['bytes']:,} B / {row[arm]['versions']} versions / "
+                                            f"{row[arm]['wall_seconds']} s" for arm in tables))
+    return nights
+
+
 def footprint(output: Path) -> dict:
     from operators.maintenance import bytes_on_disk
     from operators.tables import Lake
@@ -121,13 +218,44 @@ def reader_costs(output: Path, repeats: int) -> dict:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def run_pipeline(args, scratch: Path, outputs: dict[str, Path]) -> list[dict]:
+    """Nights through the real embed job (one local Ray for all): night 0 embeds the lake once, then each night's
+    change lands in both arms' lakes."""
+    from pipelines.ray_runtime import start_ray
+
+    lakes = {arm: scratch / f"lake-{arm}" for arm in outputs}
+    start_ray(num_cpus=os.cpu_count(), object_store_memory=512 * 1024**2)
+    make_lake(lakes["maintained"], args.base_rows, args.shards)
+    log("night 0: the whole lake")
+    first = run_night(lakes["maintained"], outputs["maintained"], True, args.actors)
+    shutil.copytree(lakes["maintained"], lakes["unmaintained"])
+    shutil.copytree(outputs["maintained"], outputs["unmaintained"])
+    nights = [{"night": 0, **{arm: {**footprint(outputs[arm]), "wall_seconds": first["wall_seconds"]}
+                              for arm in outputs}}]
+    for night in range(1, args.nights + 1):
+        row: dict = {"night": night}
+        for arm in outputs:
+            night_change(lakes[arm], night, args.changed, args.new_rows)
+            summary = run_night(lakes[arm], outputs[arm], arm == "maintained", args.actors)
+            row[arm] = {**footprint(outputs[arm]), "wall_seconds": summary["wall_seconds"],
+                        "rows_written": summary["rows_written"], "version": summary["version"]}
+        nights.append(row)
+        log(f"night {night}: " + ", ".join(f"{arm} {row[arm]['bytes']:,} B / {row[arm]['versions']} versions / "
+                                            f"{row[arm]['wall_seconds']} s" for arm in outputs))
+    return nights
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--driver", choices=["tables", "pipeline"], default="tables",
+                        help="tables: the embed job's table steps with random vectors (no Ray, no encoder); "
+                             "pipeline: the real embed job with MiniLM over the sample")
     parser.add_argument("--nights", type=int, default=10)
-    parser.add_argument("--base-rows", type=int, default=2714, help="rows of the sample in the first night's lake")
-    parser.add_argument("--shards", type=int, default=4)
-    parser.add_argument("--changed", type=int, default=50, help="rows with new texts per night")
-    parser.add_argument("--new-rows", type=int, default=50, help="rows in the new shard per night")
+    parser.add_argument("--base-rows", type=int, default=100_000, help="rows of the first night")
+    parser.add_argument("--shards", type=int, default=10)
+    parser.add_argument("--changed", type=int, default=1_000, help="rows of one shard changed per night")
+    parser.add_argument("--new-rows", type=int, default=1_000, help="rows in the new shard per night")
+    parser.add_argument("--rows-per-write", type=int, default=1_024, help="tables driver: rows per commit")
     parser.add_argument("--actors", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--scratch", default="/tmp/bench-lifecycle")
@@ -138,39 +266,22 @@ def main() -> None:
                         help="do not append the table to benchmarks/RESULTS.md")
     args = parser.parse_args()
 
-    from pipelines.ray_runtime import start_ray
-
     scratch = Path(args.scratch)
     if args.readers_only:  # reader costs again, on the tables a previous run left in --scratch
         readers = {arm: reader_costs(scratch / f"out-{arm}", args.repeats) for arm in ("maintained", "unmaintained")}
         print(json.dumps({"readers": readers, "load_end": load()}, indent=1))
         return
     shutil.rmtree(scratch, ignore_errors=True)
-    lakes = {arm: scratch / f"lake-{arm}" for arm in ("maintained", "unmaintained")}
-    outputs = {arm: scratch / f"out-{arm}" for arm in lakes}
     started, began = time.time(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    start_ray(num_cpus=os.cpu_count(), object_store_memory=512 * 1024**2)
-    make_lake(lakes["maintained"], args.base_rows, args.shards)
-    log("night 0: the whole sample")
-    first = run_night(lakes["maintained"], outputs["maintained"], True, args.actors)
-    shutil.copytree(lakes["maintained"], lakes["unmaintained"])
-    shutil.copytree(outputs["maintained"], outputs["unmaintained"])
-    nights = [{"night": 0, "wall_seconds": first["wall_seconds"], "rows_written": first["rows_written"],
-               **{arm: footprint(outputs[arm]) for arm in outputs}}]
-    for night in range(1, args.nights + 1):
-        row: dict = {"night": night}
-        for arm in outputs:
-            night_change(lakes[arm], night, args.changed, args.new_rows)
-            summary = run_night(lakes[arm], outputs[arm], arm == "maintained", args.actors)
-            row[arm] = {**footprint(outputs[arm]), "wall_seconds": summary["wall_seconds"],
-                        "finish_seconds": summary.get("finish_seconds"), "rows_written": summary["rows_written"],
-                        "version": summary["version"]}
-        nights.append(row)
-        log(f"night {night}: " + ", ".join(f"{arm} {row[arm]['bytes']:,} B / {row[arm]['versions']} versions / "
-                                            f"{row[arm]['wall_seconds']} s" for arm in outputs))
+    outputs = {arm: scratch / f"out-{arm}" for arm in ("maintained", "unmaintained")}
+    if args.driver == "tables":
+        nights = run_tables(args, outputs)
+    else:
+        nights = run_pipeline(args, scratch, outputs)
     readers = {arm: reader_costs(outputs[arm], args.repeats) for arm in outputs}
-    result = {"began": began, "nights": nights, "readers": readers, "base_rows": nights[0]["maintained"]["rows"],
-              "shards": args.shards, "changed": args.changed,
+    result = {"began": began, "driver": args.driver, "nights": nights, "readers": readers,
+              "base_rows": nights[0]["maintained"]["rows"], "shards": args.shards, "changed": args.changed,
+              "rows_per_write": args.rows_per_write,
               "new_rows": args.new_rows, "seconds": round(time.time() - started), "load_end": load()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
@@ -178,9 +289,22 @@ def main() -> None:
     if args.write_results:
         with RESULTS_FILE.open("a") as handle:
             handle.write(report(result))
-    import ray
+    if args.driver == "pipeline":
+        import ray
 
-    ray.shutdown()
+        ray.shutdown()
+
+
+DRIVERS = {
+    "pipeline": "- Driver `pipeline`: a lake of the sample's first {base_rows:,} rows in {shards} shards, the real "
+                "embed job with MiniLM and `--dims 256,128,64`, `--sync-deletes`, one process and one local Ray; each "
+                "night {changed} rows of one shard get new texts and a new shard of {new_rows} rows arrives.",
+    "tables": "- Driver `tables`: the embed job's table steps (operators/serving.py begin_run, the writers' upserts in "
+              "commits of {rows_per_write:,} rows, the manifest, operators/maintenance.py refresh, publish, retain) "
+              "driven directly with random unit vectors in the columns MiniLM with `--dims 256,128,64` writes (no "
+              "Ray, no encoder): {base_rows:,} rows in {shards} shards on night 0, then each night {changed:,} rows "
+              "of one shard get new vectors and a new shard of {new_rows:,} rows arrives.",
+}
 
 
 def report(result: dict) -> str:
@@ -193,11 +317,10 @@ def report(result: dict) -> str:
         "", f"## {result['began']}: make bench-lifecycle (issue 13: retention and serving tags)", "",
         f"- {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, ray {machine['ray']}; load average "
         f"at the end {result['load_end']} (a machine shared with other sessions); took {result['seconds']} s.",
-        f"- A lake of the sample's first {result['base_rows']:,} rows in {result['shards']} shards, MiniLM with "
-        f"`--dims 256,128,64`; each night {result['changed']} rows of one shard get new texts and a new shard of "
-        f"{result['new_rows']} rows arrives; `embed --sync-deletes`, one process, one local Ray. Bytes: everything "
-        "under the table's folders (table, `_files`, `_runs`, "
-        "`_quarantine`, sparse index).", "",
+        DRIVERS[result["driver"]].format(**result),
+        "- Maintained: every run ends with compaction and retention (`--keep-runs 3`); unmaintained: "
+        "`--no-maintain`. Bytes: everything under the table's folders (table, `_files`, `_runs`, `_quarantine`, "
+        "sparse index).", "",
         "| night | rows | maintained: bytes | versions | run s | without maintain: bytes | versions | run s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
