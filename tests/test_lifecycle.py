@@ -10,17 +10,9 @@ followed by a run, tables written before serving tags) and maintain against no m
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -28,10 +20,9 @@ import pytest
 from operators.schema import MODEL
 from operators.search.retriever import Retriever
 from operators.tables import Lake
-from pipelines.cli import main
+from tests.cli_runs import run_cli, sigkill_cli_when
 
 pytestmark = pytest.mark.ray
-REPO = Path(__file__).resolve().parent.parent
 QUERIES = ("compression library for large files", "network monitoring tool", "python bindings", "font rendering")
 K = 5
 ROWS = 60
@@ -44,14 +35,6 @@ def models(tmp_path_factory, minilm_path) -> tuple[str, str]:
     folder = tmp_path_factory.mktemp("models")
     return (build_tiny_st_model(str(folder / "a"), minilm_path, seed=7),
             build_tiny_st_model(str(folder / "b"), minilm_path, seed=8))
-
-
-def cli(*argv: str) -> tuple[int, dict | None, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    lines = out.getvalue().strip().splitlines()
-    return code, json.loads(lines[-1]) if code == 0 and lines and "--json" in argv else None, err.getvalue()
 
 
 def answers(output: str) -> dict[str, list[tuple[str, float]]]:
@@ -68,8 +51,6 @@ def main_line_models(output: str) -> list[str]:
         return []
 
 
-
-
 def test_upgrade_killed_resumed_and_rolled_back_under_searches(ray_session, models, sample_dir, tmp_path):
     model_a, model_b = models
     lake, output = tmp_path / "lake", str(tmp_path / "out")
@@ -79,7 +60,7 @@ def test_upgrade_killed_resumed_and_rolled_back_under_searches(ray_session, mode
         pq.write_table(rows.slice(shard * 20, 20), lake / f"part-{shard}.parquet")
     common = ["--actors", "1", "--rows-per-batch", "5", "--rows-per-write", "5", "--no-progress", "--json"]
 
-    code, first, err = cli("embed", str(lake), output, "--model", model_a, *common)
+    code, first, err = run_cli("embed", str(lake), output, "--model", model_a, *common)
     assert code == 0, err[-2000:]
     assert first["published"] and first["start"] == "created"
     answers_a = answers(output)
@@ -87,35 +68,27 @@ def test_upgrade_killed_resumed_and_rolled_back_under_searches(ray_session, mode
     # The upgrade to B, killed after some commits: readers keep A throughout.
     argv = ["embed", str(lake), output, "--model", model_b, *common]
     gcs = ray_session.get_runtime_context().gcs_address
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *argv, "--address", gcs], cwd=REPO, env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seen = []
-    deadline = time.time() + 300
-    try:
-        while sum(model != first["model"] for model in main_line_models(output)) < 20:
-            assert proc.poll() is None, "the upgrade ended before it could be killed"
-            assert time.time() < deadline, "no B commit within 300 s"
-            seen.append(answers(output))
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+
+    def some_b_committed() -> bool:
+        seen.append(answers(output))  # searches all along
+        return sum(model != first["model"] for model in main_line_models(output)) >= 20
+
+    sigkill_cli_when([*argv, "--address", gcs], some_b_committed, 300, "20 rows of B committed")
     killed_at = main_line_models(output)
     assert 20 <= sum(m != first["model"] for m in killed_at) < ROWS  # the main line mixes A and B ...
     assert all(answer == answers_a for answer in seen) and answers(output) == answers_a  # ... readers: all A
     latest = Lake(output).table("docs").dataset().version
-    code, _, err = cli("search", output, "--query", QUERIES[0], "--version", str(latest))
+    code, _, err = run_cli("search", output, "--query", QUERIES[0], "--version", str(latest))
     assert code == 1 and "embedded by another model" in err.strip().splitlines()[-1]
-    code, listed, _ = cli("versions", output, "--json")
+    code, listed, _ = run_cli("versions", output, "--json")
     assert code == 0 and listed["versions"][0]["state"] == "unfinished run"
 
     # The same command again finishes the upgrade, with searches running all along.
     result: dict = {}
 
     def finish() -> None:
-        result["code"], result["summary"], result["err"] = cli(*argv)
+        result["code"], result["summary"], result["err"] = run_cli(*argv)
 
     run = threading.Thread(target=finish, daemon=True)
     run.start()
@@ -137,15 +110,15 @@ def test_upgrade_killed_resumed_and_rolled_back_under_searches(ray_session, mode
     assert set(main_line_models(output)) == {resumed["model"]}
 
     # B serving: queries are encoded by B (the table's metadata moved with its vectors); A's model is refused.
-    code, _, err = cli("search", output, "--query", QUERIES[0], "--model", model_a)
+    code, _, err = run_cli("search", output, "--query", QUERIES[0], "--model", model_a)
     assert code == 1 and "refusing to score queries of one model against vectors of another" in err
 
     # Rollback: A's answers exactly, and the versions listing says what serves.
-    code, rolled, err = cli("rollback", output, "--json")
+    code, rolled, err = run_cli("rollback", output, "--json")
     assert code == 0, err[-2000:]
     assert rolled["serving_version"] == first["version"] and rolled["previous_version"] == resumed["version"]
     assert answers(output) == answers_a
-    code, listed, _ = cli("versions", output, "--json")
+    code, listed, _ = run_cli("versions", output, "--json")
     states = {entry["version"]: entry["state"] for entry in listed["versions"]}
     assert states[first["version"]] == "serving" and states[resumed["version"]] == "rolled back"
     assert [run["job"] for run in listed["runs"][:2]] == ["rollback", "embed"]
@@ -168,16 +141,16 @@ def test_ten_nightly_runs_keep_versions_and_bytes_bounded_and_a_pinned_version(r
     table = Lake(output).table("docs")
     sizes, versions = [], []
     for night in range(10):
-        changed = rows.set_column(1, "text", [f"{text} (night {night})" if i < 5 else text
-                                              for i, text in enumerate(rows.column("text").to_pylist())])
+        texts = [f"{text} (night {night})" if i < 5 else text for i, text in enumerate(rows.column("text").to_pylist())]
+        changed = rows.set_column(1, "text", pa.array(texts))
         pq.write_table(changed, lake / "part-0.parquet")
-        pq.write_table(rows.slice(0, 3).set_column(0, "id", [f"n{night}-{i}" for i in range(3)]),
+        pq.write_table(rows.slice(0, 3).set_column(0, "id", pa.array([f"n{night}-{i}" for i in range(3)])),
                        lake / f"drop-{night}.parquet")
-        code, summary, err = cli("embed", str(lake), output, *common)
+        code, summary, err = run_cli("embed", str(lake), output, *common)
         assert code == 0, err[-2000:]
         assert summary["published"] and summary["rows_written"] == (23 if night == 0 else 8)
         if night == 1:
-            code, pinned, _ = cli("versions", output, "--tag", "golden", "--json")
+            code, pinned, _ = run_cli("versions", output, "--tag", "golden", "--json")
             assert code == 0
             golden = table.snapshot(Pin(tag="golden")).to_table().sort_by("id")
         sizes.append(bytes_on_disk(Lake(output), "docs"))
@@ -187,6 +160,6 @@ def test_ten_nightly_runs_keep_versions_and_bytes_bounded_and_a_pinned_version(r
     assert sizes[-1] <= 1.3 * sizes[3], sizes  # the table grows by 3 rows a night; its storage does not pile up
     assert table.snapshot(Pin(tag="golden")).version == pinned["version"]
     assert table.snapshot(Pin(tag="golden")).to_table().sort_by("id").equals(golden)
-    code, listed, _ = cli("versions", output, "--json")
+    code, listed, _ = run_cli("versions", output, "--json")
     assert code == 0 and listed["versions_stored"] == versions[-1]
     assert [run["status"] for run in listed["runs"]] == ["succeeded"] * 10

@@ -41,7 +41,8 @@ class JobHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if not action.option_strings or default in (None, False, argparse.SUPPRESS) or "default" in text:
+        hidden = default is None or default is False or default == argparse.SUPPRESS
+        if not action.option_strings or hidden or "default" in text:
             return text
         if isinstance(default, list | tuple | dict):
             if not default:
@@ -95,17 +96,46 @@ def job_from_args(job_type: type[Job], args: argparse.Namespace, **values: objec
     return job_type(**given, **values)
 
 
+def add_table_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    """OUTPUT (the job's `uri`) and --table, for the commands that read a table embed wrote."""
+    parser.add_argument("uri", metavar="OUTPUT", help="LanceDB URI the table lives in: a local folder or s3://...")
+    parser.add_argument("--table", required=required, help="the table embed wrote")
+
+
+def add_address_option(parser: argparse.ArgumentParser) -> None:
+    """--address, for the commands that run on Ray."""
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+
+
 # -- value types -------------------------------------------------------------------------------
 def int_list(value: str) -> list[int]:
+    return _number_list(value, int, "integers")
+
+
+def float_list(value: str) -> list[float]:
+    return _number_list(value, float, "numbers")
+
+
+def _number_list(value: str, kind: type, what: str) -> list:
     try:
-        return [int(part) for part in value.split(",") if part.strip()]
+        return [kind(part) for part in value.split(",") if part.strip()]
     except ValueError as error:
-        msg = f"expected comma-separated integers, got {value!r}"
+        msg = f"expected comma-separated {what}, got {value!r}"
         raise argparse.ArgumentTypeError(msg) from error
 
 
 def name_list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def weights_list(value: str) -> tuple[float, ...]:
+    """Hybrid weights `dense,sparse[,colbert]` (operators/scoring.py parse_weights)."""
+    from operators.scoring import parse_weights
+
+    try:
+        return parse_weights(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def resource_amounts(value: str) -> dict[str, float]:
@@ -142,7 +172,6 @@ def object_store_size(value: str) -> int:
     return size
 
 
-
 def positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -165,12 +194,6 @@ def age(value: str) -> str:
     return value
 
 
-def add_table_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    """OUTPUT (the job's `uri`) and --table, for the commands that read a table embed wrote."""
-    parser.add_argument("uri", metavar="OUTPUT", help="LanceDB URI the table lives in: a local folder or s3://...")
-    parser.add_argument("--table", required=required, help="the table embed wrote")
-
-
 def existing_table(args: argparse.Namespace, storage: dict):
     """The table `args` names (`docs` by default), or a one-line error when it is not there."""
     from operators.tables import Lake
@@ -190,16 +213,11 @@ def run_logged(target, args: argparse.Namespace, job: str, config: dict, action)
     run_log = RunLog.for_table(target.lake, target.name, job=job, command=["embedlake", *args.argv], config=config)
     return run_log.record(action, target.lake.storage)
 
+
 def add_pin_options(parser: argparse.ArgumentParser) -> None:
     """`--version N` / `--tag NAME`: read that version of the table instead of the serving one."""
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--version", type=int, default=None, metavar="N",
+    group.add_argument("--version", type=positive_int, metavar="N",
                        help="read version N of the table (default: the serving version, the last successful run's)")
-    group.add_argument("--tag", default=None, metavar="NAME",
+    group.add_argument("--tag", metavar="NAME",
                        help="read the version tagged NAME (serving, run-<id>, or a tag of yours; embedlake versions)")
-
-
-def pin_from_args(args: argparse.Namespace):
-    from operators.tables import Pin
-
-    return Pin(version=getattr(args, "version", None), tag=getattr(args, "tag", None))
