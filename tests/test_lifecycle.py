@@ -74,7 +74,7 @@ def test_upgrade_killed_resumed_and_rolled_back_under_searches(ray_session, mode
         seen.append(answers(output))  # searches all along
         return sum(model != first["model"] for model in main_line_models(output)) >= 20
 
-    sigkill_cli_when([*argv, "--address", gcs], some_b_committed, 300, "20 rows of B committed")
+    sigkill_cli_when([*argv, "--address", gcs], some_b_committed, 600, "20 rows of B committed")
     killed_at = main_line_models(output)
     assert 20 <= sum(m != first["model"] for m in killed_at) < ROWS  # the main line mixes A and B ...
     assert all(answer == answers_a for answer in seen) and answers(output) == answers_a  # ... readers: all A

@@ -273,6 +273,8 @@ def test_the_nightly_recipe_is_what_embedlake_accepts():
     import yaml
 
     from pipelines.cli import parse_args
+    from pipelines.commands.options import job_from_args
+    from pipelines.embed import EmbedJob
 
     root = Path(__file__).resolve().parent.parent
     lifecycle = (root / "docs" / "lifecycle.md").read_text()
@@ -294,8 +296,9 @@ def test_the_nightly_recipe_is_what_embedlake_accepts():
     for argv in (inner, entry[1:]):
         config = argv.index("--config") + 1
         args, _ = parse_args([*argv[:config], str(root / "conf" / "nightly.yaml"), *argv[config + 1:]])
-        assert args.keep_runs == 3 and args.sync_deletes and args.maintain and not args.progress
-        assert args.input == "s3://bucket/lake/" and args.output == "s3://bucket/lance"
+        job = job_from_args(EmbedJob, args)
+        assert job.keep_runs == 3 and job.sync_deletes and job.maintain and not job.progress
+        assert job.input == "s3://bucket/lake/" and job.output == "s3://bucket/lance" and job.dims == [256, 128, 64]
 
 
 def test_a_model_upgrade_retrains_ann_indexes_and_a_nightly_run_extends_them(tmp_path):
