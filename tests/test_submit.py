@@ -10,8 +10,6 @@ import json
 import subprocess
 import sys
 
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import pytest
 
 from operators.storage import resolve_storage
@@ -20,6 +18,7 @@ from pipelines.ray_jobs import job_client
 from pipelines.ray_runtime import project_root
 from tests.object_store_server import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.ray_head import start_ray_head
+from tests.sample_lakes import sample_rows, write_shards
 
 pytestmark = pytest.mark.ray
 SUBMIT_TIMEOUT = 420
@@ -37,9 +36,7 @@ def ray_head(s3_server):
 def s3_lake(s3_server, sample_dir, tmp_path_factory) -> str:
     s3_server.create_bucket(BUCKET)
     folder = tmp_path_factory.mktemp("submit-lake")
-    rows = ds.dataset(str(sample_dir)).to_table().slice(100, 40)
-    for shard in range(2):
-        pq.write_table(rows.slice(shard * 20, 20), folder / f"part-{shard}.parquet")
+    write_shards(sample_rows(sample_dir, 100, 40, columns=None), folder, 2)
     client = s3_server.client()
     for path in sorted(folder.iterdir()):
         client.upload_file(str(path), BUCKET, f"lake/{path.name}")
