@@ -67,7 +67,6 @@ def test_submitted_embed_job_streams_logs_and_writes_the_table(ray_head, s3_serv
         assert secret not in stored
 
 
-
 def test_the_nightly_recipe_submitted_publishes_and_keeps_history(ray_head, s3_server, s3_lake):
     """docs/lifecycle.md's cron line (conf/nightly.yaml, which adds nested sizes: the table is rebuilt while readers
     keep the first run's version), over the table the test above wrote."""
@@ -89,6 +88,7 @@ def test_the_nightly_recipe_submitted_publishes_and_keeps_history(ray_head, s3_s
     assert history["serving_version"] == night["version"]
     assert [(run["job"], run["status"]) for run in history["runs"]] == [("embed", "succeeded")] * (1 + existed)
     assert {"dense_256", "dense_64"} <= set(connect(output, storage).open_table("docs").schema.names)
+
 
 def test_a_failing_job_exits_with_its_own_status(ray_head):
     done = submit(ray_head.client_env(), "--address", ray_head.dashboard, "--",
