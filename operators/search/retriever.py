@@ -32,6 +32,7 @@ from operators.scoring import COLBERT_MODE, DENSE_MODE, SPARSE_MODE, Fusion, Que
 from operators.search.quantized import DEFAULT_RESCORE_MULTIPLIER, column_scores, quantized_rows
 from operators.search.sparse_index import SparseIndex, open_sparse_index
 from operators.search.store import TableStore
+from operators.tables import Pin
 from operators.vectors import as_matrix
 
 
@@ -102,6 +103,7 @@ class Retriever:
         funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST,
         storage: dict | None = None,
         rescore_multiplier: int | None = None,
+        pin: Pin | None = None,
     ) -> None:
         for name, value in (("--shortlist", shortlist), ("--funnel-shortlist", funnel_shortlist),
                             ("--rescore-multiplier", 1 if rescore_multiplier is None else rescore_multiplier)):
@@ -110,7 +112,7 @@ class Retriever:
                 raise ValueError(msg)
         self.funnel_shortlist = funnel_shortlist
         self.rescore_multiplier = rescore_multiplier
-        self.store = TableStore(uri, table, storage)
+        self.store = TableStore(uri, table, storage, pin)
         self.model = model
         self.shortlist = shortlist
         self.exact = exact
