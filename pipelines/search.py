@@ -54,7 +54,7 @@ def kept_text(job: SearchJob, ids: Sequence[str]) -> dict[str, str]:
     readable output; empty when the table keeps none."""
     from operators.tables import Lake
 
-    dataset = Lake(job.uri, job.storage).table(job.table).open().to_lance()
+    dataset = Lake(job.uri, job.storage).table(job.table).snapshot(Pin(job.version, job.tag))  # the version searched
     internal = {ID, TEXT_HASH, MODEL, SOURCE_FILE}
     shown = [f.name for f in dataset.schema if f.name not in internal
              and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]

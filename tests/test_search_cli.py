@@ -102,7 +102,9 @@ def test_search_cli_funnel_and_text_output(embedded, stored):
     out = io.StringIO()
     assert run_cli("search", embedded, "--table", "docs", "--query", "music player", "--k", "2", stdout=out).code == 0
     lines = out.getvalue().strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith("id=")
+    # rank, score with 3 decimals, id (and the kept title when the table keeps one), aligned (issue 22)
+    assert len(lines) == 2 and [line.split()[0] for line in lines] == ["1", "2"]
+    assert lines[0].split()[2] == exact[0]["id"] and lines[0].split()[1] == f"{exact[0]['score']:.3f}"
 
 
 def test_search_cli_errors_are_one_line(embedded):
