@@ -45,3 +45,34 @@ def test_kept_text_reads_the_first_kept_string_column(tmp_path):
     lancedb.connect(str(tmp_path)).create_table("docs", rows)
     shown = kept_text(SearchJob(uri=str(tmp_path), query="q"), ["a", "b'q"])
     assert shown == {"a": "Alpha title", "b'q": "Quoted"}
+
+
+def test_ray_token_auth_notice_is_dropped_unless_verbose():
+    import logging
+
+    from pipelines.ray_runtime import quiet_ray_notices
+
+    class Records(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    quiet_ray_notices()
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    records, root = Records(), logging.getLogger()
+    level = root.level
+    logger.addHandler(records)  # Ray's loggers do not propagate to the root's handlers
+    try:
+        root.setLevel(logging.INFO)
+        logger.warning("Token authentication is enabled for this Ray cluster.")
+        logger.warning("something else")
+        assert records.messages == ["something else"]
+        root.setLevel(logging.DEBUG)  # --verbose keeps every notice
+        logger.warning("Token authentication is enabled for this Ray cluster.")
+        assert len(records.messages) == 2
+    finally:
+        root.setLevel(level)
+        logger.removeHandler(records)
