@@ -19,7 +19,8 @@ import pyarrow as pa
 
 from benchmarks.funnel import generate
 from operators.schema import DENSE, ID, dense_column
-from operators.search.ann import INDEX_TYPES, build_indexes
+from operators.search.ann import build_indexes
+from operators.search.index_plan import IndexType
 
 
 def write_table(uri: str, rows: int, dim: int, small: int, spread: float, decay: float, seed: int) -> None:
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--small", type=int, default=64)
-    parser.add_argument("--index-type", choices=INDEX_TYPES, default="auto")
+    parser.add_argument("--index-type", choices=list(IndexType), default=IndexType.AUTO)
     parser.add_argument("--sample", type=int, default=100)
     parser.add_argument("--spread", type=float, default=0.5)
     parser.add_argument("--decay", type=float, default=1.0)

@@ -20,6 +20,7 @@ import pyarrow as pa
 from operators.encoders.base import EncodedBatch, Encoder, EncoderSpec
 from operators.encoders.batching import is_out_of_memory
 from operators.encoders.loader import load_encoder
+from operators.errors import one_line
 from operators.row_status import (
     EMBEDDED,
     PADDED_COL,
@@ -129,7 +130,7 @@ class EmbedRows:
                         raise
                     error = caught
             if len(positions) == 1:
-                failures[int(positions[0])] = " ".join(str(error).split())[:300] or type(error).__name__
+                failures[int(positions[0])] = one_line(error, 300)
                 log.warning("encoder failed on row id %r: %s", ids[int(positions[0])], error)
                 return None
             middle = len(positions) // 2

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from operators.metrics import evaluate_run, metric_name, qrels_from_rows
-from operators.schema import COLBERT, DENSE, SPARSE, nested_dim
+from operators.schema import COLBERT, DENSE, SPARSE, nested_dim, require_columns
 from operators.search import hybrid as fusion_ops
 from operators.search.dense import scan_topn
 from operators.search.retriever import (
@@ -75,10 +75,7 @@ def _read(path: str, columns: list[str]):
     except (OSError, ValueError) as error:
         msg = f"cannot read {path}: {error}"
         raise ValueError(msg) from error
-    missing = [column for column in columns if column not in table.column_names]
-    if missing:
-        msg = f"{path} lacks column(s) {', '.join(missing)} (needs {', '.join(columns)})"
-        raise ValueError(msg)
+    require_columns(table.schema, columns, path, f"needs {', '.join(columns)}")
     return table.select(columns)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,12 +15,12 @@ from importlib import metadata
 
 import pyarrow as pa
 
-from operators.sinks.lance_sink import LanceTarget, ensure_table, upsert
+from operators.schema import RUN_ID
+from operators.sinks.lance_sink import ensure_table, upsert
+from operators.storage import redact_argv, redact_config
+from operators.tables import Lake, TableRef
 
-RUN_ID = "run_id"
 RUNS_SUFFIX = "_runs"
-SECRET_WORDS = re.compile(r"(key|secret|token|password|passwd|credential|session)", re.IGNORECASE)
-REDACTED = "***"
 PACKAGES = ("embedlake", "torch", "transformers", "ray", "pylance", "lancedb", "pyarrow")
 
 RUNS_SCHEMA = pa.schema([
@@ -39,33 +38,6 @@ RUNS_SCHEMA = pa.schema([
 ])
 
 
-def redact(value: object) -> object:
-    """Copy of a config with every value under a secret-looking key replaced by ***."""
-    if isinstance(value, dict):
-        return {k: REDACTED if SECRET_WORDS.search(str(k)) and v else redact(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
-    return value
-
-
-def redact_argv(argv: list[str]) -> list[str]:
-    """Command line with the value of any secret-looking option (or KEY=VALUE pair) replaced."""
-    cleaned, hide_next = [], False
-    for arg in argv:
-        if hide_next:
-            cleaned.append(REDACTED)
-            hide_next = False
-        elif arg.startswith("--") and SECRET_WORDS.search(arg):
-            name, eq, _ = arg.partition("=")
-            cleaned.append(f"{name}={REDACTED}" if eq else arg)
-            hide_next = not eq
-        elif "=" in arg and SECRET_WORDS.search(arg.split("=", 1)[0]):
-            cleaned.append(f"{arg.split('=', 1)[0]}={REDACTED}")
-        else:
-            cleaned.append(arg)
-    return cleaned
-
-
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -80,7 +52,7 @@ def package_versions() -> dict[str, str]:
 class RunLog:
     """The run-log row of one run, written at start and at the end."""
 
-    target: LanceTarget
+    target: TableRef
     job: str
     command: list[str]
     config: dict
@@ -89,8 +61,8 @@ class RunLog:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @classmethod
-    def for_table(cls, uri: str, table: str, storage_options: dict, **kwargs) -> RunLog:
-        target = LanceTarget(uri, f"{table}{RUNS_SUFFIX}", storage_options)
+    def for_table(cls, lake: Lake, table: str, **kwargs) -> RunLog:
+        target = lake.table(f"{table}{RUNS_SUFFIX}")
         ensure_table(target, RUNS_SCHEMA, primary_key=RUN_ID)
         return cls(target=target, **kwargs)
 
@@ -108,7 +80,7 @@ class RunLog:
             "started_at": self.started_at,
             "finished_at": finished_at,
             "command": json.dumps(redact_argv(self.command)),
-            "config": json.dumps(redact(self.config), default=str),
+            "config": json.dumps(redact_config(self.config), default=str),
             "versions": json.dumps(package_versions()),
             "model": self.model,
             "counts": json.dumps(counts, default=str),

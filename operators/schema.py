@@ -1,4 +1,5 @@
-"""Column names and Arrow schemas of the tables embedlake writes (see shared/docs/interface.md).
+"""Column names and Arrow schemas of the tables embedlake writes (docs/interface.md), and the one check
+that a table or input has the columns a command needs.
 
 One place for the table contract, so encoders, sinks, search and dedup agree on it.
 """
@@ -6,6 +7,7 @@ One place for the table contract, so encoders, sinks, search and dedup agree on 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import pyarrow as pa
 
@@ -46,6 +48,42 @@ def is_dense_column(name: str) -> bool:
 def nested_dim(name: str) -> int | None:
     """The nested size of a `dense_<d>` column, None for `dense` itself."""
     return int(name[len(DENSE_PREFIX):]) if name.startswith(DENSE_PREFIX) else None
+
+
+def dense_columns(schema: pa.Schema) -> list[str]:
+    """`dense` first, then `dense_<d>` from the largest nested size to the smallest."""
+    names = [name for name in schema.names if is_dense_column(name)]
+    return sorted(names, key=lambda name: (name != DENSE, -(nested_dim(name) or 0)))
+
+
+def vector_columns(schema: pa.Schema) -> list[str]:
+    """Every stored vector column: the dense ones, then sparse and colbert when present."""
+    return dense_columns(schema) + [name for name in (SPARSE, COLBERT) if name in schema.names]
+
+
+def require_columns(
+    schema: pa.Schema, columns: Sequence[str], where: str, why: str | None = None, vectors: bool = False
+) -> None:
+    """Fail before any work when `where` (a table, an input, a file) lacks a needed column: one line naming
+    the missing columns, why they are needed, and the columns it has (its vector columns with `vectors`)."""
+    missing = [name for name in columns if name not in schema.names]
+    if not missing:
+        return
+    shown = vector_columns(schema) if vectors else schema.names
+    found = f"{'vector columns' if vectors else 'columns found'}: {', '.join(shown) or 'none'}"
+    names = ", ".join(repr(name) for name in missing)
+    msg = f"{where} has no column{'s' if len(missing) > 1 else ''} {names} ({f'{why}; ' if why else ''}{found})"
+    raise ValueError(msg)
+
+
+def vector_dim(schema: pa.Schema, column: str, where: str) -> int:
+    """The width D of a fixed_size_list<float>[D] column; a one-line error for a missing or non-vector one."""
+    require_columns(schema, [column], where, vectors=True)
+    kind = schema.field(column).type
+    if not (pa.types.is_fixed_size_list(kind) and pa.types.is_floating(kind.value_type)):
+        msg = f"column {column!r} of {where} is {kind}, not a fixed-size float vector"
+        raise ValueError(msg)
+    return kind.list_size
 
 
 def text_hash(text: str) -> str:

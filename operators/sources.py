@@ -16,23 +16,20 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from operators.errors import one_line
 from operators.lake_layout import GLOB_CHARS, hive_partitions, hive_values, listing_base
-from operators.schema import ID
-from operators.storage import fsspec_options, redact, redacted_errors
+from operators.schema import ID, require_columns
+from operators.storage import filesystem, open_input, redacted_errors
 
 SOURCE_COL = "_source"
 READ_AT_COL = "_read_at"
 REASON_COL = "_reason"
 TEXT_COL = "_text"
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
-# Parquet reads are ranged (footer, then the needed column chunks): no read-ahead, which on object
-# stores would fetch the columns we skip.
-READ_CACHE = "none"
 FOOTER_THREADS = 32  # concurrent footer / id-column reads on object stores
 LOCAL_SCAN_THREADS = 8
 
@@ -47,9 +44,6 @@ class ShardSet:
     storage_options: dict = field(default_factory=dict, repr=False)
     partitions: pa.Schema = field(default_factory=lambda: pa.schema([]))  # hive key=value folders
 
-    def filesystem(self) -> fsspec.AbstractFileSystem:
-        return fsspec.filesystem(self.protocol, **fsspec_options(self.uri, self.storage_options))
-
 
 def _full_uri(protocol: str, path: str) -> str:
     return path if protocol in ("file", "local") else f"{protocol}://{path}"
@@ -63,7 +57,7 @@ def find_shards(uri: str, storage_options: dict | None = None) -> ShardSet:
     """
     storage_options = storage_options if storage_options is not None else {}
     with redacted_errors(storage_options):
-        fs, path = fsspec.core.url_to_fs(uri, **fsspec_options(uri, storage_options))
+        fs, path = filesystem(uri, storage_options)
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         base = None
         if any(char in path for char in GLOB_CHARS):
@@ -95,16 +89,13 @@ def _hidden(relative: str) -> bool:
 def read_schema(shards: ShardSet, skip_bad_files: bool = False) -> pa.Schema:
     """Schema of the first shard (the first readable one with skip_bad_files), naming a file it cannot read,
     plus the hive partition columns its file does not hold."""
-    fs = shards.filesystem()
     for path in shards.files:
         try:
-            _, fs_path = fsspec.core.url_to_fs(path, **fsspec_options(path, shards.storage_options))
-            with fs.open(fs_path, "rb", cache_type=READ_CACHE) as handle:
+            with open_input(path, shards.storage_options) as handle:
                 return with_partitions(pq.read_schema(handle), shards.partitions)
         except Exception as error:
             if not skip_bad_files:
-                reason = redact(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}", shards.storage_options)
-                msg = f"cannot read shard {path} ({reason})"
+                msg = f"cannot read shard {path} ({one_line(error, 300, shards.storage_options, with_type=True)})"
                 raise ValueError(msg) from None
     msg = f"input {shards.uri}: no shard is readable"
     raise ValueError(msg)
@@ -117,25 +108,13 @@ def with_partitions(schema: pa.Schema, partitions: pa.Schema) -> pa.Schema:
     return schema
 
 
-def check_columns(schema: pa.Schema, required: Sequence[str], where: str) -> None:
-    """Fail before any work when a needed column is missing, naming the columns that exist."""
-    missing = [name for name in required if name not in schema.names]
-    if missing:
-        msg = (
-            f"{where} has no column(s) {', '.join(repr(m) for m in missing)}; "
-            f"columns found: {', '.join(schema.names)}"
-        )
-        raise ValueError(msg)
-
-
 def count_rows(shards: ShardSet) -> int:
     """Total rows from the Parquet footers alone (no data read), many footers at a time: on an
     object store each footer is a round trip, and thousands of them in a row take minutes."""
     with redacted_errors(shards.storage_options):
-        fs = shards.filesystem()
 
         def footer_rows(path: str) -> int:
-            with fs.open(path, "rb", cache_type=READ_CACHE) as handle:
+            with open_input(path, shards.storage_options) as handle:
                 return pq.ParquetFile(handle).metadata.num_rows
 
         if len(shards.files) == 1 or shards.protocol in ("file", "local"):
@@ -167,10 +146,9 @@ class ShardReader:
             yield from self._read(path, row_groups)
 
     def _read(self, path: str, row_groups: Sequence[int] | None = None) -> Iterator[pa.Table]:
-        fs, fs_path = fsspec.core.url_to_fs(path, **fsspec_options(path, self.storage_options))
-        with fs.open(fs_path, "rb", cache_type=READ_CACHE) as handle:
+        with open_input(path, self.storage_options) as handle:
             parquet = pq.ParquetFile(handle)
-            check_columns(parquet.schema_arrow, [self.id_column, self.text_column], f"shard {path}")
+            require_columns(parquet.schema_arrow, [self.id_column, self.text_column], f"shard {path}")
             present = set(parquet.schema_arrow.names)
             columns = [c for c in dict.fromkeys([self.id_column, self.text_column, *self.keep_columns]) if c in present]
             # Kept columns the file lacks may be hive partition values (`key=value/`) in the shard's path.
@@ -291,7 +269,6 @@ def scan_input(
     shard costs round trips rather than CPU, so more of them run at once there."""
     from concurrent.futures import ThreadPoolExecutor
 
-    fs = shards.filesystem()
     # Kept hive partition columns are not in the files: check only for what the files must hold.
     in_files = [name for name in required if name not in shards.partitions.names]
 
@@ -299,14 +276,13 @@ def scan_input(
 
     def read_ids(path: str) -> pa.Array | str:
         try:
-            _, fs_path = fsspec.core.url_to_fs(path, **fsspec_options(path, shards.storage_options))
-            with fs.open(fs_path, "rb", cache_type=READ_CACHE) as handle:
+            with open_input(path, shards.storage_options) as handle:
                 parquet = pq.ParquetFile(handle)
-                check_columns(parquet.schema_arrow, in_files, f"shard {path}")
+                require_columns(parquet.schema_arrow, in_files, f"shard {path}")
                 ids = parquet.read(columns=[id_column]).column(id_column)
                 sizes[path] = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
         except Exception as error:  # noqa: BLE001 - reported per file below
-            return redact(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}", shards.storage_options)
+            return one_line(error, 300, shards.storage_options, with_type=True)
         ids = ids if pa.types.is_string(ids.type) else pc.cast(ids, pa.string())
         return ids.combine_chunks()
 

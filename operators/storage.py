@@ -4,8 +4,11 @@ options fsspec (input) and Lance/LanceDB (output) each expect.
 The settings use Lance's (object_store's) key names, so the same mapping can be handed to
 `lancedb.connect(uri, storage_options=lance_options(uri, settings))`; `fsspec_options` translates
 them for s3fs / gcsfs / adlfs. They are resolved once on the driver and travel to Ray workers inside
-the readers and writers, so worker nodes do not need the driver's environment. Secret values are
-never shown: the mapping's repr hides them and `redact` scrubs them from error messages.
+the readers and writers, so worker nodes do not need the driver's environment.
+
+Credentials are kept out of everything we print or store, here and only here: `is_secret` says which
+setting or option names hold one, the settings' repr hides them, `redact` scrubs their values from
+messages, `redact_config` and `redact_argv` hide them in the configs and command lines a run log keeps.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import IO
 
 S3, GCS, AZURE, LOCAL = "s3", "gs", "az", "file"
 PROTOCOLS = {
@@ -50,7 +54,9 @@ GENERIC_KEYS = (ALLOW_HTTP, ANON, "timeout", "connect_timeout", "client_max_retr
 PROVIDER_PREFIXES = {S3: "aws_", GCS: "google_", AZURE: "azure_"}
 SECRET_KEYS = frozenset({AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AZURE_ACCOUNT_KEY,
                          AZURE_SAS_TOKEN, "google_service_account_key", "key", "connection_string"})
-SECRET_PATTERN = re.compile(r"secret|token|password|account_key|sas_key|access_key", re.IGNORECASE)
+# Names that hold a credential: settings keys, config keys, --options, KEY=VALUE pairs. "key" also covers
+# access_key, account_key, sas_key and api_key; a false positive only hides a value.
+SECRET_PATTERN = re.compile(r"secret|token|password|passwd|credential|session|key", re.IGNORECASE)
 REDACTED = "***"
 MIN_SECRET = 4
 TRUE_STRINGS = ("1", "true", "yes", "on")
@@ -168,6 +174,33 @@ def redact(text: str, settings: Mapping | None) -> str:
     return text
 
 
+def redact_config(value: object) -> object:
+    """Copy of a config (nested mappings and lists) with every value under a secret-looking key replaced."""
+    if isinstance(value, Mapping):
+        return {k: REDACTED if is_secret(str(k)) and v else redact_config(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_config(v) for v in value]
+    return value
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """Command line with the value of any secret-looking option (or KEY=VALUE pair) replaced."""
+    cleaned, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            cleaned.append(REDACTED)
+            hide_next = False
+        elif arg.startswith("--") and is_secret(arg):
+            name, eq, _ = arg.partition("=")
+            cleaned.append(f"{name}={REDACTED}" if eq else arg)
+            hide_next = not eq
+        elif "=" in arg and is_secret(arg.split("=", 1)[0]):
+            cleaned.append(f"{arg.split('=', 1)[0]}={REDACTED}")
+        else:
+            cleaned.append(arg)
+    return cleaned
+
+
 class StorageError(OSError):
     """An object-storage failure whose message had credentials scrubbed from it."""
 
@@ -189,18 +222,26 @@ def redacted_errors(settings: Mapping | None) -> Iterator[None]:
         raise StorageError(f"{type(error).__name__}: {clean}") from None
 
 
-def connect(uri: str, settings: Mapping | None = None, environ: Mapping[str, str] | None = None):
-    """`lancedb.connect` for a local folder or an object-store URI, with the resolved settings.
+def as_settings(storage: Mapping | None, environ: Mapping[str, str] | None = None) -> StorageSettings:
+    """Resolved settings as they are; a plain mapping (a config `storage:` section) or None resolved
+    with the environment (`resolve_storage`)."""
+    return storage if isinstance(storage, StorageSettings) else resolve_storage(storage, environ)
 
-    `settings` is a resolved mapping (from `resolve_storage`) or a raw config `storage:` section; the
-    environment fills in what it does not say.
-    """
-    import lancedb
 
-    if not isinstance(settings, StorageSettings):
-        settings = resolve_storage(settings, environ)
-    options = lance_options(uri, settings)
-    return lancedb.connect(uri, storage_options=dict(options) or None)
+def filesystem(uri: str, settings: Mapping | None):
+    """(fsspec filesystem, path inside it) for `uri`, with the filesystem options of `settings`."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(uri, **fsspec_options(uri, settings))
+
+
+@contextmanager
+def open_input(uri: str, settings: Mapping | None, cache_type: str = "none") -> Iterator[IO[bytes]]:
+    """A file of an input lake opened for reading. Parquet reads are ranged (footer, then the needed
+    column chunks): no read-ahead by default, which on object stores would fetch the columns we skip."""
+    fs, path = filesystem(uri, settings)
+    with fs.open(path, "rb", cache_type=cache_type) as handle:
+        yield handle
 
 
 def _truthy(value: object) -> bool:

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import yaml
 
+from operators.errors import one_line
+
 # Each name is a module in pipelines.commands with add_parser(subparsers) and run(args) -> result.
 COMMANDS = ("embed", "search", "evaluate", "index", "cluster", "dedup", "submit")
 
@@ -108,8 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - the CLI reports every failure as one line
         if args.verbose:
             logging.exception("command failed")
-        reason = " ".join(str(error).split()) or type(error).__name__
-        print(f"embedlake: error: {reason}", file=sys.stderr)
+        print(f"embedlake: error: {one_line(error)}", file=sys.stderr)
         code = getattr(error, "exit_code", None)  # e.g. a submitted job's own exit status
         return code if isinstance(code, int) and code > 0 else 1
     emit(result, as_json=args.json)

@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from operators.cluster import (
+    DEFAULT_MAX_POINTS_PER_CENTROID,
+    DEFAULT_NITER,
     DEFAULT_SEED,
     DEFAULT_SILHOUETTE_SAMPLE,
     CentroidAssigner,
@@ -41,19 +43,12 @@ from operators.schema import (
     centroids_schema,
     centroids_table_name,
     clusters_table_name,
-)
-from operators.vectors import as_matrix, to_vector_array
-from pipelines.downstream import (
-    Lake,
-    Stopwatch,
-    is_local_uri,
-    local_path,
-    read_ray_dataset,
-    require_column,
-    sample_rows,
-    using_ray,
+    require_columns,
     vector_dim,
 )
+from operators.tables import Lake
+from operators.vectors import as_matrix, to_vector_array
+from pipelines.downstream import Stopwatch, is_local_uri, local_path, read_ray_dataset, sample_rows, using_ray
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +65,14 @@ class ClusterJob:
     k: int
     column: str = DENSE
     labels_column: str | None = None
-    niter: int = 25
+    niter: int = DEFAULT_NITER
     nredo: int = 1
     seed: int = DEFAULT_SEED
-    max_points_per_centroid: int = 256
+    max_points_per_centroid: int = DEFAULT_MAX_POINTS_PER_CENTROID
     silhouette_sample: int = DEFAULT_SILHOUETTE_SAMPLE
     plot_dir: str | None = None
     address: str | None = None
-    storage_options: Mapping = field(default_factory=dict, repr=False)  # operators/storage.py settings
+    storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
 
 
 def report_dir(uri: str, table: str, plot_dir: str | None) -> str:
@@ -98,12 +93,12 @@ def run_cluster(job: ClusterJob) -> dict:
         seed=job.seed,
         max_points_per_centroid=job.max_points_per_centroid,
     )
-    lake = Lake(job.uri, job.storage_options)
-    table = lake.open_table(job.table)
-    dataset = table.to_lance()
-    dim = vector_dim(dataset.schema, job.column, job.table)
+    lake = Lake(job.uri, job.storage)
+    dataset = lake.table(job.table).open().to_lance()
+    where = f"table {job.table!r}"
+    dim = vector_dim(dataset.schema, job.column, where)
     if job.labels_column:
-        require_column(dataset.schema, job.labels_column, job.table, "--labels-column")
+        require_columns(dataset.schema, [job.labels_column], where, "--labels-column")
     rows = dataset.count_rows()
     if rows < job.k:
         msg = f"table {job.table!r} has {rows} rows, fewer than k={job.k}"

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.cluster import CentroidAssigner, KMeansConfig, fit_spherical_kmeans
+from operators.cluster import DEFAULT_NITER, CentroidAssigner, KMeansConfig, fit_spherical_kmeans
 from operators.dedup import (
     DEFAULT_BLOCK,
     DEFAULT_EPS,
@@ -59,20 +59,13 @@ from operators.schema import (
     ID,
     TEXT_HASH,
     duplicates_table_name,
-)
-from operators.vectors import as_matrix
-from pipelines.buckets import BUCKET, bucket_folders, read_bucket, write_buckets
-from pipelines.downstream import (
-    Lake,
-    Stopwatch,
-    is_local_uri,
-    local_path,
-    read_ray_dataset,
-    require_column,
-    sample_rows,
-    using_ray,
+    require_columns,
     vector_dim,
 )
+from operators.tables import Lake
+from operators.vectors import as_matrix
+from pipelines.buckets import BUCKET, bucket_folders, read_bucket, write_buckets
+from pipelines.downstream import Stopwatch, is_local_uri, local_path, read_ray_dataset, sample_rows, using_ray
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +95,7 @@ class DedupJob:
     keep: str = KEEP_FIRST
     text_column: str = "text"
     block: int = DEFAULT_BLOCK
-    niter: int = 25
+    niter: int = DEFAULT_NITER
     seed: int = DEFAULT_SEED
     work_dir: str | None = None
     threshold: float = DEFAULT_THRESHOLD
@@ -110,7 +103,7 @@ class DedupJob:
     ngram: int = DEFAULT_NGRAM
     rows_per_bucket: int = ROWS_PER_BUCKET
     address: str | None = None
-    storage_options: Mapping = field(default_factory=dict, repr=False)  # operators/storage.py settings
+    storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
 
 
 def default_k(rows: int) -> int:
@@ -124,14 +117,14 @@ def run_dedup(job: DedupJob) -> dict:
         msg = f"method must be one of {', '.join(METHODS)}, got {job.method!r}"
         raise ValueError(msg)
     config = SemDedupConfig(eps=job.eps, rank=job.rank, keep=job.keep, block=job.block, seed=job.seed)
-    lake = Lake(job.uri, job.storage_options)
-    table = lake.open_table(job.table)
-    dataset = table.to_lance()
+    lake = Lake(job.uri, job.storage)
+    dataset = lake.table(job.table).open().to_lance()
+    where = f"table {job.table!r}"
     schema = dataset.schema
     if job.method == MINHASH or job.keep == KEEP_LONGEST:
         why = "--method minhash" if job.method == MINHASH else "--keep longest"
-        require_column(schema, job.text_column, job.table, f"{why} reads the texts; see --text-column")
-    dim = vector_dim(schema, job.column, job.table) if job.method == SEMANTIC else 0
+        require_columns(schema, [job.text_column], where, f"{why} reads the texts; see --text-column")
+    dim = vector_dim(schema, job.column, where) if job.method == SEMANTIC else 0
     rows = dataset.count_rows()
 
     with watch.stage("exact"):

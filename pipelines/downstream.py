@@ -1,8 +1,8 @@
 """Plumbing shared by the downstream jobs (cluster, dedup): tables in, Ray for the parallel pass, tables out.
 
-One place for: opening a LanceDB table with a one-line error, checking the vector column, drawing a seeded
-sample without scanning everything, running Ray only around the parallel pass, handing rows to Ray Data in
-blocks of a sensible size, and replacing a result table from a stream of batches in one commit.
+One place for: drawing a seeded sample without scanning everything, running Ray only around the parallel
+pass, and handing a table's rows to Ray Data in blocks of a sensible size. Tables are opened and written
+through operators/tables.py like everywhere else.
 """
 
 from __future__ import annotations
@@ -11,86 +11,15 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-from operators.storage import StorageSettings
+from operators.tables import Lake
 
 # Ray Data blocks of about this many bytes of vectors: big enough to amortise a task, small enough to stream.
 BLOCK_BYTES = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Lake:
-    """A LanceDB database (local folder or object-store URI) and the storage settings to reach it
-    (operators/storage.py: environment, config `storage:` section, --storage)."""
-
-    uri: str
-    storage: Mapping = field(default_factory=dict, repr=False)
-
-    def connect(self):
-        from operators.storage import connect
-
-        return connect(self.uri, self.storage)
-
-    def lance_options(self) -> dict | None:
-        """The settings as Lance storage options, for readers in Ray workers."""
-        from operators.storage import lance_options, resolve_storage
-
-        settings = self.storage if isinstance(self.storage, StorageSettings) else resolve_storage(self.storage)
-        return dict(lance_options(self.uri, settings)) or None
-
-    def open_table(self, name: str):
-        """The table `name`, or a one-line ValueError naming what is missing."""
-        db = self.connect()
-        try:
-            return db.open_table(name)
-        except (ValueError, FileNotFoundError) as error:
-            msg = f"table {name!r} not found at {self.uri}"
-            raise ValueError(msg) from error
-
-    def write_table(self, name: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch | pa.Table]):
-        """Create or replace table `name` from a stream of batches, as one commit (readers never see half)."""
-
-        def record_batches() -> Iterator[pa.RecordBatch]:
-            wrote = False
-            for batch in batches:
-                table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
-                for record_batch in table.select(schema.names).cast(schema).to_batches():
-                    wrote = True
-                    yield record_batch
-            if not wrote:  # an empty result is still a table, with the right columns
-                yield pa.RecordBatch.from_pylist([], schema=schema)
-
-        reader = pa.RecordBatchReader.from_batches(schema, record_batches())
-        return self.connect().create_table(name, data=reader, mode="overwrite")
-
-
-def vector_dim(schema: pa.Schema, column: str, table: str) -> int:
-    """The width D of a fixed_size_list<float>[D] column; a one-line error for a missing / non-vector one."""
-    if column not in schema.names:
-        vectors = [f.name for f in schema if _is_vector_type(f.type)]
-        msg = f"table {table!r} has no column {column!r} (vector columns: {', '.join(vectors) or 'none'})"
-        raise ValueError(msg)
-    field = schema.field(column)
-    if not _is_vector_type(field.type):
-        msg = f"column {column!r} of table {table!r} is {field.type}, not a fixed-size float vector"
-        raise ValueError(msg)
-    return field.type.list_size
-
-
-def require_column(schema: pa.Schema, column: str, table: str, why: str) -> None:
-    if column not in schema.names:
-        msg = f"table {table!r} has no column {column!r} ({why})"
-        raise ValueError(msg)
-
-
-def _is_vector_type(dtype: pa.DataType) -> bool:
-    return pa.types.is_fixed_size_list(dtype) and pa.types.is_floating(dtype.value_type)
 
 
 def sample_rows(dataset, rows: int, columns: list[str], seed: int) -> pa.Table:

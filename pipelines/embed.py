@@ -15,8 +15,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 
 import pyarrow as pa
@@ -24,6 +24,7 @@ import pyarrow as pa
 from operators.embed import EmbedRows, known_key
 from operators.encoders.base import EncoderSpec
 from operators.encoders.loader import describe_encoder, model_kind
+from operators.errors import one_line
 from operators.run_log import RunLog
 from operators.schema import (
     ID,
@@ -35,19 +36,20 @@ from operators.schema import (
     TEXT_HASH,
     embeddings_schema,
     quarantine_table_name,
+    require_columns,
 )
 from operators.sinks.lance_sink import (
-    LanceTarget,
     compact,
     delete_keys_not_in,
     ensure_table,
     load_known_keys,
     upsert,
 )
-from operators.sources import ShardReader, check_columns, find_shards, read_schema
+from operators.sources import ShardReader, find_shards, read_schema
 from operators.sources import scan_input as scan_shards
-from operators.storage import redact
+from operators.storage import as_settings
 from operators.table_meta import TableMeta, with_meta
+from operators.tables import Lake, TableRef
 from pipelines.embed_writer import Tables, write_batch
 from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
 from pipelines.workers import plan_rows_per_write, plan_workers
@@ -74,7 +76,7 @@ class EmbedJob:
     overwrite: bool = False
     sync_deletes: bool = False
     skip_bad_files: bool = False
-    storage_options: dict = field(default_factory=dict, repr=False)  # operators/storage.py settings
+    storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings (None: environment's)
     actors: int | None = None  # encoder actors; default one per GPU, else one per CPU (pipelines/workers.py)
     actor_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per encoder actor
     threads_per_actor: int | None = None
@@ -129,10 +131,11 @@ class RunCounts:
 def run_embed(job: EmbedJob) -> dict:
     """Run the job and return the JSON summary (interface.md)."""
     started = time.time()
-    shards = find_shards(job.input, job.storage_options)
+    job = replace(job, storage=as_settings(job.storage))  # resolved once, here, for every worker
+    shards = find_shards(job.input, job.storage)
     required = [job.id_column, job.text_column]
     input_schema = read_schema(shards, skip_bad_files=job.skip_bad_files)
-    check_columns(input_schema, [*required, *job.keep_columns], f"input {job.input}")
+    require_columns(input_schema, [*required, *job.keep_columns], f"input {job.input}")
     spec = job.encoder_spec()
     description = describe_encoder(spec)
     meta = TableMeta(
@@ -145,22 +148,18 @@ def run_embed(job: EmbedJob) -> dict:
     )
     keep_fields = [input_schema.field(name) for name in job.keep_columns]
     schema = with_meta(embeddings_schema(description.fields, keep_fields), meta)
-    tables = Tables(
-        main=LanceTarget(job.output, job.table, job.storage_options),
-        quarantine=LanceTarget(job.output, quarantine_table_name(job.table), job.storage_options),
-        schema=schema,
-    )
+    lake = Lake(job.output, job.storage)
+    tables = Tables(main=lake.table(job.table), quarantine=lake.table(quarantine_table_name(job.table)), schema=schema)
     ensure_table(tables.main, schema, primary_key=ID, overwrite=job.overwrite)
     ensure_table(tables.quarantine, QUARANTINE_SCHEMA, primary_key=SOURCE, overwrite=job.overwrite)
     config = {k: v for k, v in asdict(job).items() if k != "command"}
-    run_log = RunLog.for_table(job.output, job.table, job.storage_options, job="embed",
+    run_log = RunLog.for_table(lake, job.table, job="embed",
                                command=job.command or sys.argv, config=config, model=description.model_id)
     run_log.start()
     try:
         summary = _run(job, shards, required, spec, tables, run_log.run_id, started)
     except BaseException as error:
-        run_log.finish({}, error=redact(" ".join(str(error).split())[:1000], job.storage_options)
-                       or type(error).__name__)
+        run_log.finish({}, error=one_line(error, 1000, job.storage))
         raise
     summary["run_id"] = run_log.run_id
     run_log.finish(summary)
@@ -226,7 +225,7 @@ def _run(job: EmbedJob, shards, required: list[str], spec: EncoderSpec, tables: 
         "encoder_actors": len(counts.workers),
         "encoder_nodes": len({worker.rsplit(":", 1)[0] for worker in counts.workers}),
         "table": job.table,
-        "quarantine_table": tables.quarantine.table,
+        "quarantine_table": tables.quarantine.name,
         "uri": job.output,
         "model": describe_model_id(tables.schema),
     }
@@ -239,7 +238,7 @@ def describe_model_id(schema: pa.Schema) -> str:
     return meta.model_id if meta else ""
 
 
-def known_keys_loader(target: LanceTarget, model_id: str) -> set[str]:
+def known_keys_loader(target: TableRef, model_id: str) -> set[str]:
     """Runs inside each encoder actor: the (id, text hash) pairs already embedded with this model."""
     known = load_known_keys(target, ID, TEXT_HASH, MODEL, model_id)
     return {known_key(i, h) for i, h in zip(known.column(ID).to_pylist(), known.column(TEXT_HASH).to_pylist(),
@@ -259,7 +258,7 @@ def _execute(job: EmbedJob, scan, spec: EncoderSpec, tables: Tables, run_id: str
         job.id_column,
         job.text_column,
         job.keep_columns,
-        job.storage_options,
+        job.storage,
         duplicate_sources=scan.duplicate_sources,
         keep_types={name: tables.schema.field(name).type for name in job.keep_columns},
     )

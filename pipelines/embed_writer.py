@@ -26,18 +26,19 @@ from operators.row_status import (
     WORKER_COL,
 )
 from operators.schema import COLBERT, ID, QUARANTINE_SCHEMA, REASON, RUN_ID, SOURCE, SPARSE, is_dense_column
-from operators.sinks.lance_sink import LanceTarget, upsert
+from operators.sinks.lance_sink import upsert
 from operators.sources import READ_AT_COL, REASON_COL, SOURCE_COL
+from operators.tables import TableRef
 
 VECTOR_OUTPUTS = (SPARSE, COLBERT)
 
 
 @dataclass
 class Tables:
-    """The three tables a run writes and the schema of the main one."""
+    """The two tables a run's writers fill (the table and its quarantine) and the schema of the main one."""
 
-    main: LanceTarget
-    quarantine: LanceTarget
+    main: TableRef
+    quarantine: TableRef
     schema: pa.Schema
 
 

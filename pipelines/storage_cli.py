@@ -1,7 +1,7 @@
 """The `--storage` option and the config file's `storage:` section, for every command that opens a lake.
 
 A command calls `add_storage_option(parser)` when building its parser and `storage_from_args(args)`
-(or `open_db(uri, args)`) when running. Settings come from the standard environment variables
+when running. Settings come from the standard environment variables
 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, ...), overridden by the
 `storage:` mapping of `--config` or by `--storage KEY=VALUE,...`. Credentials are refused on the
 command line, where `ps` and shell history would keep them.
@@ -13,7 +13,7 @@ import argparse
 import logging
 import os
 
-from operators.storage import StorageSettings, connect, is_secret, resolve_storage
+from operators.storage import StorageSettings, is_secret, resolve_storage
 
 STORAGE_DEST = "storage"
 # Their DEBUG records print signed request headers (the access key id in `Credential=`), so
@@ -73,7 +73,3 @@ def storage_from_args(args: argparse.Namespace) -> StorageSettings:
         raise ValueError(msg)
     return resolve_storage(config, os.environ)
 
-
-def open_db(uri: str, args: argparse.Namespace):
-    """`lancedb.connect(uri)` with the command's storage settings (local folders need none)."""
-    return connect(uri, storage_from_args(args))

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pytest
 
 from operators.schema import DENSE, DUPLICATE_OF, ID, TEXT_HASH
-from operators.storage import connect, resolve_storage
+from operators.storage import resolve_storage
+from operators.tables import connect
 from operators.vectors import normalize_rows, to_vector_array
 from pipelines.cli import main
 

@@ -86,7 +86,7 @@ def test_cli_clusters_a_nested_column(ray_session, lake, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--table", "nope", "--k", "3"], "table 'nope' not found"),
+        (["--table", "nope", "--k", "3"], "no table 'nope' in "),
         (
             ["--table", "docs", "--k", "3", "--column", "dense_7"],
             "has no column 'dense_7' (vector columns: dense",

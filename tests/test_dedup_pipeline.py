@@ -82,7 +82,7 @@ def test_cli_minhash_finds_planted_edits(ray_session, lake, corpus, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--table", "nope"], "table 'nope' not found"),
+        (["--table", "nope"], "no table 'nope' in "),
         (["--table", "docs", "--column", "sparse"], "has no column 'sparse'"),
         (
             ["--table", "docs", "--keep", "longest", "--text-column", "body"],

@@ -159,7 +159,7 @@ def test_colbert_and_hybrid_entries_equal_brute_force(setup, result):
 def test_missing_columns_in_label_files_are_reported(setup, tmp_path):
     path = setup[0]
     pq.write_table(pa.table({"qid": ["a"], "text": ["x"]}), tmp_path / "q.parquet")
-    with pytest.raises(ValueError, match="lacks column"):
+    with pytest.raises(ValueError, match="has no column 'query_id' \\(needs query_id, text; columns found: qid"):
         evaluation.evaluate(path, "docs", str(tmp_path / "q.parquet"), str(tmp_path / "q.parquet"))
 
 

@@ -8,7 +8,8 @@ import pytest
 from search_tables import make_table
 
 from operators.schema import DENSE
-from operators.search.ann import IVF_HNSW_SQ, IVF_PQ, build_indexes, plan_index
+from operators.search.ann import build_indexes
+from operators.search.index_plan import IndexType, plan_index
 from operators.search.retriever import Retriever
 from operators.search.scores import QueryVectors
 from operators.search.store import TableStore
@@ -17,12 +18,12 @@ from pipelines.cli import main
 
 def test_plans_follow_table_size():
     small = plan_index(DENSE, 50_000, 384)
-    assert (small.index_type, small.num_partitions) == (IVF_HNSW_SQ, 1)
+    assert (small.index_type, small.num_partitions) == (IndexType.IVF_HNSW_SQ, 1)
     big = plan_index(DENSE, 3_000_000, 1024)
-    assert (big.index_type, big.num_partitions, big.nprobes) == (IVF_HNSW_SQ, 3, 3)
-    pq = plan_index(DENSE, 1_000_000, 384, IVF_PQ)
+    assert (big.index_type, big.num_partitions, big.nprobes) == (IndexType.IVF_HNSW_SQ, 3, 3)
+    pq = plan_index(DENSE, 1_000_000, 384, IndexType.IVF_PQ)
     assert (pq.num_partitions, pq.num_sub_vectors, pq.nprobes, pq.refine_factor) == (1000, 48, 100, 10)
-    assert plan_index(DENSE, 10_000, 100, IVF_PQ).num_sub_vectors == 10  # divides the dimension
+    assert plan_index(DENSE, 10_000, 100, IndexType.IVF_PQ).num_sub_vectors == 10  # divides the dimension
     with pytest.raises(ValueError, match="unknown index type"):
         plan_index(DENSE, 10, 8, "LSH")
 
@@ -43,7 +44,7 @@ def test_index_recall_and_search_through_it(tmp_path):
     result = build_indexes(path, "docs", columns=[DENSE, "dense_8"], min_rows=1000, sample=40)
     for column in (DENSE, "dense_8"):
         entry = result["columns"][column]
-        assert entry["index_type"] == IVF_HNSW_SQ
+        assert entry["index_type"] == IndexType.IVF_HNSW_SQ
         assert entry["recall@10"] >= 0.95, entry  # 1.0 measured: refine_factor re-ranks on float vectors
     store = TableStore(path, "docs")
     assert store.vector_index(DENSE) == ("IVF_HNSW_SQ", "l2")

@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from operators.lake_layout import hive_partitions, hive_values, listing_base
-from operators.sources import ShardReader, check_columns, count_rows, find_shards, read_schema
+from operators.schema import require_columns
+from operators.sources import ShardReader, count_rows, find_shards, read_schema
 
 
 @pytest.fixture
@@ -44,8 +45,8 @@ def test_reader_keeps_partition_columns_from_the_path(hive_lake):
 
 
 def test_a_column_in_neither_files_nor_paths_is_reported_with_the_partition_columns(hive_lake):
-    with pytest.raises(ValueError, match=r"no column\(s\) 'region'; columns found: id, text, lang, year"):
-        check_columns(read_schema(find_shards(str(hive_lake))), ["id", "text", "region"], "input")
+    with pytest.raises(ValueError, match=r"no column 'region' \(columns found: id, text, lang, year\)"):
+        require_columns(read_schema(find_shards(str(hive_lake))), ["id", "text", "region"], "input")
 
 
 def test_glob_lists_from_its_base_and_skips_folders(hive_lake):

@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from operators.sources import ShardReader, count_rows, find_shards, scan_input
-from operators.storage import connect, resolve_storage
+from operators.storage import resolve_storage
+from operators.tables import connect
 from pipelines.cli import main
 from tests.object_store_server import TEST_ACCESS_KEY, TEST_SECRET_KEY
 

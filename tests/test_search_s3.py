@@ -14,8 +14,9 @@ from operators.schema import COLBERT, DENSE, SPARSE
 from operators.search.retriever import Retriever
 from operators.search.scores import QueryVectors, SparseVector
 from operators.search.sparse_index import stored_versions
-from operators.storage import connect, resolve_storage
+from operators.storage import resolve_storage
 from operators.table_meta import TableMeta
+from operators.tables import connect
 from pipelines.cli import main
 
 BUCKET = "embedlake-search"

@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from operators.sources import REASON_COL, SOURCE_COL, TEXT_COL, ShardReader, check_columns, find_shards
+from operators.schema import require_columns
+from operators.sources import REASON_COL, SOURCE_COL, TEXT_COL, ShardReader, find_shards
 
 
 @pytest.fixture
@@ -33,8 +34,8 @@ def test_missing_input_and_empty_folder_fail_clearly(tmp_path):
 
 
 def test_missing_column_names_the_columns_found():
-    with pytest.raises(ValueError, match="no column\\(s\\) 'body'; columns found: id, text"):
-        check_columns(pa.schema([("id", pa.int64()), ("text", pa.string())]), ["id", "body"], "input x")
+    with pytest.raises(ValueError, match="no column 'body' \\(columns found: id, text\\)"):
+        require_columns(pa.schema([("id", pa.int64()), ("text", pa.string())]), ["id", "body"], "input x")
 
 
 def test_reader_casts_ids_records_provenance_and_flags_bad_text(tmp_path):

@@ -14,7 +14,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from operators.storage import connect
+from operators.storage import resolve_storage
+from operators.tables import connect
 from pipelines.ray_jobs import job_client
 from pipelines.ray_runtime import project_root
 from tests.object_store_server import TEST_ACCESS_KEY, TEST_SECRET_KEY
@@ -59,7 +60,7 @@ def test_submitted_embed_job_streams_logs_and_writes_the_table(ray_head, s3_serv
     assert result["status"] == "SUCCEEDED" and result["job_id"]
     assert result["result"]["rows_written"] == 40  # the job's own --json summary, read from its logs
     assert '"rows_written": 40' in done.stderr  # logs streamed (to stderr under --json)
-    assert connect(output, environ=s3_server.env()).open_table("docs").count_rows() == 40
+    assert connect(output, resolve_storage(None, s3_server.env())).open_table("docs").count_rows() == 40
 
     record = job_client(ray_head.dashboard, ray_head.client_env()).get_job_info(result["job_id"])
     assert record.runtime_env["working_dir"].startswith(("gcs://", "file://", "/")) and "pip" not in record.runtime_env

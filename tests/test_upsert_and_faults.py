@@ -10,15 +10,16 @@ import pytest
 
 from operators.embed import QUARANTINED, STATUS_COL, EmbedRows
 from operators.encoders.base import EncoderSpec
-from operators.run_log import redact, redact_argv
-from operators.sinks.lance_sink import LanceTarget, ensure_table, upsert
+from operators.sinks.lance_sink import ensure_table, upsert
 from operators.sources import READ_AT_COL, REASON_COL, SOURCE_COL, TEXT_COL
+from operators.storage import redact_argv, redact_config
+from operators.tables import Lake
 
 SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("value", pa.int64())])
 
 
 def test_concurrent_upserts_never_duplicate_keys(tmp_path):
-    target = LanceTarget(str(tmp_path), "t")
+    target = Lake(str(tmp_path)).table("t")
     ensure_table(target, SCHEMA, primary_key="id")
 
     def write(writer: int) -> None:
@@ -27,7 +28,7 @@ def test_concurrent_upserts_never_duplicate_keys(tmp_path):
 
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(write, range(6)))
-    ids = target.open().to_table(columns=["id"]).column("id").to_pylist()
+    ids = target.dataset().to_table(columns=["id"]).column("id").to_pylist()
     assert sorted(ids) == sorted(f"k{i}" for i in range(30))
 
 
@@ -65,7 +66,7 @@ def test_encoder_error_is_retried_then_isolated_to_its_rows(embed_rows, monkeypa
 
 def test_secrets_are_redacted_from_run_log_fields():
     config = {"storage_options": {"aws_secret_access_key": "S3CR3T", "aws_region": "us-east-1"}, "model": "m"}
-    assert redact(config) == {"storage_options": {"aws_secret_access_key": "***", "aws_region": "us-east-1"},
+    assert redact_config(config) == {"storage_options": {"aws_secret_access_key": "***", "aws_region": "us-east-1"},
                               "model": "m"}
     assert redact_argv(["embed", "--aws-secret-key", "S3CR3T", "--token=abc", "AWS_SESSION_TOKEN=x", "in"]) == [
         "embed", "--aws-secret-key", "***", "--token=***", "AWS_SESSION_TOKEN=***", "in"

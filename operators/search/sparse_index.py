@@ -168,12 +168,9 @@ class IndexLocation:
 
     @classmethod
     def open(cls, uri: str, storage: dict | None = None) -> IndexLocation:
-        import fsspec
+        from operators.storage import as_settings, filesystem
 
-        from operators.storage import fsspec_options, resolve_storage
-
-        settings = storage if storage is not None else resolve_storage(None)
-        fs, root = fsspec.core.url_to_fs(uri, **fsspec_options(uri, settings))
+        fs, root = filesystem(uri, as_settings(storage))
         return cls(fs, root.rstrip("/"))
 
     def version_path(self, version: int) -> str:

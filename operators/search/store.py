@@ -2,7 +2,8 @@
 
 Search modes address rows by position (offset in the dataset's scan order at the opened version):
 the sparse index stores positions, exact scans produce them, `take` reads the rows back. All reads go
-through the version opened here, so positions stay valid for the life of the object.
+through the version opened here, so positions stay valid for the life of the object; whatever writes to
+the table (index builds) does it through `ref.open()` and then opens a new store to read what it wrote.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-from operators.schema import COLBERT, DENSE, ID, SPARSE, is_dense_column, nested_dim
+from operators.schema import ID, dense_columns, require_columns, vector_columns
+from operators.search.index_plan import plan_index, plan_type
 from operators.table_meta import TableMeta, read_meta
+from operators.tables import Lake
 
 SCAN_BATCH_ROWS = 65536
 SPARSE_INDEX_SUFFIX = ".sparse_index"
@@ -24,17 +27,11 @@ class TableStore:
     """Read access to table `name` in the LanceDB at `uri`, pinned to the version current when opened."""
 
     def __init__(self, uri: str, name: str, storage: dict | None = None) -> None:
-        from operators.storage import connect, resolve_storage
-
+        self.ref = Lake(uri, storage).table(name)
         self.uri = uri
         self.name = name
-        self.storage = storage if storage is not None else resolve_storage(None)
-        db = connect(uri, self.storage)
-        try:
-            self.table = db.open_table(name)
-        except (ValueError, FileNotFoundError) as error:
-            msg = f"no table {name!r} in {uri}"
-            raise ValueError(msg) from error
+        self.storage = self.ref.lake.storage
+        self.table = self.ref.open()
         self.dataset = self.table.to_lance()
         self.version = int(self.dataset.version)
         self.table.checkout(self.version)
@@ -51,30 +48,22 @@ class TableStore:
             self._rows = self.dataset.count_rows()
         return self._rows
 
-    def forget_indexes(self) -> None:
-        """Forget the cached index list (after creating one)."""
-        self._indexes = None
-
     def has(self, column: str) -> bool:
         return column in self.schema.names
 
     def dense_columns(self) -> list[str]:
         """`dense` first, then `dense_<d>` from the largest nested size to the smallest."""
-        names = [name for name in self.schema.names if is_dense_column(name)]
-        return sorted(names, key=lambda name: (name != DENSE, -(nested_dim(name) or 0)))
+        return dense_columns(self.schema)
 
     def vector_columns(self) -> list[str]:
         """Every stored vector column: dense ones, then sparse and colbert when present."""
-        return self.dense_columns() + [name for name in (SPARSE, COLBERT) if self.has(name)]
+        return vector_columns(self.schema)
 
     def dim(self, column: str) -> int:
         return self.schema.field(column).type.list_size
 
     def require(self, column: str) -> None:
-        if not self.has(column):
-            stored = ", ".join(self.vector_columns()) or "none"
-            msg = f"table {self.name!r} has no column {column!r} (vector columns: {stored})"
-            raise ValueError(msg)
+        require_columns(self.schema, [column], f"table {self.name!r}", vectors=True)
 
     # -- reads ---------------------------------------------------------------------------------
     def ids(self) -> np.ndarray:
@@ -131,8 +120,6 @@ class TableStore:
         if exact:
             builder = builder.bypass_vector_index()
         elif index:
-            from operators.search.ann import plan_index, plan_type
-
             plan = plan_index(column, self.rows, self.dim(column), plan_type(index[0]))
             nprobes = nprobes or plan.nprobes
             refine_factor = refine_factor or plan.refine_factor

@@ -8,71 +8,33 @@ everything committed so far), and re-running a batch replaces rows instead of du
 The key is declared as the table's unenforced primary key: without it, concurrent `merge_insert`
 commits duplicate keys (lance#4585); with it, Lance detects the overlap and retries.
 
-A target's storage options are embedlake's storage settings (operators/storage.py); Lance gets the
-ones for the table's object store.
+A target is a `TableRef` (operators/tables.py): the table's name and its Lake, whose storage settings
+travel to the writers; Lance gets the ones for the table's object store.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 
 import lance
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.storage import lance_options, redacted_errors
+from operators.storage import redacted_errors
+from operators.tables import TableRef
 
 log = logging.getLogger(__name__)
 DELETE_CHUNK = 2000  # ids per delete predicate
 
 
-@dataclass(frozen=True)
-class LanceTarget:
-    """One LanceDB table: the database URI (folder or object-store URI) and the table name."""
-
-    uri: str
-    table: str
-    storage_options: dict = field(default_factory=dict, hash=False, compare=False, repr=False)
-
-    @property
-    def dataset_uri(self) -> str:
-        return f"{self.uri.rstrip('/')}/{self.table}.lance"
-
-    @property
-    def lance_options(self) -> dict | None:
-        """What lance and lancedb take as `storage_options` for this table's store."""
-        return dict(lance_options(self.uri, self.storage_options)) or None
-
-    def exists(self) -> bool:
-        try:
-            self.open()
-        except (ValueError, FileNotFoundError, OSError):
-            return False
-        return True
-
-    def open(self) -> lance.LanceDataset:
-        return lance.dataset(self.dataset_uri, storage_options=self.lance_options)
-
-    def lancedb_table(self):
-        return _connect(self.uri, tuple(sorted((self.lance_options or {}).items()))).open_table(self.table)
-
-
-@lru_cache(maxsize=16)
-def _connect(uri: str, storage_items: tuple):
-    import lancedb
-
-    return lancedb.connect(uri, storage_options=dict(storage_items) or None)
-
-
 def ensure_table(
-    target: LanceTarget, schema: pa.Schema, primary_key: str, overwrite: bool = False
+    target: TableRef, schema: pa.Schema, primary_key: str, overwrite: bool = False
 ) -> lance.LanceDataset:
     """Create the table empty with `schema` and its primary key (or replace it with `overwrite`);
     check that an existing table has the same columns."""
     if target.exists() and not overwrite:
-        dataset = target.open()
+        dataset = target.dataset()
         existing = {f.name: f.type for f in dataset.schema}
         wanted = {f.name: f.type for f in schema}
         if existing != wanted:
@@ -82,7 +44,7 @@ def ensure_table(
                 if existing.get(name) != wanted.get(name)
             )
             msg = (
-                f"table {target.table} at {target.uri} exists with other columns ({'; '.join(diff)}); "
+                f"table {target.name} at {target.uri} exists with other columns ({'; '.join(diff)}); "
                 "write to another --table or pass --overwrite"
             )
             raise ValueError(msg)
@@ -92,9 +54,9 @@ def ensure_table(
         target.dataset_uri,
         schema=schema,
         mode="overwrite" if target.exists() else "create",
-        storage_options=target.lance_options,
+        storage_options=target.lake.lance_options(),
     )
-    target.lancedb_table().set_unenforced_primary_key(primary_key)
+    target.open().set_unenforced_primary_key(primary_key)
     return dataset
 
 
@@ -104,14 +66,14 @@ class UpsertCounts:
     updated: int = 0
 
 
-def upsert(rows: pa.Table, target: LanceTarget, schema: pa.Schema, key: str) -> UpsertCounts:
+def upsert(rows: pa.Table, target: TableRef, schema: pa.Schema, key: str) -> UpsertCounts:
     """Insert rows whose key is new and replace rows whose key exists, in one commit."""
     if rows.num_rows == 0:
         return UpsertCounts()
     data = rows.select(schema.names).cast(schema.remove_metadata())
-    with redacted_errors(target.storage_options):
+    with redacted_errors(target.lake.storage):
         result = (
-            target.lancedb_table()
+            target.open()
             .merge_insert(key)
             .when_matched_update_all()
             .when_not_matched_insert_all()
@@ -120,28 +82,28 @@ def upsert(rows: pa.Table, target: LanceTarget, schema: pa.Schema, key: str) -> 
     return UpsertCounts(inserted=result.num_inserted_rows, updated=result.num_updated_rows)
 
 
-def load_known_keys(target: LanceTarget, key: str, hash_column: str, model_column: str, model_id: str) -> pa.Table:
+def load_known_keys(target: TableRef, key: str, hash_column: str, model_column: str, model_id: str) -> pa.Table:
     """(key, hash) of every row the table holds for `model_id`: what an incremental run can skip."""
     if not target.exists():
         return pa.table({key: pa.array([], pa.string()), hash_column: pa.array([], pa.string())})
     quoted = model_id.replace("'", "''")
-    return target.open().to_table(columns=[key, hash_column], filter=f"{model_column} = '{quoted}'")
+    return target.dataset().to_table(columns=[key, hash_column], filter=f"{model_column} = '{quoted}'")
 
 
-def delete_keys_not_in(target: LanceTarget, key: str, keep: pa.Array) -> int:
+def delete_keys_not_in(target: TableRef, key: str, keep: pa.Array) -> int:
     """Delete rows whose key is not in `keep` (ids that left the input); returns how many."""
-    dataset = target.open()
+    dataset = target.dataset()
     stored = dataset.to_table(columns=[key]).column(key).combine_chunks()
     gone = pc.filter(stored, pc.invert(pc.is_in(stored, value_set=keep))).to_pylist()
     for start in range(0, len(gone), DELETE_CHUNK):
         chunk = gone[start : start + DELETE_CHUNK]
         quoted = ", ".join("'" + value.replace("'", "''") + "'" for value in chunk)
-        target.open().delete(f"{key} IN ({quoted})")
+        target.dataset().delete(f"{key} IN ({quoted})")
     return len(gone)
 
 
-def compact(target: LanceTarget, max_fragments: int = 64) -> None:
+def compact(target: TableRef, max_fragments: int = 64) -> None:
     """Merge the small fragments that batch-by-batch commits leave behind, once there are many."""
-    dataset = target.open()
+    dataset = target.dataset()
     if len(dataset.get_fragments()) > max_fragments:
         dataset.optimize.compact_files()

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> dict:
         max_points_per_centroid=args.max_points_per_centroid,
         plot_dir=args.plot_dir,
         address=args.address,
-        storage_options=storage_from_args(args),
+        storage=storage_from_args(args),
     )
-    with redacted_errors(job.storage_options):
+    with redacted_errors(job.storage):
         return run_cluster(job)

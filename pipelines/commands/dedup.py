@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> dict:
         num_perm=args.num_perm,
         ngram=args.ngram,
         address=args.address,
-        storage_options=storage_from_args(args),
+        storage=storage_from_args(args),
     )
-    with redacted_errors(job.storage_options):
+    with redacted_errors(job.storage):
         return run_dedup(job)

@@ -120,8 +120,8 @@ def run(args: argparse.Namespace) -> dict:
         max_tokens_per_batch=args.max_tokens_per_batch,
         precision=args.precision,
         progress=args.progress,
-        storage_options=storage_from_args(args),
+        storage=storage_from_args(args),
         actor_resources=args.actor_resources,
     )
-    with redacted_errors(job.storage_options):
+    with redacted_errors(job.storage):
         return run_embed(job)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from operators.search.ann import INDEX_TYPES, MIN_ROWS, build_indexes
+from operators.search.ann import build_indexes
+from operators.search.index_plan import MIN_ROWS, IndexType
 from operators.storage import redacted_errors
 from pipelines.storage_cli import add_storage_option, storage_from_args
 
@@ -18,7 +19,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("output", help="LanceDB URI the table lives in")
     parser.add_argument("--table", default="docs")
     parser.add_argument("--columns", help="comma-separated dense columns (default: every dense column)")
-    parser.add_argument("--index-type", choices=INDEX_TYPES, default="auto")
+    parser.add_argument("--index-type", choices=list(IndexType), default=IndexType.AUTO)
     parser.add_argument("--min-rows", type=int, default=MIN_ROWS,
                         help=f"skip tables smaller than this (default {MIN_ROWS}): exact search is fast there")
     parser.add_argument("--sample", type=int, default=100, help="queries for the recall measurement")

@@ -1,0 +1,111 @@
+"""LanceDB tables, reached one way.
+
+A `Lake` is a LanceDB database (a local folder or an object-store URI) with the storage settings that reach
+it (operators/storage.py); `lake.table(name)` is one of its tables (`TableRef`). Both are plain data, cheap
+to ship to Ray workers: the settings are resolved once, where the Lake is made (the driver), and travel
+with it. Every reader and writer (the embed job's writers, the run log, search, evaluation, indexes,
+clustering, dedup) opens tables through these, so a missing table reads the same everywhere
+(`no table 'T' in URI`) and connections are made once per process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import pyarrow as pa
+
+from operators.storage import as_settings, lance_options
+
+# What lance and lancedb raise for a table that is not there (a missing folder, an empty prefix).
+MISSING_TABLE_ERRORS = (ValueError, FileNotFoundError)
+
+
+def connect(uri: str, storage: Mapping | None = None):
+    """`lancedb.connect` for a local folder or an object-store URI, with storage settings (resolved ones as
+    they are, a config `storage:` section or None with the environment); one connection per process."""
+    options = lance_options(uri, as_settings(storage))
+    return _connect(uri, tuple(sorted(options.items())))
+
+
+@lru_cache(maxsize=16)
+def _connect(uri: str, options: tuple):
+    import lancedb
+
+    return lancedb.connect(uri, storage_options=dict(options) or None)
+
+
+@dataclass(frozen=True)
+class Lake:
+    """A LanceDB database and the storage settings to reach it: resolved settings as they are, a config
+    `storage:` section or None (the default) with the environment's."""
+
+    uri: str
+    storage: Mapping | None = field(default=None, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "storage", as_settings(self.storage))
+
+    def table(self, name: str) -> TableRef:
+        return TableRef(self, name)
+
+    def connect(self):
+        return connect(self.uri, self.storage)
+
+    def lance_options(self) -> dict | None:
+        """The settings as lance / lancedb `storage_options` for this database's store."""
+        return dict(lance_options(self.uri, self.storage)) or None
+
+    def write_table(self, name: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch | pa.Table]):
+        """Create or replace table `name` from a stream of batches, as one commit (readers never see half)."""
+
+        def record_batches() -> Iterator[pa.RecordBatch]:
+            wrote = False
+            for batch in batches:
+                table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+                for record_batch in table.select(schema.names).cast(schema).to_batches():
+                    wrote = True
+                    yield record_batch
+            if not wrote:  # an empty result is still a table, with the right columns
+                yield pa.RecordBatch.from_pylist([], schema=schema)
+
+        reader = pa.RecordBatchReader.from_batches(schema, record_batches())
+        return self.connect().create_table(name, data=reader, mode="overwrite")
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """One table of a Lake, by name; opened when asked, at its latest version."""
+
+    lake: Lake
+    name: str
+
+    @property
+    def uri(self) -> str:
+        return self.lake.uri
+
+    @property
+    def dataset_uri(self) -> str:
+        return f"{self.lake.uri.rstrip('/')}/{self.name}.lance"
+
+    def exists(self) -> bool:
+        try:
+            self.dataset()
+        except (*MISSING_TABLE_ERRORS, OSError):
+            return False
+        return True
+
+    def dataset(self, version: int | None = None):
+        """The table as a Lance dataset (scans, takes, deletes, compaction)."""
+        import lance
+
+        return lance.dataset(self.dataset_uri, version=version, storage_options=self.lake.lance_options())
+
+    def open(self):
+        """The table as a LanceDB table (vector search, indexes, merge_insert), or a one-line ValueError."""
+        try:
+            return self.lake.connect().open_table(self.name)
+        except MISSING_TABLE_ERRORS as error:
+            msg = f"no table {self.name!r} in {self.lake.uri}"
+            raise ValueError(msg) from error

@@ -1,0 +1,142 @@
+"""From the command line to a job: options are the job dataclass's fields, and their types.
+
+Each command (pipelines/commands/<name>.py) declares its options with argparse (names, flags, help); an
+option's `dest` is a field of the command's job dataclass (pipelines/<job>.py), which alone holds the
+defaults: an option the user does not give stays out of the parsed namespace, so `job_from_args(Job, args)`
+builds the job from what was given and the dataclass fills in the rest. The CLI and the Python API cannot
+drift, and nothing is copied by hand: adding an option is a field on the job plus one `add_argument` line,
+and an option that names no field fails the command. `--help` shows the job's defaults (reading the job
+module then, so that a command line never imports the heavy modules of jobs it does not run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from dataclasses import MISSING, fields
+from typing import TypeVar
+
+from pipelines.storage_cli import STORAGE_DEST, storage_from_args
+
+Job = TypeVar("Job")
+
+# What the CLI itself parses (pipelines/cli.py), never a job's field.
+CLI_DESTS = frozenset({"command", "json", "config", "verbose", "argv", "help"})
+
+
+def field_defaults(job_type: type) -> dict[str, object]:
+    """Each field's default value (a fresh one for fields with a default factory)."""
+    defaults = {}
+    for spec in fields(job_type):
+        if spec.default is not MISSING:
+            defaults[spec.name] = spec.default
+        elif spec.default_factory is not MISSING:
+            defaults[spec.name] = spec.default_factory()
+    return defaults
+
+
+class JobHelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default unless it is empty or the help already speaks of it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if not action.option_strings or default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        if isinstance(default, list | tuple | dict):
+            if not default:
+                return text
+            default = ",".join(str(value) for value in default)
+        shown = str(default).replace("%", "%%")
+        return f"{text} (default: {shown})" if text else f"default: {shown}"
+
+
+class JobParser(argparse.ArgumentParser):
+    """A sub-command's parser. With `job` ("module:Class") its options default to nothing, so the job's own
+    field defaults apply; --help reads them from the job."""
+
+    def __init__(self, *args, job: str | None = None, **kwargs) -> None:
+        if job is not None:
+            kwargs.setdefault("argument_default", argparse.SUPPRESS)
+        kwargs.setdefault("formatter_class", JobHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.job = job
+
+    def job_type(self) -> type:
+        module, _, name = self.job.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def format_help(self) -> str:
+        if self.job is None:
+            return super().format_help()
+        defaults = field_defaults(self.job_type())
+        shown = [action for action in self._actions
+                 if action.default is argparse.SUPPRESS and action.dest in defaults and action.dest != STORAGE_DEST]
+        for action in shown:
+            action.default = defaults[action.dest]
+        try:
+            return super().format_help()
+        finally:
+            for action in shown:
+                action.default = argparse.SUPPRESS
+
+
+def job_from_args(job_type: type[Job], args: argparse.Namespace, **values: object) -> Job:
+    """The job for parsed options: every option given (or set by --config) is the field of the same name,
+    `storage` is resolved (environment, then config and --storage), `values` are the command's own."""
+    names = {spec.name for spec in fields(job_type) if spec.init}
+    given = {name: value for name, value in vars(args).items() if name not in CLI_DESTS and name not in values}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        msg = f"options {unknown} are not fields of {job_type.__name__}"
+        raise TypeError(msg)
+    if STORAGE_DEST in names:
+        given[STORAGE_DEST] = storage_from_args(args)
+    return job_type(**given, **values)
+
+
+# -- value types -------------------------------------------------------------------------------
+def int_list(value: str) -> list[int]:
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError as error:
+        msg = f"expected comma-separated integers, got {value!r}"
+        raise argparse.ArgumentTypeError(msg) from error
+
+
+def name_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def resource_amounts(value: str) -> dict[str, float]:
+    """`encoder=1,accelerator_type:A10G=0.01` into {name: amount}."""
+    amounts = {}
+    for part in name_list(value):
+        name, sep, amount = part.rpartition("=")
+        msg = f"expected NAME=AMOUNT pairs, got {part!r}"
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(msg)
+        try:
+            amounts[name.strip()] = float(amount)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(msg) from error
+    return amounts
+
+
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def object_store_size(value: str) -> int:
+    """An object store size: '2GB', '512MiB' or a number of bytes, at least Ray's minimum of 64 MiB."""
+    text = value.strip().upper()
+    number = text.rstrip("KMGIB")
+    unit = text[len(number):]
+    try:
+        size = int(float(number) * SIZE_UNITS[unit])
+    except (KeyError, ValueError):
+        msg = f"not a size: {value!r} (use e.g. 2GB, 512MiB or a number of bytes)"
+        raise argparse.ArgumentTypeError(msg) from None
+    if size < 2**26:
+        msg = f"object store of {value!r} is too small for Ray (at least 64MiB)"
+        raise argparse.ArgumentTypeError(msg)
+    return size
