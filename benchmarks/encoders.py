@@ -193,11 +193,13 @@ def compare(
 
 def variant(
     encoder: TransformerEncoder, *, max_length: int | None = None, max_tokens: int | None = None,
-    max_rows: int | None = None,
+    max_rows: int | None = None, overlap: bool | None = None,
 ) -> TransformerEncoder:
     """The same encoder (model, tokenizer and their locks shared, nothing loaded again) with another
-    length cap or batch budget: A/B cases and checks without a second copy of the weights."""
+    length cap, batch budget or overlap setting: A/B cases and checks without a second copy of the weights."""
     clone = copy.copy(encoder)
+    if overlap is not None:
+        clone.overlap = overlap
     if max_length is not None:
         clone.max_length = max_length
     if max_tokens is not None or max_rows is not None:

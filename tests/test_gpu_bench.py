@@ -88,6 +88,16 @@ def test_without_a_gpu_only_the_smoke_sizes_run_unless_the_cpu_is_asked_for():
     assert parse_args(["--device", "cpu", "--no-results-dir"]).device.type == "cpu"
 
 
+def test_parts_without_time_left_are_skipped_and_the_files_still_written(tmp_path):
+    from benchmarks.gpu import PARTS, main
+
+    assert main(["--device", "cpu", "--smoke", "--budget", "1", "--no-results-dir", "--out", str(tmp_path)]) == 1
+    payload = json.loads((tmp_path / "bench_gpu_cpu-smoke.json").read_text())
+    statuses = {part["part"]: part["status"] for part in payload["parts"]}
+    assert statuses == {"machine": "ok", **dict.fromkeys(PARTS, "skipped")}
+    assert "| bge_m3_8k | skipped |" in (tmp_path / "bench_gpu_cpu-smoke.md").read_text()
+
+
 @pytest.mark.slow
 def test_smoke_run_writes_every_part_and_passes_every_check(tmp_path, capsys):
     from benchmarks.gpu import PARTS, main
