@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo test lint bench bench-memory bench-search bench-cluster bench-gpu bench-gpu-smoke clean
+.PHONY: install install-test demo test lint bench bench-memory bench-search bench-cluster bench-gpu bench-gpu-smoke bench-quantize bench-train bench-scale clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,9 +60,26 @@ bench-search: install-test
 		$(VENV)/bin/python -m benchmarks.funnel --rows 1000000 --lancedb $$scratch > benchmarks/results/funnel_1m.json
 	$(VENV)/bin/python -m benchmarks.index_recall > benchmarks/results/index_recall_100k.json
 
+# Quantised search at 1M x 384 (binary and int8 first stages re-ranked by float, against exact float search),
+# and compressed ColBERT (int8 / binary / token pooling: MaxSim top-10 agreement with float16, bytes per document).
+bench-quantize: install-test
+	$(VENV)/bin/python -m benchmarks.quantize --rows 1000000 > benchmarks/results/quantize_1m.json
+	$(VENV)/bin/python -m benchmarks.colbert_compression > benchmarks/results/colbert_compression.json
+
 # Clustering and SemDeDup at 100k and 1M rows.
 bench-cluster: install-test
 	$(VENV)/bin/python -m benchmarks.cluster_dedup --out benchmarks/results/cluster_dedup.json
+
+# Incremental runs over 1M- and 10M-row lakes (issue 12): rescans, 1% changed, one new shard; peak memory of the
+# driver and the largest Ray worker, commit time against table size. Needs ~15 GB of scratch disk (SCALE_SCRATCH).
+SCALE_SCRATCH ?= /tmp/embedlake-scale
+bench-scale: install-test
+	$(VENV)/bin/python -m benchmarks.scale --sizes 1000000,10000000 --scratch $(SCALE_SCRATCH)
+
+# Matryoshka fine-tuning of MiniLM on the sample (400 evaluation queries' packages left out), 1 and 2 Ray Train
+# workers, then embed + evaluate on the 400 queries at every nested size (long: two training runs on 2 cores).
+bench-train: install-test
+	$(VENV)/bin/python -m benchmarks.train_mrl --out benchmarks/results/train_mrl_2cpu.json
 
 # GPU proof (benchmarks/README.md): correctness and speed of the encoders on a GPU in one run of <= 7 min,
 # appended to benchmarks/RESULTS.md. No install step: a GPU box's own python3 (torch, transformers,

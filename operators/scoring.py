@@ -108,22 +108,21 @@ def colbert_score(q_vecs: np.ndarray, p_vecs: np.ndarray) -> float:
 
 
 def colbert_scores(
-    q_vecs: np.ndarray, passages: pa.Array | pa.ChunkedArray | Sequence[np.ndarray]
+    q_vecs: np.ndarray, passages: pa.Array | pa.ChunkedArray | Sequence[np.ndarray],
+    scales: pa.Array | pa.ChunkedArray | None = None,
 ) -> np.ndarray:
     """MaxSim score of one query (Q, D) against many passages -> (N,) float32.
 
-    `passages`: our `colbert` Arrow column (list<fixed_size_list<float16>[D]>) or a list of (P_i, D)
-    arrays. All passage vectors are scored in one matrix product, then max-reduced per passage.
+    `passages`: our `colbert` Arrow column (list<fixed_size_list<float16|int8|uint8>[D]>, the stored
+    precisions of operators/colbert_codec.py; `scales`: its per-token scales when int8) or a list of
+    (P_i, D) arrays. All passage vectors are scored in one matrix product, then max-reduced per passage.
     A passage without vectors scores 0.
     """
+    from operators.colbert_codec import flat_tokens
+
     q = np.asarray(q_vecs, dtype=np.float32)
-    if isinstance(passages, pa.ChunkedArray):
-        passages = passages.combine_chunks()
-    if isinstance(passages, pa.ListArray | pa.LargeListArray):
-        lengths = passages.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        vectors = passages.flatten()
-        dim = vectors.type.list_size
-        flat = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+    if isinstance(passages, pa.ListArray | pa.LargeListArray | pa.ChunkedArray):
+        flat, lengths = flat_tokens(passages, scales)
     else:
         rows = [np.asarray(row, dtype=np.float32).reshape(-1, q.shape[-1]) for row in passages]
         lengths = np.array([len(row) for row in rows], dtype=np.int64)

@@ -19,11 +19,14 @@ import yaml
 from operators.errors import one_line
 
 # Each name is a module in pipelines.commands with add_parser(subparsers) and run(args) -> result.
-COMMANDS = ("embed", "search", "evaluate", "index", "cluster", "dedup", "submit")
+COMMANDS = ("embed", "train", "search", "evaluate", "index", "cluster", "dedup", "submit")
 
 
 class UsageError(ValueError):
-    """Bad arguments or input, reported as one line without a traceback."""
+    """Bad arguments or input, reported as one line without a traceback (exit status 2, also when a
+    command raises it after parsing)."""
+
+    exit_code = 2
 
 
 def _available_commands() -> dict[str, object]:

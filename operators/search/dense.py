@@ -7,11 +7,16 @@ the benchmark and the tests use them; `Retriever` uses LanceDB's vector search (
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from operators.search.store import TableStore
 
 QUERY_BLOCK = 256  # queries scored together: bounds the (queries x rows) score block in memory
+CONVERT_BLOCK_ROWS = 32768  # rows of an int8 matrix converted to float32 at a time (50 MB at 384 dims)
+# A first stage: (matrix, float queries, n) -> (positions, scores), best first, higher scores better.
+TopN = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
 def _merge_topn(
@@ -63,13 +68,16 @@ def select_topn(scores: np.ndarray, n: int, sample_factor: int = 8) -> np.ndarra
 def exact_topn(matrix: np.ndarray, queries: np.ndarray, n: int, block_rows: int = 262144) -> tuple[
     np.ndarray, np.ndarray
 ]:
-    """Exact top-n rows of `matrix` for each query by dot product: (positions, scores), best first."""
+    """Exact top-n rows of `matrix` for each query by dot product: (positions, scores), best first.
+    An integer matrix (int8 codes) is converted to float32 a block of rows at a time."""
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     n = min(n, matrix.shape[0])
+    if matrix.dtype != np.float32:
+        block_rows = min(block_rows, CONVERT_BLOCK_ROWS)
     best_pos = np.zeros((queries.shape[0], 0), dtype=np.int64)
     best_scores = np.zeros((queries.shape[0], 0), dtype=np.float32)
     for start in range(0, matrix.shape[0], block_rows):
-        block = matrix[start:start + block_rows]
+        block = np.asarray(matrix[start:start + block_rows], dtype=np.float32)
         scores = queries @ block.T
         part = select_topn(scores, min(n, block.shape[0]))
         best_pos, best_scores = _merge_topn(
@@ -78,34 +86,50 @@ def exact_topn(matrix: np.ndarray, queries: np.ndarray, n: int, block_rows: int 
     return _sorted(best_pos, best_scores)
 
 
-def funnel_topn(
-    small: np.ndarray, full: np.ndarray, q_small: np.ndarray, q_full: np.ndarray, n: int, shortlist: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Adaptive retrieval: exact top-`shortlist` on the small nested vectors, then exact full-size scores on
-    the shortlist only. Returns (positions, full-size scores), best first."""
-    q_small = np.atleast_2d(np.asarray(q_small, dtype=np.float32))
-    q_full = np.atleast_2d(np.asarray(q_full, dtype=np.float32))
-    candidates, _ = exact_topn(small, q_small, max(shortlist, n))
-    rescored = np.einsum("qd,qsd->qs", q_full, full[candidates])
+def rescore_topn(candidates: np.ndarray, vectors: np.ndarray, queries: np.ndarray, n: int) -> tuple[
+    np.ndarray, np.ndarray
+]:
+    """The n best of each query's candidate positions by dot product with `vectors` (float, or int8 codes
+    scored with int8 query weights): (positions, scores), best first."""
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    rescored = np.einsum("qd,qsd->qs", queries, np.asarray(vectors[candidates], dtype=np.float32))
     n = min(n, candidates.shape[1])
     keep = np.argpartition(-rescored, n - 1, axis=1)[:, :n]
     return _sorted(np.take_along_axis(candidates, keep, axis=1), np.take_along_axis(rescored, keep, axis=1))
 
 
-def scan_topn(store: TableStore, column: str, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def funnel_topn(
+    small: np.ndarray, full: np.ndarray, q_small: np.ndarray, q_full: np.ndarray, n: int, shortlist: int,
+    first_stage: TopN = exact_topn,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Adaptive retrieval: exact top-`shortlist` on the small vectors (nested, or quantised with the
+    matching `first_stage`), then exact full-size scores on the shortlist only. Returns (positions,
+    full-size scores), best first."""
+    candidates, _ = first_stage(small, q_small, max(shortlist, n))
+    return rescore_topn(candidates, full, q_full, n)
+
+
+def scan_topn(store: TableStore, column: str, queries: np.ndarray, n: int, search: TopN = exact_topn) -> tuple[
+    np.ndarray, np.ndarray
+]:
     """Exact top-n over a table column for many queries at once, streaming the column in batches:
-    memory stays at one batch plus (queries x n), whatever the table size."""
-    from operators.search.scores import fixed_vectors
+    memory stays at one batch plus (queries x n), whatever the table size. `search` ranks one batch's
+    matrix (as stored: float32, int8 or packed bits) for the queries, higher scores first."""
+    from operators.quantize import vector_matrix
 
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     best_pos = np.zeros((queries.shape[0], 0), dtype=np.int64)
     best_scores = np.zeros((queries.shape[0], 0), dtype=np.float32)
     start = 0
     for batch in store.scan([column]):
-        matrix = fixed_vectors(batch.column(0))
+        vectors = batch.column(0)
+        if vectors.null_count:
+            msg = "vector column has null rows; re-embed those rows"
+            raise ValueError(msg)
+        matrix = vector_matrix(vectors, vectors.type.value_type.to_pandas_dtype())
         for first in range(0, queries.shape[0], QUERY_BLOCK):
             block = slice(first, first + QUERY_BLOCK)
-            positions, scores = exact_topn(matrix, queries[block], n)
+            positions, scores = search(matrix, queries[block], n)
             merged = _merge_topn(best_pos[block], best_scores[block], positions + start, scores, n)
             if first == 0:
                 new_pos = np.zeros((queries.shape[0], merged[0].shape[1]), dtype=np.int64)
