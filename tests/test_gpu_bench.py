@@ -98,6 +98,28 @@ def test_parts_without_time_left_are_skipped_and_the_files_still_written(tmp_pat
     assert "| bge_m3_8k | skipped |" in (tmp_path / "bench_gpu_cpu-smoke.md").read_text()
 
 
+def test_smoke_parts_write_the_table_they_would_commit(tmp_path, capsys):
+    """The suite's cheap end-to-end run (the whole smoke run is `make bench-gpu-smoke`, and the slow test
+    below): two measured parts on the CPU, the JSON and the markdown section in the format a GPU run commits."""
+    from benchmarks.gpu import main
+
+    argv = ["--device", "cpu", "--smoke", "--parts", "bge_m3_8k,minilm", "--no-results-dir", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    payload = json.loads((tmp_path / "bench_gpu_cpu-smoke.json").read_text())
+    assert [(part["part"], part["status"]) for part in payload["parts"]] == [
+        ("machine", "ok"), ("bge_m3_8k", "ok"), ("minilm", "ok")]
+    assert payload["checks"] and all(check["passed"] for check in payload["checks"])
+    for group in ("long docs <=300 tok: ours", "MiniLM-L6-shaped encoder, short texts: sentence-transformers"):
+        assert any(group in result["case"] for result in payload["results"]), group
+    assert all(result["tokens_per_s"] > 0 for result in payload["results"])
+    markdown = (tmp_path / "bench_gpu_cpu-smoke.md").read_text()
+    assert markdown.startswith("## ") and "make bench-gpu on CPU" in markdown
+    for section in ("Correctness:", "Throughput:", "Targets (issue 18):", "Parts:",
+                    "| case | docs/s | tokens/s | padding waste | MFU | peak memory | vs ST | runs | cosine |"):
+        assert section in markdown, section
+    assert markdown in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_smoke_run_writes_every_part_and_passes_every_check(tmp_path, capsys):
     from benchmarks.gpu import PARTS, main
