@@ -186,8 +186,7 @@ def compare(
         results.append(result(case.name, padded_tokens=case.last.padded_tokens, peer=peer, cosine=cosine,
                               cosine_to=against))
         peer = peer or results[-1]
-    for extra in extras:
-        results.append(result(extra.name, padded_tokens=extra.padded_tokens, peer=peer))
+    results.extend(result(extra.name, padded_tokens=extra.padded_tokens, peer=peer) for extra in extras)
     return results
 
 

@@ -188,7 +188,7 @@ class Run:
             "machine": self.machine,
             "gpu": self.gpu,
             "bf16_matmul_flops": self.peak,
-            "sizes": {key: value for key, value in asdict(self.args.sizes).items()},
+            "sizes": dict(asdict(self.args.sizes)),
             "budget_s": self.args.budget,
             "elapsed_s": round(time.monotonic() - STARTED, 1),
             "parts": self.parts,
@@ -442,7 +442,7 @@ def part_compile(run: Run, lab: Lab, budget: float) -> None:
     started = time.monotonic()
     eager = variant(lab.bge_m3(), max_length=512)
     compiled = variant(eager)
-    compiled.model = torch.compile(eager.model, dynamic=True, backend=run.args.compile_backend)  # type: ignore
+    compiled.model = torch.compile(eager.model, dynamic=True, backend=run.args.compile_backend)  # type: ignore[assignment]
     texts = lab.repeated(run.args.sizes.short_texts)
     compiled.encode(texts)  # compiles, then runs every batch shape once
     first = time.monotonic() - started

@@ -64,6 +64,8 @@ def build_random_bge_m3(
     is where the weights are drawn: on a GPU the large size takes a second instead of minutes."""
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
+    from operators.encoders.bge_m3 import COLBERT_HEAD, SPARSE_HEAD
+
     shape = SIZES[size]
     copy_tokenizer(folder)
     torch.manual_seed(seed)
@@ -73,8 +75,8 @@ def build_random_bge_m3(
         model = XLMRobertaModel(config).eval()
     # bf16 halves the large folder (1.3 GB -> 0.7 GB); each reader loads it in the dtype it runs in.
     model.to(device="cpu", dtype=torch.bfloat16 if size == "large" else torch.float32).save_pretrained(folder)
-    torch.save(torch.nn.Linear(shape.hidden, shape.hidden).state_dict(), os.path.join(folder, "colbert_linear.pt"))
-    torch.save(torch.nn.Linear(shape.hidden, 1).state_dict(), os.path.join(folder, "sparse_linear.pt"))
+    torch.save(torch.nn.Linear(shape.hidden, shape.hidden).state_dict(), os.path.join(folder, COLBERT_HEAD))
+    torch.save(torch.nn.Linear(shape.hidden, 1).state_dict(), os.path.join(folder, SPARSE_HEAD))
     _write_sentence_transformers_config(folder, shape.hidden, max_positions, pooling="cls")
     return folder
 
