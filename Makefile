@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo test test-fast lint bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale clean
+.PHONY: install install-test demo test test-fast lint bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale bench-lifecycle clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,10 @@ bench-cluster: install-test
 SCALE_SCRATCH ?= /tmp/embedlake-scale
 bench-scale: install-test
 	$(VENV)/bin/python -m benchmarks.scale --sizes 1000000,10000000 --scratch $(SCALE_SCRATCH)
+
+# Storage over 10 nightly incremental runs with and without retention, and what the serving tag costs readers.
+bench-lifecycle: install-test
+	$(VENV)/bin/python -m benchmarks.lifecycle --nights 10
 
 # Matryoshka fine-tuning of MiniLM on the sample (400 evaluation queries' packages left out), 1 and 2 Ray Train
 # workers, then embed + evaluate on the 400 queries at every nested size (long: two training runs on 2 cores).
