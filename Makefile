@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo test lint bench bench-memory bench-search bench-quantize bench-cluster bench-train clean
+.PHONY: install install-test demo test lint bench bench-memory bench-search bench-quantize bench-cluster bench-train bench-scale clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,12 @@ bench-quantize: install-test
 # Clustering and SemDeDup at 100k and 1M rows.
 bench-cluster: install-test
 	$(VENV)/bin/python -m benchmarks.cluster_dedup --out benchmarks/results/cluster_dedup.json
+
+# Incremental runs over 1M- and 10M-row lakes (issue 12): rescans, 1% changed, one new shard; peak memory of the
+# driver and the largest Ray worker, commit time against table size. Needs ~15 GB of scratch disk (SCALE_SCRATCH).
+SCALE_SCRATCH ?= /tmp/embedlake-scale
+bench-scale: install-test
+	$(VENV)/bin/python -m benchmarks.scale --sizes 1000000,10000000 --scratch $(SCALE_SCRATCH)
 
 # Matryoshka fine-tuning of MiniLM on the sample (400 evaluation queries' packages left out), 1 and 2 Ray Train
 # workers, then embed + evaluate on the 400 queries at every nested size (long: two training runs on 2 cores).

@@ -50,7 +50,7 @@ class PipelineOptions:
         chosen = {
             "actors": self.actors,
             "threads_per_actor": self.threads_per_actor,
-            "rows_per_encode_batch": self.rows_per_batch,
+            "rows_per_batch": self.rows_per_batch,
             "max_tokens_per_batch": self.max_tokens_per_batch,
         }
         kwargs = {key: value for key, value in chosen.items() if value is not None}

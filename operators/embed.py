@@ -1,10 +1,10 @@
-"""The embed operator: rows from a shard reader in, table rows (or quarantine reasons) out.
+"""The embed operator: decided rows in (operators/exchange.py), table rows and counts out.
 
-It checks every row before encoding, so bad rows leave with a reason instead of failing the batch
-or vanishing; rows already in the table with the same text and model are marked unchanged and not
-encoded again; good rows get their text hash, the model identity and every vector column. An
-encoder error is retried, then narrowed down to the rows that cause it, which are quarantined with
-the error while the rest of the batch goes on.
+Rows arrive checked and decided (operators/sources.py gives each bad row its reason,
+operators/incremental.py decides what is unchanged): this operator encodes the rows marked to embed,
+gives them the model identity and every vector column, and passes the others through. An encoder
+error is retried, then narrowed down to the rows that cause it, which are quarantined with the error
+while the rest of the batch goes on.
 """
 
 from __future__ import annotations
@@ -12,27 +12,31 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from operators.encoders.base import EncodedBatch, Encoder, EncoderSpec
 from operators.encoders.batching import is_out_of_memory
 from operators.encoders.loader import load_encoder
 from operators.errors import one_line
-from operators.row_status import (
-    EMBEDDED,
+from operators.exchange import (
+    ENCODER_ERROR,
+    OOM_SPLITS_COL,
     PADDED_COL,
-    QUARANTINED,
+    REASON_COL,
     STATUS_COL,
+    TEXT_COL,
     TOKENS_COL,
     TRUNCATED_COL,
-    UNCHANGED,
     WORKER_COL,
+    Status,
+    conform,
+    encoded_row_schema,
 )
-from operators.schema import ID, MODEL, TEXT_HASH, text_hash
-from operators.sources import READ_AT_COL, REASON_COL, SOURCE_COL, TEXT_COL
+from operators.schema import MODEL
 
 log = logging.getLogger(__name__)
 
@@ -50,68 +54,35 @@ def worker_identity() -> str:
     return f"{node}:{os.getpid()}"
 
 
-def known_key(row_id: str, hashed: str) -> str:
-    return f"{row_id}\x1f{hashed}"
-
-
-def row_problems(ids: pa.Array, texts: pa.Array, reasons: pa.Array) -> list[str | None]:
-    """A quarantine reason per row, or None for rows that can be embedded."""
-    problems = reasons.to_pylist()
-    for i, (row_id, text) in enumerate(zip(ids.to_pylist(), texts.to_pylist(), strict=True)):
-        if problems[i] is not None:
-            continue
-        if row_id is None or row_id == "":
-            problems[i] = "null or empty id"
-        elif text is None:
-            problems[i] = "null text"
-        elif not text.strip():
-            problems[i] = "empty text"
-    return problems
-
-
 class EmbedRows:
-    """Encode the rows of a batch that need it; pass the others through with their status.
+    """Encode the rows of a batch marked to embed; pass the others through with their status.
 
-    Constructed once per worker (Ray actor): the model and the table's known (id, text hash) keys
-    for this model load in __init__, not per batch.
+    Constructed once per worker (Ray actor): the model loads in __init__, not per batch.
     """
 
-    def __init__(
-        self,
-        spec: EncoderSpec,
-        keep_columns: list[str] | None = None,
-        threads: int | None = None,
-        known_keys: Callable[[str], set[str]] | None = None,
-    ) -> None:
+    def __init__(self, spec: EncoderSpec, keep_fields: list[pa.Field] | None = None,
+                 threads: int | None = None) -> None:
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         self.spec = spec
-        self.keep_columns = list(keep_columns or [])
         self.encoder: Encoder = load_encoder(spec)
-        self.known: set[str] = known_keys(self.encoder.model_id) if known_keys else set()
+        self.schema = encoded_row_schema(self.encoder.output_fields(), list(keep_fields or []))
         self.worker = worker_identity()
 
-    def output_fields(self) -> list[pa.Field]:
-        return self.encoder.output_fields()
-
     def __call__(self, batch: pa.Table) -> pa.Table:
-        ids = batch.column(ID).combine_chunks()
-        texts = batch.column(TEXT_COL).combine_chunks()
-        problems = row_problems(ids, texts, batch.column(REASON_COL).combine_chunks())
-        hashes = [None if p is not None else text_hash(t) for p, t in zip(problems, texts.to_pylist(), strict=True)]
-        status = [
-            QUARANTINED if p is not None else UNCHANGED if known_key(i, h) in self.known else EMBEDDED
-            for p, i, h in zip(problems, ids.to_pylist(), hashes, strict=True)
-        ]
-        todo = np.flatnonzero(np.array([s == EMBEDDED for s in status], dtype=bool))
-        todo_texts = [texts[int(i)].as_py() for i in todo]
-        encoded, failures = self.encode_isolating_failures(todo_texts, [ids[int(i)].as_py() for i in todo])
+        status = batch.column(STATUS_COL).combine_chunks()
+        todo = np.flatnonzero(pc.equal(status, Status.EMBEDDED.value).to_numpy(zero_copy_only=False))
+        texts = batch.column(TEXT_COL).take(pa.array(todo)).to_pylist()
+        ids = batch.column("id").take(pa.array(todo)).to_pylist()
+        encoded, failures = self.encode_isolating_failures(texts, ids)
+        status_list = status.to_pylist()
+        reasons = batch.column(REASON_COL).to_pylist()
         for position, error in failures.items():
             row = int(todo[position])
-            status[row], problems[row] = QUARANTINED, f"encoder error: {error}"
-        return self.assemble(batch, ids, hashes, status, problems, todo, encoded)
+            status_list[row], reasons[row] = Status.QUARANTINED.value, f"{ENCODER_ERROR}: {error}"
+        return self.assemble(batch, status_list, reasons, todo, encoded)
 
     def encode_isolating_failures(
         self, texts: Sequence[str], ids: Sequence[str]
@@ -150,51 +121,43 @@ class EmbedRows:
     def assemble(
         self,
         batch: pa.Table,
-        ids: pa.Array,
-        hashes: list[str | None],
         status: list[str],
-        problems: list[str | None],
+        reasons: list[str | None],
         todo: np.ndarray,
         encoded: EncodedBatch,
     ) -> pa.Table:
         rows = batch.num_rows
-        embedded = np.array([s == EMBEDDED for s in status], dtype=bool)
+        embedded = np.array([s == Status.EMBEDDED for s in status], dtype=bool)
         positions = np.full(rows, -1, dtype=np.int64)
         positions[todo] = np.arange(len(todo))
         take = pa.array(positions, mask=~embedded)  # null index -> null vectors for rows not embedded
-        columns: dict[str, pa.Array] = {
-            ID: ids,
-            TEXT_HASH: pa.array(hashes, pa.string()),
-            MODEL: pa.array([self.encoder.model_id if ok else None for ok in embedded], pa.string()),
-        }
+        columns = {name: batch.column(name) for name in self.schema.names if name in batch.column_names}
+        columns.pop(TEXT_COL, None)
+        columns[MODEL] = pa.array([self.encoder.model_id if ok else None for ok in embedded], pa.string())
         for f in self.encoder.output_fields():
             columns[f.name] = encoded.columns[f.name].take(take)
-        for name in self.keep_columns:
-            columns[name] = batch.column(name)
         tokens = np.zeros(rows, dtype=np.int32)
         truncated = np.zeros(rows, dtype=bool)
         tokens[todo] = encoded.token_counts
         truncated[todo] = encoded.truncated
         tokens[~embedded] = 0
         truncated[~embedded] = False
-        padded = np.zeros(rows, dtype=np.int64)
-        if rows:
-            padded[0] = encoded.padded_tokens  # per-batch total, carried on the first row
-        columns[SOURCE_COL] = batch.column(SOURCE_COL)
-        columns[READ_AT_COL] = batch.column(READ_AT_COL)
-        columns[REASON_COL] = pa.array([p if s == QUARANTINED else None for p, s in zip(problems, status, strict=True)],
-                                       pa.string())
+        per_batch = np.zeros((2, rows), dtype=np.int64)
+        if rows:  # per-batch totals, carried on the first row
+            per_batch[:, 0] = (encoded.padded_tokens, encoded.oom_splits)
+        columns[REASON_COL] = pa.array(reasons, pa.string())
         columns[STATUS_COL] = pa.array(status, pa.string())
         columns[TOKENS_COL] = pa.array(tokens)
         columns[TRUNCATED_COL] = pa.array(truncated)
-        columns[PADDED_COL] = pa.array(padded)
+        columns[PADDED_COL] = pa.array(per_batch[0])
+        columns[OOM_SPLITS_COL] = pa.array(per_batch[1])
         columns[WORKER_COL] = pa.array([self.worker] * rows, pa.string())
-        return pa.table(columns)
+        return conform(columns, self.schema, rows)
 
 
 def merge_encoded(encoder: Encoder, pieces: list[tuple[np.ndarray, EncodedBatch]], total: int) -> EncodedBatch:
-    """Reassemble partial encodings into input order; rows no piece covers get zero vectors (they are
-    quarantined by the caller, so these never reach a table)."""
+    """Reassemble partial encodings into input order; rows no piece covers (their encoding failed)
+    get null vectors, and the caller quarantines them, so these never reach a table."""
     order = np.full(total, -1, dtype=np.int64)
     tables, offset = [], 0
     token_counts = np.zeros(total, dtype=np.int64)

@@ -10,10 +10,12 @@ import hashlib
 from collections.abc import Sequence
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 
 ID = "id"
 TEXT_HASH = "text_hash"
 MODEL = "model"
+SOURCE_FILE = "source_file"  # the shard a row was read from: a vanished shard's rows can be found and removed
 DENSE = "dense"
 SPARSE = "sparse"
 COLBERT = "colbert"
@@ -91,6 +93,14 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+def text_hashes(texts: pa.Array, where: pa.Array | None = None) -> pa.Array:
+    """`text_hash` of every text (null where `where` is false or the text is null). Arrow has no
+    sha256, so this is one hashlib call per row on the UTF-8 bytes as Arrow holds them (no decode)."""
+    raw = texts.cast(pa.binary()) if where is None else pa.compute.if_else(where, texts.cast(pa.binary()), None)
+    sha = hashlib.sha256
+    return pa.array([None if b is None else sha(b).hexdigest()[:32] for b in raw.to_pylist()], pa.string())
+
+
 def quarantine_table_name(table: str) -> str:
     return f"{table}{QUARANTINE_SUFFIX}"
 
@@ -111,11 +121,13 @@ QUARANTINE_SCHEMA = pa.schema(
 def embeddings_schema(
     vector_fields: list[pa.Field], keep_fields: list[pa.Field] | None = None
 ) -> pa.Schema:
-    """Schema of table T: id, text_hash, model, the encoder's vector columns, then kept input columns."""
+    """Schema of table T: id, text_hash, model, source_file, the encoder's vector columns, then kept
+    input columns."""
     fields = [
         pa.field(ID, pa.string(), nullable=False),
         pa.field(TEXT_HASH, pa.string()),
         pa.field(MODEL, pa.string()),
+        pa.field(SOURCE_FILE, pa.string()),
         *vector_fields,
         *(keep_fields or []),
     ]

@@ -16,19 +16,28 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from operators.errors import one_line
+from operators.exchange import (
+    FILE_COL,
+    INPUT,
+    ORDER_COL,
+    READ_AT_COL,
+    REASON_COL,
+    ROW_BITS,
+    SIDE_COL,
+    TEXT_COL,
+    conform,
+    key_row_schema,
+)
 from operators.lake_layout import GLOB_CHARS, hive_partitions, hive_values, listing_base
-from operators.schema import ID, require_columns
+from operators.schema import ID, TEXT_HASH, require_columns, text_hashes
 from operators.storage import filesystem, open_input, redacted_errors
 
-SOURCE_COL = "_source"
-READ_AT_COL = "_read_at"
-REASON_COL = "_reason"
-TEXT_COL = "_text"
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 FOOTER_THREADS = 32  # concurrent footer / id-column reads on object stores
 LOCAL_SCAN_THREADS = 8
@@ -43,6 +52,7 @@ class ShardSet:
     protocol: str
     storage_options: dict = field(default_factory=dict, repr=False)
     partitions: pa.Schema = field(default_factory=lambda: pa.schema([]))  # hive key=value folders
+    versions: dict[str, str] = field(default_factory=dict)  # file -> "size:ETag or mtime", from the listing
 
 
 def _full_uri(protocol: str, path: str) -> str:
@@ -62,23 +72,32 @@ def find_shards(uri: str, storage_options: dict | None = None) -> ShardSet:
         base = None
         if any(char in path for char in GLOB_CHARS):
             base = listing_base(path)
-            paths = sorted(p for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file")
+            infos = {p: info for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file"}
         elif fs.isdir(path):
             base = path
-            paths = sorted(
-                p for p in fs.find(path) if p.endswith(PARQUET_SUFFIXES) and not _hidden(p[len(path):])
-            )
+            infos = {p: info for p, info in fs.find(path, detail=True).items()
+                     if p.endswith(PARQUET_SUFFIXES) and not _hidden(p[len(path):])}
         elif fs.isfile(path):
-            paths = [path]
+            infos = {path: fs.info(path)}
         else:
             msg = f"input {uri} does not exist"
             raise ValueError(msg)
+    paths = sorted(infos)
     if not paths:
         msg = f"input {uri} holds no Parquet files ({', '.join(PARQUET_SUFFIXES)})"
         raise ValueError(msg)
     partitions = hive_partitions(paths, base) if base is not None else pa.schema([])
     return ShardSet(uri=uri, files=[_full_uri(protocol, p) for p in paths], protocol=protocol,
-                    storage_options=storage_options, partitions=partitions)
+                    storage_options=storage_options, partitions=partitions,
+                    versions={_full_uri(protocol, p): file_version(infos[p]) for p in paths})
+
+
+def file_version(info: dict) -> str:
+    """What tells a changed shard from the listing alone: its size and its ETag (object stores) or
+    modification time (file systems). A file rewritten with other bytes changes one of them."""
+    stamp = next((info[key] for key in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "last_modified",
+                                        "updated", "created") if info.get(key) is not None), "")
+    return f"{info.get('size')}:{stamp}"
 
 
 def _hidden(relative: str) -> bool:
@@ -108,44 +127,30 @@ def with_partitions(schema: pa.Schema, partitions: pa.Schema) -> pa.Schema:
     return schema
 
 
-def count_rows(shards: ShardSet) -> int:
-    """Total rows from the Parquet footers alone (no data read), many footers at a time: on an
-    object store each footer is a round trip, and thousands of them in a row take minutes."""
-    with redacted_errors(shards.storage_options):
-
-        def footer_rows(path: str) -> int:
-            with open_input(path, shards.storage_options) as handle:
-                return pq.ParquetFile(handle).metadata.num_rows
-
-        if len(shards.files) == 1 or shards.protocol in ("file", "local"):
-            return sum(footer_rows(path) for path in shards.files)
-        with ThreadPoolExecutor(max_workers=min(FOOTER_THREADS, len(shards.files))) as pool:
-            return sum(pool.map(footer_rows, shards.files))
-
-
 @dataclass
 class ShardReader:
-    """Reads shards into batches of (id, _text, keep columns..., _source, _read_at, _reason).
+    """Reads shards into key rows (operators/exchange.py): id, text, text hash, input order, file
+    index, read time, a quarantine reason where the row cannot be embedded, and the kept columns.
 
     Ids are cast to strings (ids may be integers in the lake); a text column that is binary is
-    decoded as UTF-8, rows that fail to decode or are not strings get a quarantine reason.
+    decoded as UTF-8; rows that fail to decode, are not strings, or have no id or no text get a
+    reason here, in Arrow compute, so that the later stages only route them.
     """
 
     id_column: str
     text_column: str
     keep_columns: list[str] = field(default_factory=list)
     storage_options: dict = field(default_factory=dict, repr=False)
-    rows_per_batch: int = 2048
-    duplicate_sources: set[str] = field(default_factory=set)
+    rows_per_read: int = 2048  # rows per Arrow batch read from a row group
     keep_types: dict[str, pa.DataType] = field(default_factory=dict)  # table types to cast kept columns to
 
-    def read(self, path: str, row_groups: Sequence[int] | None = None) -> Iterator[pa.Table]:
+    def read(self, path: str, row_groups: Sequence[int] | None = None, file_index: int = 0) -> Iterator[pa.Table]:
         """The shard's rows (or only those of `row_groups`, so that one big shard can be read by
-        several tasks at once), with file-global row numbers in `_source`."""
+        several tasks at once), with file-global row numbers in `_order`."""
         with redacted_errors(self.storage_options):
-            yield from self._read(path, row_groups)
+            yield from self._read(path, row_groups, file_index)
 
-    def _read(self, path: str, row_groups: Sequence[int] | None = None) -> Iterator[pa.Table]:
+    def _read(self, path: str, row_groups: Sequence[int] | None, file_index: int) -> Iterator[pa.Table]:
         with open_input(path, self.storage_options) as handle:
             parquet = pq.ParquetFile(handle)
             require_columns(parquet.schema_arrow, [self.id_column, self.text_column], f"shard {path}")
@@ -157,34 +162,33 @@ class ShardReader:
             starts = [0, *itertools.accumulate(sizes)]  # first row of each row group in the file
             for group in range(len(sizes)) if row_groups is None else row_groups:
                 offset = starts[group]
-                for record_batch in parquet.iter_batches(batch_size=self.rows_per_batch, row_groups=[group],
+                for record_batch in parquet.iter_batches(batch_size=self.rows_per_read, row_groups=[group],
                                                          columns=columns):
                     table = pa.Table.from_batches([record_batch])
                     for name, value in from_path.items():
                         table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
-                    yield self.normalise(table, path, offset)
+                    yield self.normalise(table, path, offset, file_index)
                     offset += record_batch.num_rows
 
-    def normalise(self, table: pa.Table, path: str, offset: int) -> pa.Table:
+    def normalise(self, table: pa.Table, path: str, offset: int, file_index: int = 0) -> pa.Table:
         rows = table.num_rows
-        ids = table.column(self.id_column)
+        ids = table.column(self.id_column).combine_chunks()
         ids = ids if pa.types.is_string(ids.type) else pc.cast(ids, pa.string())
         texts, reasons = decode_texts(table.column(self.text_column))
-        columns = {ID: ids, TEXT_COL: texts}
+        reasons = row_problems(ids, texts, reasons)
+        columns = {
+            ID: ids,
+            TEXT_HASH: text_hashes(texts, pc.is_null(reasons)),
+            TEXT_COL: texts,
+            ORDER_COL: pa.array(np.arange(offset, offset + rows, dtype=np.int64) + (file_index << ROW_BITS)),
+            FILE_COL: pa.array(np.full(rows, file_index, dtype=np.int32)),
+            SIDE_COL: pa.array(np.full(rows, INPUT, dtype=np.int8)),
+            READ_AT_COL: pa.array(np.full(rows, time.time())),
+            REASON_COL: reasons,
+        }
         for name in self.keep_columns:
             columns[name] = self.kept_column(table, name, path)
-        sources = [f"{path}#{offset + i}" for i in range(rows)]
-        if self.duplicate_sources:
-            reasons = pa.array(
-                ["duplicate id" if source in self.duplicate_sources else reason
-                 for source, reason in zip(sources, reasons.to_pylist(), strict=True)],
-                pa.string(),
-            )
-        columns[SOURCE_COL] = pa.array(sources, pa.string())
-        columns[READ_AT_COL] = pa.array([time.time()] * rows, pa.float64())
-        columns[REASON_COL] = reasons
-        return pa.table(columns)
-
+        return conform(columns, key_row_schema([pa.field(n, columns[n].type) for n in self.keep_columns]), rows)
 
     def kept_column(self, table: pa.Table, name: str, path: str) -> pa.Array:
         """A kept column in the table's type; nulls where a shard lacks it (schemas drift across drops)."""
@@ -199,6 +203,19 @@ class ShardReader:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
             msg = f"shard {path}: column {name!r} is {column.type}, which does not convert to the table's {wanted}"
             raise ValueError(msg) from error
+
+
+def row_problems(ids: pa.Array, texts: pa.Array, reasons: pa.Array) -> pa.Array:
+    """A quarantine reason per row, or null for rows that can be embedded; the reader's own reason
+    (undecodable text) first, then a missing id, a missing text, a blank text."""
+    no_id = pc.fill_null(pc.equal(pc.utf8_length(ids), 0), True)
+    blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0), False)
+    none = pa.scalar(None, pa.string())
+    for failed, reason in ((no_id, "null or empty id"), (pc.is_null(texts), "null text"), (blank, "empty text")):
+        reasons = pc.coalesce(reasons, pc.if_else(failed, pa.scalar(reason), none))
+    return reasons
+
+
 
 
 def decode_texts(column: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
@@ -228,90 +245,83 @@ def decode_texts(column: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
 
 
 @dataclass
-class InputScan:
-    """What a cheap pass over the id column of every shard tells before any encoding starts."""
+class Piece:
+    """One read task: some row groups of one shard (all of them when `row_groups` is None)."""
 
-    files: list[str]  # readable shards, in input order
-    rows_in: int
-    duplicate_sources: set[str]  # file#row of every repeat of an id seen earlier in input order
+    file_index: int  # the shard's place in the input's listing (its rows' input order)
+    path: str
+    row_groups: list[int] | None
+    rows: int
+
+
+@dataclass
+class ReadPlan:
+    """What the shards' Parquet footers tell before any data is read: the read tasks, the rows of
+    every shard, and the shards that cannot be used."""
+
+    pieces: list[Piece]
+    rows: dict[str, int]  # rows of each readable shard
     bad_files: dict[str, str]  # unreadable or unusable shard -> reason (only with skip_bad_files)
-    ids: pa.Array  # every id in the input, for deleting ids that left it
-    row_groups: dict[str, list[int]] = field(default_factory=dict)  # rows of each row group of each file
 
-    def pieces(self, rows_per_piece: int) -> list[tuple[str, list[int] | None]]:
-        """(file, row groups) read tasks of about `rows_per_piece` rows or more: consecutive row groups
-        of a file go together until they reach it. Ray hands an encoder actor whole blocks, and a
-        reader task's output is one block, so one task per big shard would leave actors idle."""
-        pieces: list[tuple[str, list[int] | None]] = []
-        for path in self.files:
-            sizes = self.row_groups.get(path)
-            if not sizes:  # unknown (read it whole) or no row groups at all
-                pieces.append((path, None))
-                continue
-            current: list[int] = []
-            rows = 0
-            for group, size in enumerate(sizes):
-                current.append(group)
-                rows += size
-                if rows >= rows_per_piece:
-                    pieces.append((path, current))
-                    current, rows = [], 0
-            if current:
-                pieces.append((path, current))
-        return pieces
+    @property
+    def rows_in(self) -> int:
+        return sum(self.rows.values())
 
 
-def scan_input(
-    shards: ShardSet, required: Sequence[str], id_column: str, skip_bad_files: bool = False, threads: int | None = None
-) -> InputScan:
-    """Read only the id column of every shard (in parallel threads): counts rows, finds duplicate ids,
-    and finds corrupt or schema-broken files before any work is spent on them. On an object store each
-    shard costs round trips rather than CPU, so more of them run at once there."""
-    from concurrent.futures import ThreadPoolExecutor
+def plan_reads(
+    shards: ShardSet,
+    files: Sequence[tuple[int, str]],
+    required: Sequence[str],
+    rows_per_piece: int,
+    skip_bad_files: bool = False,
+    threads: int | None = None,
+) -> ReadPlan:
+    """Read tasks for `files` ((listing index, path) pairs) from their footers alone, many footers at
+    a time (on an object store each is a round trip). Consecutive row groups of a shard go together
+    until they reach `rows_per_piece`: Ray hands an encoder actor whole blocks, and one task per big
+    shard would leave actors idle. A shard whose footer cannot be read or lacks a needed column fails
+    the run, naming it, or with `skip_bad_files` is reported in `bad_files`."""
+    in_files = [name for name in required if name not in shards.partitions.names]  # hive columns live in paths
 
-    # Kept hive partition columns are not in the files: check only for what the files must hold.
-    in_files = [name for name in required if name not in shards.partitions.names]
-
-    sizes: dict[str, list[int]] = {}
-
-    def read_ids(path: str) -> pa.Array | str:
+    def footer(path: str) -> list[int] | str:
         try:
             with open_input(path, shards.storage_options) as handle:
                 parquet = pq.ParquetFile(handle)
                 require_columns(parquet.schema_arrow, in_files, f"shard {path}")
-                ids = parquet.read(columns=[id_column]).column(id_column)
-                sizes[path] = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
+                return [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
         except Exception as error:  # noqa: BLE001 - reported per file below
             return one_line(error, 300, shards.storage_options, with_type=True)
-        ids = ids if pa.types.is_string(ids.type) else pc.cast(ids, pa.string())
-        return ids.combine_chunks()
 
     threads = threads or (LOCAL_SCAN_THREADS if shards.protocol in ("file", "local") else FOOTER_THREADS)
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(shards.files)))) as pool:
-        results = list(pool.map(read_ids, shards.files))
-    bad_files = {path: result for path, result in zip(shards.files, results, strict=True) if isinstance(result, str)}
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:
+        footers = list(pool.map(footer, [path for _, path in files]))
+    bad_files = {path: found for (_, path), found in zip(files, footers, strict=True) if isinstance(found, str)}
     if bad_files and not skip_bad_files:
         path, reason = next(iter(bad_files.items()))
         msg = f"cannot read shard {path} ({reason}); fix it or pass --skip-bad-files to quarantine whole bad files"
         raise ValueError(msg)
-    files = [path for path in shards.files if path not in bad_files]
-    id_arrays = [result for result in results if not isinstance(result, str)]
-    file_index = [pa.array([i] * len(a), pa.int32()) for i, a in enumerate(id_arrays)]
-    row_index = [pa.array(range(len(a)), pa.int64()) for a in id_arrays]
-    table = pa.table({
-        "id": pa.concat_arrays(id_arrays) if id_arrays else pa.array([], pa.string()),
-        "file": pa.concat_arrays(file_index) if id_arrays else pa.array([], pa.int32()),
-        "row": pa.concat_arrays(row_index) if id_arrays else pa.array([], pa.int64()),
-    })
-    table = table.append_column("order", pa.array(range(table.num_rows), pa.int64()))
-    firsts = table.filter(pc.is_valid(table.column("id"))).group_by("id").aggregate([("order", "min")])
-    first_orders = firsts.column("order_min")
-    repeats = table.filter(
-        pc.and_(pc.is_valid(table.column("id")), pc.invert(pc.is_in(table.column("order"), value_set=first_orders)))
-    )
-    duplicate_sources = {
-        f"{files[f]}#{r}" for f, r in zip(repeats.column("file").to_pylist(), repeats.column("row").to_pylist(),
-                                          strict=True)
-    }
-    return InputScan(files, table.num_rows, duplicate_sources, bad_files, table.column("id").combine_chunks(),
-                     {path: sizes[path] for path in files if path in sizes})
+    pieces: list[Piece] = []
+    rows: dict[str, int] = {}
+    for (index, path), sizes in zip(files, footers, strict=True):
+        if isinstance(sizes, str):
+            continue
+        rows[path] = sum(sizes)
+        pieces.extend(split_row_groups(index, path, sizes, rows_per_piece))
+    return ReadPlan(pieces, rows, bad_files)
+
+
+def split_row_groups(index: int, path: str, sizes: Sequence[int], rows_per_piece: int) -> list[Piece]:
+    if not sizes:
+        return [Piece(index, path, None, 0)]
+    pieces: list[Piece] = []
+    current: list[int] = []
+    rows = 0
+    for group, size in enumerate(sizes):
+        current.append(group)
+        rows += size
+        if rows >= rows_per_piece:
+            pieces.append(Piece(index, path, current, rows))
+            current, rows = [], 0
+    if current:
+        pieces.append(Piece(index, path, current, rows))
+    return pieces

@@ -1,58 +1,61 @@
-"""The embed job: Parquet shards -> shard readers -> encoder actor pool -> keyed upserts by writer tasks.
+"""The embed job: lake shards -> the incremental decision -> encoder actor pool -> keyed upserts.
 
-Before any encoding, one pass over the id column of every shard counts the input, finds duplicate
-ids and unreadable files. Reading and writing are plain Ray tasks; encoding runs in an actor pool so
-each worker loads the model (and the table's known keys) once, one GPU per actor when the cluster
-has GPUs. Writers upsert batch by batch, so a killed run resumes where its commits stopped; only
-counts come back to the driver, never vectors. Every input row ends up written, unchanged or
-quarantined, and the run checks that before it reports success.
+    list shards (sizes, ETags) ──> <T>_files: skip shards unchanged since the last run
+    LakeSource (read tasks planned from Parquet footers) ┐
+    table keys (looked up by id, or TableKeysSource)     ┴─> repartition(keys=[id]) ─> decide
+      ─> map_batches(EmbedRows, ActorPoolStrategy) ─> write_datasink(EmbedSink)
+    the driver: counts ─> accounting check ─> deletes of vanished shards, indexes, manifest ─> run log
+
+Nothing that grows with the corpus lives in one process: duplicate ids, unchanged rows and deleted
+ids are found per hash partition of ids by Ray Data tasks (operators/incremental.py), encoder actors
+hold the model only, and the driver sees footers, file lists and counts. Writers upsert batch by
+batch, so a killed run resumes where its commits stopped; the manifest is written only after the
+accounting check, so a shard counts as done only once every row of it is.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
 
 import pyarrow as pa
 
-from operators.embed import EmbedRows, known_key
 from operators.encoders.base import EncoderSpec
 from operators.encoders.loader import describe_encoder, model_kind
 from operators.errors import one_line
+from operators.exchange import decided_row_schema, key_row_schema
+from operators.incremental import Decision, TableKeys, decide
+from operators.manifest import FileManifest, unchanged_files
 from operators.run_log import RunLog
 from operators.schema import (
     ID,
-    MODEL,
     QUARANTINE_SCHEMA,
     REASON,
     RUN_ID,
     SOURCE,
-    TEXT_HASH,
     embeddings_schema,
     quarantine_table_name,
     require_columns,
 )
-from operators.sinks.lance_sink import (
-    compact,
-    delete_keys_not_in,
-    ensure_table,
-    load_known_keys,
-    upsert,
-)
-from operators.sources import ShardReader, find_shards, read_schema
-from operators.sources import scan_input as scan_shards
+from operators.sinks.lance_sink import compact, ensure_table, refresh_indexes, upsert
+from operators.sources import ReadPlan, ShardReader, ShardSet, find_shards, plan_reads, read_schema
 from operators.storage import as_settings
 from operators.table_meta import TableMeta, with_meta
-from operators.tables import Lake, TableRef
-from pipelines.embed_writer import Tables, write_batch
+from operators.tables import Lake
+from pipelines.embed_writer import EmbedSink, RunCounts, Tables
 from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
-from pipelines.workers import plan_rows_per_write, plan_workers
+from pipelines.workers import (
+    ROWS_PER_PARTITION,
+    SCAN_FRACTION,
+    SHUFFLE_INPUT_BYTES,
+    plan_partitions,
+    plan_rows_per_write,
+    plan_workers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +78,13 @@ class EmbedJob:
     object_store_memory: int | None = None  # bytes, for the local Ray a run starts (None: Ray's default)
     overwrite: bool = False
     sync_deletes: bool = False
+    rescan: bool = False  # ignore the file manifest: read every shard and compare every row's hash
     skip_bad_files: bool = False
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings (None: environment's)
     actors: int | None = None  # encoder actors; default one per GPU, else one per CPU (pipelines/workers.py)
     actor_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per encoder actor
     threads_per_actor: int | None = None
-    rows_per_encode_batch: int | None = None  # default 4096 on GPUs, 256 on CPUs (pipelines/workers.py)
+    rows_per_batch: int | None = None  # rows per encoder call; default pipelines/workers.py ROWS_PER_BATCH
     rows_per_write: int | None = None  # rows per upsert commit; default: pipelines/workers.py plan_rows_per_write
     max_tokens_per_batch: int | None = None  # default per device (operators/encoders/base.py)
     precision: str = "auto"  # auto, fp32, bf16, fp16, int8 (operators/encoders/precision.py)
@@ -99,38 +103,8 @@ class EmbedJob:
         )
 
 
-@dataclass
-class RunCounts:
-    rows_written: int = 0
-    rows_inserted: int = 0
-    rows_updated: int = 0
-    rows_unchanged: int = 0
-    rows_quarantined: int = 0
-    rows_truncated: int = 0
-    tokens: int = 0
-    padded_tokens: int = 0
-    first_read_at: float | None = None
-    workers: set[str] = field(default_factory=set)
-    column_bytes: dict[str, int] = field(default_factory=dict)
-
-    def add(self, result: dict) -> None:
-        for name in ("rows_written", "rows_inserted", "rows_updated", "rows_unchanged", "rows_quarantined",
-                     "rows_truncated", "tokens", "padded_tokens"):
-            setattr(self, name, getattr(self, name) + int(result[name]))
-        read_at = float(result["first_read_at"])
-        self.first_read_at = read_at if self.first_read_at is None else min(self.first_read_at, read_at)
-        self.workers.update(result["workers"])
-        for name, size in json.loads(result["column_bytes"]).items():
-            self.column_bytes[name] = self.column_bytes.get(name, 0) + size
-
-    def bytes_per_doc(self) -> dict[str, float]:
-        """Average stored bytes per embedded row of each vector column (ColBERT dominates storage)."""
-        return {name: round(size / self.rows_written, 1) for name, size in self.column_bytes.items()} if \
-            self.rows_written else {}
-
-
 def run_embed(job: EmbedJob) -> dict:
-    """Run the job and return the JSON summary (interface.md)."""
+    """Run the job and return the JSON summary (README: What a run guarantees)."""
     started = time.time()
     job = replace(job, storage=as_settings(job.storage))  # resolved once, here, for every worker
     shards = find_shards(job.input, job.storage)
@@ -153,38 +127,56 @@ def run_embed(job: EmbedJob) -> dict:
     tables = Tables(main=lake.table(job.table), quarantine=lake.table(quarantine_table_name(job.table)), schema=schema)
     ensure_table(tables.main, schema, primary_key=ID, overwrite=job.overwrite)
     ensure_table(tables.quarantine, QUARANTINE_SCHEMA, primary_key=SOURCE, overwrite=job.overwrite)
+    manifest = FileManifest(lake, job.table, overwrite=job.overwrite)
     config = {k: v for k, v in asdict(job).items() if k != "command"}
     run_log = RunLog.for_table(lake, job.table, job="embed",
                                command=job.command or sys.argv, config=config, model=description.model_id)
     run_log.start()
     try:
-        summary = _run(job, shards, required, spec, tables, run_log.run_id, started)
+        summary = _run(job, shards, required, spec, tables, manifest, description.model_id, run_log.run_id, started)
     except BaseException as error:
         run_log.finish({}, error=one_line(error, 1000, job.storage))
         raise
     summary["run_id"] = run_log.run_id
+    # The run's last step: every row is accounted for and committed, the manifest and indexes are
+    # current. Whatever readers should see only after a complete run (a serving tag) moves here.
     run_log.finish(summary)
     return summary
 
 
-def _run(job: EmbedJob, shards, required: list[str], spec: EncoderSpec, tables: Tables, run_id: str,
-         started: float) -> dict:
-    scan = scan_shards(shards, required, job.id_column, skip_bad_files=job.skip_bad_files)
-    # The pre-scan's per-file id tables are freed, but Arrow's allocator keeps their pages for reuse
-    # that never comes in the driver: ~280 MB per million ids, measured.
-    pa.default_memory_pool().release_unused()
-    for path, reason in scan.bad_files.items():
-        upsert(pa.Table.from_pylist([{ID: None, SOURCE: path, REASON: f"unreadable shard: {reason}", RUN_ID: run_id}],
-                                    schema=QUARANTINE_SCHEMA), tables.quarantine, QUARANTINE_SCHEMA, SOURCE)
-    log.info("embedding %d rows from %d shard(s) with %s (%d duplicate ids, %d bad files)", scan.rows_in,
-             len(scan.files), describe_model_id(tables.schema), len(scan.duplicate_sources), len(scan.bad_files))
+@dataclass
+class InputState:
+    """What the driver knows before reading a row: the listing, the manifest and the footers."""
+
+    skipped: dict[str, int]  # shards unchanged since the last successful run for this model -> rows
+    vanished: list[str]  # shards the manifest has and the listing does not
+    plan: ReadPlan  # read tasks for the others
+
+    def skipped_indexes(self, files: list[str]) -> frozenset[int]:
+        return frozenset(i for i, path in enumerate(files) if path in self.skipped)
+
+
+def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec, tables: Tables,
+         manifest: FileManifest, model_id: str, run_id: str, started: float) -> dict:
+    recorded = manifest.load()
+    skipped = {} if job.rescan else unchanged_files(shards.versions, recorded, model_id)
+    listed = set(shards.files)
+    vanished = sorted(path for path in recorded if path not in listed)
+    to_read = [(index, path) for index, path in enumerate(shards.files) if path not in skipped]
     counts = RunCounts()
-    deleted = 0
     shutdown_seconds = 0.0  # stopping the Ray we started: wall time, not embedding time
-    if scan.files:
+    state = InputState(skipped, vanished, ReadPlan([], {}, {}))
+    if to_read or (job.sync_deletes and vanished):
         we_started_ray = start_ray(job.address, num_cpus=os.cpu_count(), object_store_memory=job.object_store_memory)
         try:
-            counts = _execute(job, scan, spec, tables, run_id)
+            workers = plan_workers(cluster_cpus(), cluster_gpus(), job.actors, job.threads_per_actor,
+                                   job.rows_per_batch)
+            state.plan = plan_reads(shards, to_read, required, workers.rows_per_batch, job.skip_bad_files)
+            _quarantine_bad_files(state.plan, tables, run_id)
+            log.info("embedding %d rows from %d shard(s) (%d unchanged shards of %d rows skipped, %d bad files) "
+                     "with %s", state.plan.rows_in, len(state.plan.rows), len(skipped), sum(skipped.values()),
+                     len(state.plan.bad_files), model_id)
+            counts = _execute(job, shards, state, spec, tables, workers, model_id, run_id)
         finally:
             if we_started_ray:
                 import ray
@@ -192,117 +184,117 @@ def _run(job: EmbedJob, shards, required: list[str], spec: EncoderSpec, tables: 
                 stopping = time.time()
                 ray.shutdown()
                 shutdown_seconds = time.time() - stopping
-    if job.sync_deletes:
-        deleted = delete_keys_not_in(tables.main, ID, scan.ids)
-    compact(tables.main)
-    finished = time.time()
-    accounted = counts.rows_written + counts.rows_unchanged + counts.rows_quarantined
-    if accounted != scan.rows_in:
-        msg = (f"row accounting failed: {scan.rows_in} rows read, {accounted} written, unchanged or "
+    if counts.rows_read != state.plan.rows_in:
+        msg = (f"row accounting failed: {state.plan.rows_in} rows read, {counts.rows_read} written, unchanged or "
                "quarantined; the table holds what was committed, re-run the same command to finish")
         raise RuntimeError(msg)
+    if counts.rows_written or counts.rows_deleted:
+        refresh_indexes(tables.main)
+        compact(tables.main)
+    retry = {shards.files[index] for index in counts.files_to_retry}
+    manifest.record({path: (shards.versions.get(path, ""), rows) for path, rows in state.plan.rows.items()
+                     if path not in retry}, model_id, run_id)
+    if job.sync_deletes:
+        manifest.forget(vanished)
+    finished = time.time()
+    rows_skipped = sum(skipped.values())
     # First read to last commit (deletes and compaction included), not counting Ray's shutdown.
     encode_seconds = max(finished - shutdown_seconds - (counts.first_read_at or started), 1e-9)
-    encoded = counts.rows_written
     return {
-        "rows_in": scan.rows_in,
+        "rows_in": state.plan.rows_in + rows_skipped,
         "rows_written": counts.rows_written,
         "rows_inserted": counts.rows_inserted,
         "rows_updated": counts.rows_updated,
         "rows_unchanged": counts.rows_unchanged,
         "rows_quarantined": counts.rows_quarantined,
-        "rows_deleted": deleted,
+        "rows_skipped": rows_skipped,
+        "rows_deleted": counts.rows_deleted,
         "rows_truncated": counts.rows_truncated,
-        "duplicate_ids": len(scan.duplicate_sources),
-        "files_quarantined": len(scan.bad_files),
+        "duplicate_ids": counts.duplicate_ids,
+        "files_read": len(state.plan.rows),
+        "files_skipped": len(skipped),
+        "files_quarantined": len(state.plan.bad_files),
         "seconds": round(finished - started, 3),
         "encode_seconds": round(encode_seconds, 3),
-        "docs_per_s": round(encoded / encode_seconds, 2),
+        "docs_per_s": round(counts.rows_written / encode_seconds, 2),
         "tokens_per_s": round(counts.tokens / encode_seconds, 1),
         "tokens": counts.tokens,
         "padding_waste": round(1 - counts.tokens / counts.padded_tokens, 4) if counts.padded_tokens else 0.0,
+        "oom_splits": counts.oom_splits,
+        "commits": counts.commits,
+        "seconds_per_commit": round(counts.commit_seconds / counts.commits, 4) if counts.commits else 0.0,
         "bytes_per_doc": counts.bytes_per_doc(),
-        "shards": len(scan.files),
+        "shards": len(shards.files),
         "encoder_actors": len(counts.workers),
         "encoder_nodes": len({worker.rsplit(":", 1)[0] for worker in counts.workers}),
         "table": job.table,
         "quarantine_table": tables.quarantine.name,
         "uri": job.output,
-        "model": describe_model_id(tables.schema),
+        "model": model_id,
     }
 
 
-def describe_model_id(schema: pa.Schema) -> str:
-    from operators.table_meta import read_meta
-
-    meta = read_meta(schema)
-    return meta.model_id if meta else ""
-
-
-def known_keys_loader(target: TableRef, model_id: str) -> set[str]:
-    """Runs inside each encoder actor: the (id, text hash) pairs already embedded with this model."""
-    known = load_known_keys(target, ID, TEXT_HASH, MODEL, model_id)
-    return {known_key(i, h) for i, h in zip(known.column(ID).to_pylist(), known.column(TEXT_HASH).to_pylist(),
-                                            strict=True)}
+def _quarantine_bad_files(plan: ReadPlan, tables: Tables, run_id: str) -> None:
+    """A whole unreadable shard is one quarantine entry (its rows cannot be counted)."""
+    if plan.bad_files:
+        rows = [{ID: None, SOURCE: path, REASON: f"unreadable shard: {reason}", RUN_ID: run_id}
+                for path, reason in plan.bad_files.items()]
+        upsert(pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA), tables.quarantine, QUARANTINE_SCHEMA, SOURCE)
 
 
-def _execute(job: EmbedJob, scan, spec: EncoderSpec, tables: Tables, run_id: str) -> RunCounts:
+def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, tables: Tables, workers,
+             model_id: str, run_id: str) -> RunCounts:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
+    from operators.embed import EmbedRows
+    from pipelines.embed_source import LakeSource, TableKeysSource
+
     context = DataContext.get_current()
-    context.enable_progress_bars = False
+    context.enable_progress_bars = job.progress
     context.print_on_execution_start = False
-
-    plan = plan_workers(cluster_cpus(), cluster_gpus(), job.actors, job.threads_per_actor, job.rows_per_encode_batch)
-    reader = ShardReader(
-        job.id_column,
-        job.text_column,
-        job.keep_columns,
-        job.storage,
-        duplicate_sources=scan.duplicate_sources,
-        keep_types={name: tables.schema.field(name).type for name in job.keep_columns},
-    )
-
-    def read_shards(batch: dict) -> Iterator[pa.Table]:
-        for path, row_groups in zip(batch["path"], batch["row_groups"], strict=True):
-            yield from reader.read(str(path), None if row_groups is None else [int(g) for g in row_groups])
-
-    known = None if job.overwrite else partial(known_keys_loader, tables.main)
-    # One read task per piece of about a batch of rows, so big shards feed several actors at once.
-    pieces = [{"path": path, "row_groups": groups} for path, groups in scan.pieces(plan.rows_per_batch)]
-    dataset = (
-        ray.data.from_items(pieces, override_num_blocks=min(len(pieces), 1000))
-        .map_batches(read_shards, batch_size=1, batch_format="numpy", num_cpus=plan.io_cpus)
+    # One block per hash partition of ids: `decide` must see every row of an id at once.
+    context.target_max_block_size = None
+    # Shuffle map tasks take this much input at a time (Ray's default, 1 GiB, makes a map task's memory
+    # grow with the lake until it reaches 1 GiB).
+    context.shuffle_input_batch_bytes = SHUFFLE_INPUT_BYTES
+    keep_fields = [tables.schema.field(name) for name in job.keep_columns]
+    key_schema = key_row_schema(keep_fields)
+    reader = ShardReader(job.id_column, job.text_column, job.keep_columns, job.storage,
+                         keep_types={f.name: f.type for f in keep_fields})
+    files = pa.array(shards.files, pa.string())
+    table = tables.main.dataset()
+    table_rows = 0 if job.overwrite else table.count_rows()
+    keys = TableKeys(tables.main, table.version, model_id, files, key_schema) if table_rows else None
+    # Scan the table's keys when this run reads a good part of it; else look up what is read.
+    scan = keys is not None and (job.rescan or state.plan.rows_in >= SCAN_FRACTION * table_rows)
+    probe_files = [] if scan or not job.sync_deletes else [*state.plan.rows, *state.vanished]
+    dataset = ray.data.read_datasource(LakeSource(state.plan.pieces, reader, key_schema,
+                                                  keys=None if scan else keys, files_to_probe=probe_files),
+                                       num_cpus=workers.io_cpus)
+    if scan:
+        dataset = dataset.union(ray.data.read_datasource(TableKeysSource(keys, ROWS_PER_PARTITION),
+                                                         num_cpus=workers.io_cpus))
+    decision = Decision(state.skipped_indexes(shards.files), job.sync_deletes)
+    partitions = plan_partitions(state.plan.rows_in + (table_rows if scan else 0))
+    sink = EmbedSink(tables, run_id, files, plan_rows_per_write(state.plan.rows_in, workers, job.rows_per_write))
+    (
+        dataset.repartition(partitions, keys=[ID])
+        .map_batches(decide, fn_kwargs={"decision": decision, "schema": decided_row_schema(keep_fields)},
+                     batch_size=None, batch_format="pyarrow", num_cpus=workers.io_cpus)
+        # A partition's rows to embed are one block; cut it so that every encoder actor gets some.
+        .repartition(target_num_rows_per_block=workers.rows_per_batch)
         .map_batches(
             EmbedRows,
-            fn_constructor_kwargs={"spec": spec, "keep_columns": job.keep_columns, "threads": plan.threads,
-                                   "known_keys": known},
-            batch_size=plan.rows_per_batch,
+            fn_constructor_kwargs={"spec": spec, "keep_fields": keep_fields, "threads": workers.threads},
+            batch_size=workers.rows_per_batch,
             batch_format="pyarrow",
-            compute=ActorPoolStrategy(size=plan.actors, max_concurrent_calls_per_actor=plan.concurrent_calls,
-                                      max_tasks_in_flight_per_actor=plan.tasks_in_flight),
-            num_gpus=plan.actor_gpus,
-            num_cpus=plan.actor_cpus,
+            compute=ActorPoolStrategy(size=workers.actors, max_concurrent_calls_per_actor=workers.concurrent_calls,
+                                      max_tasks_in_flight_per_actor=workers.tasks_in_flight),
+            num_gpus=workers.actor_gpus,
+            num_cpus=workers.actor_cpus,
             resources=job.actor_resources or None,
         )
-        .map_batches(
-            partial(write_batch, tables=tables, run_id=run_id),
-            batch_size=plan_rows_per_write(scan.rows_in, plan, job.rows_per_write),
-            batch_format="pyarrow",
-            num_cpus=plan.io_cpus,
-        )
+        .write_datasink(sink, ray_remote_args={"num_cpus": workers.io_cpus})
     )
-    counts = RunCounts()
-    progress = _progress_bar(scan.rows_in, job.progress)
-    for result in dataset.iter_rows():
-        counts.add(result)
-        progress.update(int(result["rows_written"]) + int(result["rows_unchanged"]) + int(result["rows_quarantined"]))
-    progress.close()
-    return counts
-
-
-def _progress_bar(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="rows", file=sys.stderr, disable=not enabled, mininterval=1.0, smoothing=0.1)
+    return sink.counts

@@ -1,5 +1,6 @@
-"""The writer stage of the embed job: upsert a batch of embedded rows and its quarantined rows, and
-send only counts back to the driver.
+"""The writer stage of the embed job, as a Ray Data Datasink: each write task upserts its embedded
+rows into the table, its quarantined rows into the quarantine table, deletes the ids that left the
+input, and returns only counts, which the driver sums in `on_write_complete`.
 
 It lives apart from pipelines/embed.py so that the Ray workers running it import Arrow and Lance
 only, not torch and the encoders: on a small CPU cluster, idle workers are recycled and each writer
@@ -8,28 +9,47 @@ task may start a fresh process, and 3 s of imports there is 3 s taken from the e
 
 from __future__ import annotations
 
-import json
+import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from ray.data import Datasink
 
-from operators.row_status import (
-    EMBEDDED,
+from operators.exchange import (
+    ENCODER_ERROR,
+    OOM_SPLITS_COL,
+    ORDER_COL,
     PADDED_COL,
-    QUARANTINED,
+    READ_AT_COL,
+    REASON_COL,
+    ROWS_COL,
     STATUS_COL,
     TOKENS_COL,
     TRUNCATED_COL,
-    UNCHANGED,
     WORKER_COL,
+    Status,
+    file_of,
+    row_of,
 )
-from operators.schema import COLBERT, ID, QUARANTINE_SCHEMA, REASON, RUN_ID, SOURCE, SPARSE, is_dense_column
-from operators.sinks.lance_sink import upsert
-from operators.sources import READ_AT_COL, REASON_COL, SOURCE_COL
+from operators.incremental import DUPLICATE
+from operators.schema import (
+    COLBERT,
+    ID,
+    QUARANTINE_SCHEMA,
+    REASON,
+    RUN_ID,
+    SOURCE,
+    SOURCE_FILE,
+    SPARSE,
+    is_dense_column,
+)
+from operators.sinks.lance_sink import delete_keys, upsert
 from operators.tables import TableRef
 
+log = logging.getLogger(__name__)
 VECTOR_OUTPUTS = (SPARSE, COLBERT)
 
 
@@ -42,32 +62,124 @@ class Tables:
     schema: pa.Schema
 
 
-def write_batch(batch: pa.Table, tables: Tables, run_id: str) -> pa.Table:
-    """Upsert a batch's embedded rows into the table and its bad rows into the quarantine table;
-    return one row of counts for the driver."""
+@dataclass
+class RunCounts:
+    """What write tasks report; summed field by field (ints add, times take the earliest, sets and
+    per-column sizes merge), so a new count is one field here and nowhere else."""
+
+    rows_written: int = 0
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    rows_unchanged: int = 0
+    rows_quarantined: int = 0
+    rows_deleted: int = 0
+    duplicate_ids: int = 0  # quarantined rows that repeat an id
+    rows_truncated: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    oom_splits: int = 0
+    commits: int = 0
+    commit_seconds: float = 0.0
+    first_read_at: float | None = None
+    workers: set[str] = field(default_factory=set)
+    # Shards with rows an encoder error quarantined: left out of the manifest, so the next run tries them again.
+    files_to_retry: set[int] = field(default_factory=set)
+    column_bytes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: RunCounts) -> RunCounts:
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, set):
+                mine |= theirs
+            elif isinstance(mine, dict):
+                for name, size in theirs.items():
+                    mine[name] = mine.get(name, 0) + size
+            elif f.name == "first_read_at":
+                known = [t for t in (mine, theirs) if t is not None]
+                setattr(self, f.name, min(known) if known else None)
+            else:
+                setattr(self, f.name, mine + theirs)
+        return self
+
+    @property
+    def rows_read(self) -> int:
+        return self.rows_written + self.rows_unchanged + self.rows_quarantined
+
+    def bytes_per_doc(self) -> dict[str, float]:
+        """Average stored bytes per embedded row of each vector column (ColBERT dominates storage)."""
+        return {name: round(size / self.rows_written, 1) for name, size in self.column_bytes.items()} if \
+            self.rows_written else {}
+
+
+def write_batch(batch: pa.Table, tables: Tables, run_id: str, files: pa.Array) -> RunCounts:
+    """Commit one batch of encoded rows (exchange.encoded_row_schema): upsert the embedded rows,
+    upsert the quarantined ones, delete the DELETED ids; `files` is the run's listing, which turns a
+    row's `_order` back into its shard and row."""
     status = batch.column(STATUS_COL)
-    embedded = batch.filter(pc.equal(status, EMBEDDED))
-    bad = batch.filter(pc.equal(status, QUARANTINED))
-    quarantined = pa.table({
-        ID: bad.column(ID),
-        SOURCE: bad.column(SOURCE_COL),
-        REASON: bad.column(REASON_COL),
-        RUN_ID: pa.array([run_id] * bad.num_rows, pa.string()),
-    })
-    written = upsert(embedded, tables.main, tables.schema, ID)
+    embedded = batch.filter(pc.equal(status, Status.EMBEDDED.value))
+    bad = batch.filter(pc.equal(status, Status.QUARANTINED.value))
+    gone = batch.filter(pc.equal(status, Status.DELETED.value)).column(ID).to_pylist()
+    started = time.perf_counter()
+    rows = embedded.append_column(SOURCE_FILE, files.take(file_of(embedded.column(ORDER_COL))))
+    written = upsert(rows, tables.main, tables.schema, ID)
+    bad_files = files.take(file_of(bad.column(ORDER_COL)))
+    sources = pc.binary_join_element_wise(bad_files, pc.cast(row_of(bad.column(ORDER_COL)), pa.string()), "#")
+    upsert(pa.table({ID: bad.column(ID), SOURCE: sources, REASON: bad.column(REASON_COL),
+                     RUN_ID: pa.array([run_id] * bad.num_rows, pa.string())}, schema=QUARANTINE_SCHEMA),
+           tables.quarantine, QUARANTINE_SCHEMA, SOURCE)
+    deleted = delete_keys(tables.main, ID, gone) if gone else 0
+    seconds = time.perf_counter() - started
     vector_columns = [name for name in tables.schema.names if name in VECTOR_OUTPUTS or is_dense_column(name)]
-    column_bytes = {name: embedded.column(name).nbytes for name in vector_columns}
-    upsert(quarantined, tables.quarantine, QUARANTINE_SCHEMA, SOURCE)
-    return pa.table({
-        "rows_written": [embedded.num_rows],
-        "rows_inserted": [written.inserted],
-        "rows_updated": [written.updated],
-        "rows_unchanged": [int(pc.sum(pc.equal(status, UNCHANGED)).as_py() or 0)],
-        "rows_quarantined": [bad.num_rows],
-        "rows_truncated": [int(pc.sum(batch.column(TRUNCATED_COL).cast(pa.int64())).as_py() or 0)],
-        "tokens": [int(pc.sum(batch.column(TOKENS_COL)).as_py() or 0)],
-        "padded_tokens": [int(pc.sum(batch.column(PADDED_COL)).as_py() or 0)],
-        "first_read_at": [pc.min(batch.column(READ_AT_COL)).as_py() or time.time()],
-        "workers": pa.array([pc.unique(batch.column(WORKER_COL)).to_pylist()], pa.list_(pa.string())),
-        "column_bytes": [json.dumps(column_bytes)],
-    })
+    unchanged = pc.filter(batch.column(ROWS_COL), pc.equal(status, Status.UNCHANGED.value))
+    return RunCounts(
+        rows_written=embedded.num_rows,
+        rows_inserted=written.inserted,
+        rows_updated=written.updated,
+        rows_unchanged=int(pc.sum(unchanged).as_py() or 0),
+        rows_quarantined=bad.num_rows,
+        rows_deleted=deleted,
+        duplicate_ids=int(pc.sum(pc.equal(bad.column(REASON_COL), DUPLICATE)).as_py() or 0),
+        rows_truncated=int(pc.sum(batch.column(TRUNCATED_COL).cast(pa.int64())).as_py() or 0),
+        tokens=int(pc.sum(batch.column(TOKENS_COL)).as_py() or 0),
+        padded_tokens=int(pc.sum(batch.column(PADDED_COL)).as_py() or 0),
+        oom_splits=int(pc.sum(batch.column(OOM_SPLITS_COL)).as_py() or 0),
+        commits=1 if embedded.num_rows else 0,
+        commit_seconds=seconds if embedded.num_rows else 0.0,
+        first_read_at=pc.min(batch.column(READ_AT_COL)).as_py(),
+        workers=set(pc.drop_null(pc.unique(batch.column(WORKER_COL))).to_pylist()),
+        files_to_retry=set(pc.unique(file_of(pc.filter(bad.column(ORDER_COL), pc.starts_with(
+            bad.column(REASON_COL), ENCODER_ERROR)))).to_pylist()),
+        column_bytes={name: embedded.column(name).nbytes for name in vector_columns},
+    )
+
+
+class EmbedSink(Datasink[RunCounts]):
+    """Writes the embed job's encoded rows; `counts` holds the sum of every write task's counts."""
+
+    def __init__(self, tables: Tables, run_id: str, files: pa.Array, rows_per_write: int) -> None:
+        self.tables = tables
+        self.run_id = run_id
+        self.files = files
+        self.rows_per_write = rows_per_write
+        self.counts = RunCounts()
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_write
+
+    def write(self, blocks: Iterable[pa.Table], ctx) -> RunCounts:
+        blocks = [block for block in blocks if block.num_rows]
+        if not blocks:
+            return RunCounts()
+        return write_batch(pa.concat_tables(blocks), self.tables, self.run_id, self.files)
+
+    def on_write_complete(self, write_result) -> None:
+        total = RunCounts()
+        for counts in write_result.write_returns:
+            total.add(counts)
+        self.counts = total
+
+    def on_write_failed(self, error: Exception) -> None:
+        # Every commit so far is a complete, keyed upsert: the table holds them, and the same command
+        # again re-encodes only what was not committed. The run log records the failure.
+        log.warning("embed writers stopped: %s", " ".join(str(error).split())[:300])

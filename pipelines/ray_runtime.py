@@ -30,6 +30,9 @@ QUIET_ENV = {
 # actors hold those, so every reader and writer task started a fresh Python process and paid its
 # imports and its first Lance open (2-3 s of CPU each, taken from the encoders on a small machine).
 SPARE_WORKERS = 4
+# Ray gives its raylet 30 s to register and then gives up; on a loaded machine that happens, and a second
+# start usually succeeds.
+START_ATTEMPTS = 3
 
 
 def project_root() -> str:
@@ -55,16 +58,24 @@ def start_ray(
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING)
         return False
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        object_store_memory=object_store_memory,
-        include_dashboard=False,
-        runtime_env=runtime_env,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-        _system_config={"num_workers_soft_limit": (num_cpus or os.cpu_count() or 1) + SPARE_WORKERS},
-    )
+    for attempt in range(START_ATTEMPTS):
+        try:
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                object_store_memory=object_store_memory,
+                include_dashboard=False,
+                runtime_env=runtime_env,
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+                _system_config={"num_workers_soft_limit": (num_cpus or os.cpu_count() or 1) + SPARE_WORKERS},
+            )
+            return True
+        except Exception as error:  # noqa: BLE001 - Ray raises a bare Exception for this
+            if "timed out during startup" not in str(error) or attempt == START_ATTEMPTS - 1:
+                raise
+            log.warning("local Ray did not start in time (a loaded machine?), trying again")
+            ray.shutdown()
     return True
 
 

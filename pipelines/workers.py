@@ -22,13 +22,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-IO_CPUS = 0.5  # logical CPUs left to reader and writer tasks on a CPU-only cluster
+from operators.encoders.limits import ROWS_PER_BATCH
+
+# Logical CPUs left to reader, shuffle and writer tasks on a CPU-only cluster: a whole one, because
+# Ray Data's shuffle reduce tasks ask for one CPU each and would wait forever behind the actors.
+IO_CPUS = 1.0
 IO_TASK_CPUS = 0.25
-GPU_ROWS_PER_BATCH = 4096
-CPU_ROWS_PER_BATCH = 256
 GPU_CONCURRENT_CALLS = 2
 MAX_ROWS_PER_WRITE = 4096
 WRITES_PER_ACTOR = 4
+# The incremental decision (operators/incremental.py) runs per hash partition of ids: rows per
+# partition bound the memory of one decide task (~250 bytes a row with a short text), and the number
+# of partitions grows with the rows shuffled, so each task's memory does not.
+ROWS_PER_PARTITION = 200_000
+SHUFFLE_INPUT_BYTES = 64 * 2**20  # input a shuffle map task partitions at once
+# A run scans the table's whole key column when it reads at least this fraction of the table's rows;
+# below it, each read task looks its ids up through the id index (time that follows the new data).
+SCAN_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,7 @@ def plan_workers(
             actor_cpus=1,
             actor_gpus=1,
             io_cpus=0.5,
-            rows_per_batch=rows_per_batch or GPU_ROWS_PER_BATCH,
+            rows_per_batch=rows_per_batch or ROWS_PER_BATCH["cuda"],
             concurrent_calls=GPU_CONCURRENT_CALLS,
             tasks_in_flight=2 * GPU_CONCURRENT_CALLS,
         )
@@ -71,7 +81,7 @@ def plan_workers(
         actor_cpus=round(min(float(threads), share), 3),
         actor_gpus=0,
         io_cpus=IO_TASK_CPUS,
-        rows_per_batch=rows_per_batch or CPU_ROWS_PER_BATCH,
+        rows_per_batch=rows_per_batch or ROWS_PER_BATCH["cpu"],
         concurrent_calls=1,
         tasks_in_flight=1,
     )
@@ -88,3 +98,8 @@ def plan_rows_per_write(rows_in: int, plan: WorkerPlan, given: int | None = None
     wanted = max(1, rows_in // (WRITES_PER_ACTOR * max(plan.actors, 1)))
     batches = -(-wanted // plan.rows_per_batch)
     return max(plan.rows_per_batch, min(MAX_ROWS_PER_WRITE, batches * plan.rows_per_batch))
+
+
+def plan_partitions(rows: int) -> int:
+    """Hash partitions of ids for `rows` shuffled rows (input rows plus scanned table keys)."""
+    return max(1, -(-rows // ROWS_PER_PARTITION))

@@ -39,7 +39,8 @@ def write_minilm_table(uri: str, docs: pa.Table, name: str = "docs") -> str:
     schema = with_meta(embeddings_schema(encoder.output_fields()), meta)
     columns = {ID: docs.column("id"), TEXT_HASH: pa.array([text_hash(t) for t in texts]),
                MODEL: pa.array([encoder.model_id] * len(texts)), **encoded.columns}
-    table = pa.Table.from_arrays([columns[field.name] for field in schema], schema=schema)
+    table = pa.Table.from_arrays([columns.get(field.name, pa.nulls(len(texts), field.type)) for field in schema],
+                                 schema=schema)
     lancedb.connect(uri).create_table(name, table)
     return uri
 

@@ -70,6 +70,9 @@ def to_arrow(columns: dict, dim: int = 32, dims=(16, 8), colbert_dim: int = 16, 
         schema = with_meta(schema, meta)
     arrays = []
     for field in schema:
+        if field.name not in columns:  # source_file: these rows come from no shard
+            arrays.append(pa.nulls(len(columns[ID]), field.type))
+            continue
         values = columns[field.name]
         if pa.types.is_fixed_size_list(field.type):
             arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), field.type.list_size))

@@ -1,4 +1,5 @@
-"""The embed operator on batches, without Ray: good rows get vectors, bad rows a reason."""
+"""Rows checked by the reader and encoded by the embed operator, without Ray: good rows get vectors,
+bad rows a reason."""
 
 from __future__ import annotations
 
@@ -6,46 +7,55 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from operators.embed import REASON_COL, EmbedRows
+from operators.embed import EmbedRows
 from operators.encoders.base import EncoderSpec
-from operators.schema import text_hash
-from operators.sources import READ_AT_COL, SOURCE_COL, TEXT_COL
+from operators.exchange import REASON_COL, ROWS_COL, STATUS_COL, TEXT_COL, Status, conform, decided_row_schema
+from operators.schema import TEXT_HASH, text_hash
+from operators.sources import row_problems
+
+LANG = pa.field("lang", pa.string())
 
 
 @pytest.fixture(scope="module")
 def embed_rows() -> EmbedRows:
-    return EmbedRows(EncoderSpec(model="minilm", dims=[64], device="cpu"), keep_columns=["lang"])
+    return EmbedRows(EncoderSpec(model="minilm", dims=[64], device="cpu"), keep_fields=[LANG])
 
 
-def batch(ids, texts, reasons=None) -> pa.Table:
+def batch(ids, texts, statuses=None) -> pa.Table:
     rows = len(ids)
-    return pa.table({
+    statuses = statuses or [Status.EMBEDDED.value] * rows
+    return conform({
         "id": pa.array(ids, pa.string()),
         TEXT_COL: pa.array(texts, pa.string()),
-        "lang": ["en"] * rows,
-        SOURCE_COL: [f"f.parquet#{i}" for i in range(rows)],
-        READ_AT_COL: [0.0] * rows,
-        REASON_COL: pa.array(reasons or [None] * rows, pa.string()),
-    })
+        TEXT_HASH: pa.array([text_hash(t) if t else None for t in texts], pa.string()),
+        "lang": pa.array(["en"] * rows, pa.string()),
+        STATUS_COL: pa.array(statuses, pa.string()),
+        ROWS_COL: pa.array([1] * rows, pa.int64()),
+    }, decided_row_schema([LANG]), rows)
 
 
-def test_good_and_bad_rows(embed_rows):
-    result = embed_rows(batch(
-        ["a", None, "c", "d", "e"],
-        ["hello world", "no id", None, "   \n", "bytes"],
-        [None, None, None, None, "text is not valid UTF-8"],
-    ))
-    assert result.column(REASON_COL).to_pylist() == [
-        None, "null or empty id", "null text", "empty text", "text is not valid UTF-8"
+def test_reader_checks_give_each_bad_row_its_reason():
+    ids = pa.array(["a", None, "c", "d", "e", ""], pa.string())
+    texts = pa.array(["hello world", "no id", None, "   \n", None, "x"], pa.string())
+    decoded = pa.array([None, None, None, None, "text is not valid UTF-8", None], pa.string())
+    assert row_problems(ids, texts, decoded).to_pylist() == [
+        None, "null or empty id", "null text", "empty text", "text is not valid UTF-8", "null or empty id"
     ]
+
+
+def test_rows_to_embed_get_vectors_and_the_others_pass_through(embed_rows):
+    result = embed_rows(batch(["a", "b", "c"], ["hello world", None, None],
+                              [Status.EMBEDDED.value, Status.QUARANTINED.value, Status.DELETED.value]))
     dense = result.column("dense").to_pylist()
-    assert dense[0] is not None and all(v is None for v in dense[1:])
+    assert dense[0] is not None and dense[1:] == [None, None]
     assert np.isclose(np.linalg.norm(dense[0]), 1.0, atol=1e-5)
-    assert result.column("text_hash").to_pylist()[0] == text_hash("hello world")
-    assert result.column("model").to_pylist()[0] == embed_rows.encoder.model_id
-    assert result.column("lang").to_pylist() == ["en"] * 5
+    assert result.column(TEXT_HASH).to_pylist()[0] == text_hash("hello world")
+    assert result.column("model").to_pylist() == [embed_rows.encoder.model_id, None, None]
+    assert result.column(STATUS_COL).to_pylist() == ["embedded", "quarantined", "deleted"]
+    assert result.column("lang").to_pylist() == ["en"] * 3
+    assert result.schema == embed_rows.schema
 
 
-def test_all_rows_bad_or_none(embed_rows):
-    assert embed_rows(batch(["a"], [""])).column(REASON_COL).to_pylist() == ["empty text"]
+def test_no_rows_to_embed(embed_rows):
+    assert embed_rows(batch(["a"], [None], [Status.QUARANTINED.value])).column(REASON_COL).to_pylist() == [None]
     assert embed_rows(batch([], [])).num_rows == 0

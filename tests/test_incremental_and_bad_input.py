@@ -48,8 +48,10 @@ def test_incremental_runs_skip_unchanged_replace_changed_and_sync_deletes(ray_se
     before = table_rows(output)
     version = lance.dataset(f"{output}/docs.lance").version
 
-    again = embed(str(lake), output)
-    assert (again["rows_written"], again["rows_unchanged"], again["tokens"]) == (0, 40, 0)
+    again = embed(str(lake), output)  # both shards unchanged since the last run: not opened at all
+    assert (again["rows_written"], again["rows_skipped"], again["files_skipped"], again["tokens"]) == (0, 40, 2, 0)
+    rescan = embed(str(lake), output, "--rescan")  # every row read and its text hash compared
+    assert (rescan["rows_written"], rescan["rows_unchanged"], rescan["rows_skipped"], rescan["tokens"]) == (0, 40, 0, 0)
     assert lance.dataset(f"{output}/docs.lance").version == version  # nothing written at all
 
     texts = corpus.column("text").to_pylist()
@@ -60,12 +62,21 @@ def test_incremental_runs_skip_unchanged_replace_changed_and_sync_deletes(ray_se
                    lake / "b.parquet")  # ids[20:40] leave the input
     third = embed(str(lake), output, "--sync-deletes")
     assert (third["rows_in"], third["rows_updated"], third["rows_inserted"]) == (22, 1, 2)
-    assert (third["rows_unchanged"], third["rows_deleted"]) == (19, 20)
+    assert (third["rows_unchanged"], third["rows_deleted"], third["rows_skipped"]) == (19, 20, 0)
     after = table_rows(output)
     assert set(after) == set(ids[:20]) | {"new-1", "new-2"}
+    assert {row["source_file"] for row in after.values()} == {str(lake / "a.parquet"), str(lake / "b.parquet")}
     assert after[ids[0]]["text_hash"] != before[ids[0]]["text_hash"]
     assert not np.allclose(after[ids[0]]["dense"], before[ids[0]]["dense"])
     assert np.allclose(after[ids[1]]["dense"], before[ids[1]]["dense"])
+
+    # a shard that leaves the lake takes its rows with it, found through the rows' source shard
+    (lake / "b.parquet").unlink()
+    fourth = embed(str(lake), output, "--sync-deletes")
+    assert (fourth["rows_in"], fourth["rows_skipped"], fourth["rows_deleted"], fourth["rows_written"]) == (20, 20, 2, 0)
+    assert set(table_rows(output)) == set(ids[:20])
+    files = lance.dataset(f"{output}/docs_files.lance").to_table().column("path").to_pylist()
+    assert files == [str(lake / "a.parquet")]
 
 
 def test_bad_input_is_quarantined_with_reasons(ray_session, corpus, tmp_path):

@@ -6,8 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from operators.exchange import ORDER_COL, REASON_COL, ROW_BITS, TEXT_COL
 from operators.schema import require_columns
-from operators.sources import REASON_COL, SOURCE_COL, TEXT_COL, ShardReader, find_shards
+from operators.sources import ShardReader, find_shards
 
 
 @pytest.fixture
@@ -42,11 +43,11 @@ def test_reader_casts_ids_records_provenance_and_flags_bad_text(tmp_path):
     path = tmp_path / "mixed.parquet"
     texts = pa.array([b"fine", b"\xff\xfe not utf-8", None], pa.binary())
     pq.write_table(pa.table({"id": [10, 11, 12], "text": texts, "lang": ["en", "en", "de"]}), path)
-    (batch,) = list(ShardReader("id", "text", ["lang"]).read(str(path)))
+    (batch,) = list(ShardReader("id", "text", ["lang"]).read(str(path), file_index=3))
     assert batch.column("id").to_pylist() == ["10", "11", "12"]
     assert batch.column(TEXT_COL).to_pylist() == ["fine", None, None]
-    assert batch.column(REASON_COL).to_pylist() == [None, "text is not valid UTF-8", None]
-    assert batch.column(SOURCE_COL).to_pylist() == [f"{path}#0", f"{path}#1", f"{path}#2"]
+    assert batch.column(REASON_COL).to_pylist() == [None, "text is not valid UTF-8", "null text"]
+    assert batch.column(ORDER_COL).to_pylist() == [(3 << ROW_BITS) + row for row in range(3)]
     assert batch.column("lang").to_pylist() == ["en", "en", "de"]
 
 
@@ -54,4 +55,4 @@ def test_reader_flags_non_string_text(tmp_path):
     path = tmp_path / "numbers.parquet"
     pq.write_table(pa.table({"id": ["a", "b"], "text": [1, None]}), path)
     (batch,) = list(ShardReader("id", "text").read(str(path)))
-    assert batch.column(REASON_COL).to_pylist() == ["text is not a string (int64)", None]
+    assert batch.column(REASON_COL).to_pylist() == ["text is not a string (int64)", "null text"]

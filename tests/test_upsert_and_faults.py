@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from operators.embed import QUARANTINED, STATUS_COL, EmbedRows
+from operators.embed import EmbedRows
 from operators.encoders.base import EncoderSpec
+from operators.exchange import REASON_COL, ROWS_COL, STATUS_COL, TEXT_COL, Status, conform, decided_row_schema
 from operators.sinks.lance_sink import ensure_table, upsert
-from operators.sources import READ_AT_COL, REASON_COL, SOURCE_COL, TEXT_COL
 from operators.storage import redact_argv, redact_config
 from operators.tables import Lake
 
@@ -49,16 +49,15 @@ def test_encoder_error_is_retried_then_isolated_to_its_rows(embed_rows, monkeypa
 
     monkeypatch.setattr(embed_rows.encoder, "encode", flaky)
     texts = [f"ordinary text number {i}" for i in range(7)] + ["poison pill"]
-    batch = pa.table({
-        "id": [f"r{i}" for i in range(8)],
-        TEXT_COL: texts,
-        SOURCE_COL: [f"f#{i}" for i in range(8)],
-        READ_AT_COL: [0.0] * 8,
-        REASON_COL: pa.nulls(8, pa.string()),
-    })
+    batch = conform({
+        "id": pa.array([f"r{i}" for i in range(8)]),
+        TEXT_COL: pa.array(texts),
+        STATUS_COL: pa.array([Status.EMBEDDED.value] * 8),
+        ROWS_COL: pa.array([1] * 8, pa.int64()),
+    }, decided_row_schema([]), 8)
     result = embed_rows(batch)
     status = result.column(STATUS_COL).to_pylist()
-    assert status[-1] == QUARANTINED and status[:-1] == ["embedded"] * 7
+    assert status[-1] == Status.QUARANTINED and status[:-1] == ["embedded"] * 7
     assert result.column(REASON_COL).to_pylist()[-1] == "encoder error: tokenizer exploded"
     assert all(np.isclose(np.linalg.norm(v), 1) for v in result.column("dense").to_pylist()[:7])
     assert len(calls) <= 2 + 2 * 2 * 3  # bounded: two tries per level of a bisection over 8 rows

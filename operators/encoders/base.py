@@ -20,6 +20,7 @@ import pyarrow as pa
 import torch
 
 from operators.encoders.batching import FlatTokens, pad_rows, plan_batches, run_splitting_on_oom
+from operators.encoders.limits import ROWS_PER_BATCH, TOKENS_PER_BATCH
 from operators.encoders.precision import compute_dtype
 
 # A fast tokenizer still tokenises a whole 1 MB text before truncating it; no token covers more
@@ -49,11 +50,6 @@ class EncoderDescription:
     dims: list[int] = field(default_factory=list)
 
 
-# Padded tokens per forward pass when the caller does not say. On CPU a small budget wins: the
-# activations stay in cache and padding is lower (measured in benchmarks/RESULTS.md); GPUs need big
-# batches to be busy (shared/docs/performance.md used 64k tokens).
-DEFAULT_MAX_TOKENS = {"cpu": 2048, "cuda": 65536}
-DEFAULT_MAX_ROWS = {"cpu": 256, "cuda": 4096}
 
 
 @dataclass
@@ -67,8 +63,8 @@ class BatchLimits:
         kind = "cuda" if device.type == "cuda" else "cpu"
         return replace(
             self,
-            max_tokens=self.max_tokens or DEFAULT_MAX_TOKENS[kind],
-            max_rows=self.max_rows or DEFAULT_MAX_ROWS[kind],
+            max_tokens=self.max_tokens or TOKENS_PER_BATCH[kind],
+            max_rows=self.max_rows or ROWS_PER_BATCH[kind],
         )
 
 

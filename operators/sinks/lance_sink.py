@@ -19,13 +19,17 @@ from dataclasses import dataclass
 
 import lance
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from operators.storage import redacted_errors
 from operators.tables import TableRef
 
 log = logging.getLogger(__name__)
 DELETE_CHUNK = 2000  # ids per delete predicate
+
+
+# Columns added to a table written before they existed (null in its old rows) instead of asking for
+# --overwrite: `source_file` (rows of unknown shard are never taken for rows of a skipped one).
+ADDABLE_COLUMNS = ("source_file",)
 
 
 def ensure_table(
@@ -37,6 +41,11 @@ def ensure_table(
         dataset = target.dataset()
         existing = {f.name: f.type for f in dataset.schema}
         wanted = {f.name: f.type for f in schema}
+        added = [schema.field(name) for name in wanted if name not in existing and name in ADDABLE_COLUMNS]
+        if added and all(existing.get(k) == v for k, v in wanted.items() if k not in ADDABLE_COLUMNS):
+            dataset.add_columns(added)  # all null: a table written before the column existed
+            dataset = target.dataset()
+            existing = {f.name: f.type for f in dataset.schema}
         if existing != wanted:
             diff = sorted(
                 f"{name}: table has {existing.get(name)}, run writes {wanted.get(name)}"
@@ -82,24 +91,46 @@ def upsert(rows: pa.Table, target: TableRef, schema: pa.Schema, key: str) -> Ups
     return UpsertCounts(inserted=result.num_inserted_rows, updated=result.num_updated_rows)
 
 
-def load_known_keys(target: TableRef, key: str, hash_column: str, model_column: str, model_id: str) -> pa.Table:
-    """(key, hash) of every row the table holds for `model_id`: what an incremental run can skip."""
-    if not target.exists():
-        return pa.table({key: pa.array([], pa.string()), hash_column: pa.array([], pa.string())})
-    quoted = model_id.replace("'", "''")
-    return target.dataset().to_table(columns=[key, hash_column], filter=f"{model_column} = '{quoted}'")
-
-
-def delete_keys_not_in(target: TableRef, key: str, keep: pa.Array) -> int:
-    """Delete rows whose key is not in `keep` (ids that left the input); returns how many."""
-    dataset = target.dataset()
-    stored = dataset.to_table(columns=[key]).column(key).combine_chunks()
-    gone = pc.filter(stored, pc.invert(pc.is_in(stored, value_set=keep))).to_pylist()
-    for start in range(0, len(gone), DELETE_CHUNK):
-        chunk = gone[start : start + DELETE_CHUNK]
+def delete_keys(target: TableRef, key: str, keys: list[str]) -> int:
+    """Delete the rows with these keys (found through the key's scalar index); returns how many."""
+    deleted = 0
+    for start in range(0, len(keys), DELETE_CHUNK):
+        chunk = keys[start : start + DELETE_CHUNK]
         quoted = ", ".join("'" + value.replace("'", "''") + "'" for value in chunk)
-        target.dataset().delete(f"{key} IN ({quoted})")
-    return len(gone)
+        dataset = target.dataset()
+        before = dataset.count_rows()
+        dataset.delete(f"{key} IN ({quoted})")
+        deleted += before - target.dataset().count_rows()
+    return deleted
+
+
+# Scalar indexes that keep a run's cost following the new data: merge_insert finds a batch's keys
+# through the id index instead of joining the whole key column, the incremental decision looks up
+# the ids it read, and the rows of one shard are found through the source file's bitmap.
+KEY_INDEXES = {"id": "BTREE", "source_file": "BITMAP"}
+MAX_INDEX_SEGMENTS = 16  # delta segments (one per run that wrote) before they are merged into one
+
+
+def refresh_indexes(target: TableRef, indexes: dict[str, str] = KEY_INDEXES) -> None:
+    """Create the key indexes the table lacks, and index rows written since (a delta segment, whose
+    cost follows the new rows; the segments are merged once there are many)."""
+    dataset = target.dataset()
+    if dataset.count_rows() == 0:
+        return
+    existing = {d.field_names[0]: d for d in dataset.describe_indices() if len(d.field_names) == 1}
+    names = []
+    for column, kind in indexes.items():
+        if column not in dataset.schema.names:
+            continue
+        if column not in existing:
+            dataset.create_scalar_index(column, kind)
+            dataset = target.dataset()
+        else:
+            names.append(existing[column])
+    stale = [d.name for d in names if dataset.stats.index_stats(d.name).get("num_unindexed_rows", 0)]
+    if stale:
+        merge = max(len(d.segments) for d in names) >= MAX_INDEX_SEGMENTS
+        dataset.optimize.optimize_indices(index_names=stale, num_indices_to_merge=None if merge else 0)
 
 
 def compact(target: TableRef, max_fragments: int = 64) -> None:

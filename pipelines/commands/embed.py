@@ -53,11 +53,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "it bounds the memory that blocks in flight take (benchmarks/RESULTS.md)")
     parser.add_argument("--overwrite", action="store_true", help="replace the table instead of updating it")
     parser.add_argument("--sync-deletes", action="store_true", help="delete table rows whose id left the input")
+    parser.add_argument("--rescan", action="store_true",
+                        help="read every shard and compare every row's text hash, ignoring the file manifest "
+                             "(<T>_files) that lets a run skip shards unchanged since the last one")
     parser.add_argument("--skip-bad-files", action="store_true",
                         help="quarantine unreadable shards whole and go on (default: fail naming the file)")
     parser.add_argument("--actors", type=int, default=None, help="encoder actors (default: one per GPU, else per CPU)")
     parser.add_argument("--threads-per-actor", type=int, default=None)
-    parser.add_argument("--rows-per-batch", dest="rows_per_encode_batch", type=int, default=None,
+    parser.add_argument("--rows-per-batch", type=int, default=None,
                         help="rows handed to an encoder actor at a time, sorted and cut by token budget inside "
                              "(default: 4096 on GPUs, 256 on CPUs)")
     parser.add_argument("--rows-per-write", type=int, default=None,
@@ -111,12 +114,13 @@ def run(args: argparse.Namespace) -> dict:
         object_store_memory=args.object_store_memory,
         overwrite=args.overwrite,
         sync_deletes=args.sync_deletes,
+        rescan=args.rescan,
         skip_bad_files=args.skip_bad_files,
         rows_per_write=args.rows_per_write,
         command=["embedlake", *getattr(args, "argv", [])],
         actors=args.actors,
         threads_per_actor=args.threads_per_actor,
-        rows_per_encode_batch=args.rows_per_encode_batch,
+        rows_per_batch=args.rows_per_batch,
         max_tokens_per_batch=args.max_tokens_per_batch,
         precision=args.precision,
         progress=args.progress,

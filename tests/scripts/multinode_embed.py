@@ -26,7 +26,7 @@ def main(lake: str, output: str) -> None:
     ray.init(address=cluster.address)
     try:
         summary = run_embed(EmbedJob(input=lake, output=output, actors=2, threads_per_actor=1,
-                                     actor_resources={"encoder": 1}, rows_per_encode_batch=10, rows_per_write=10,
+                                     actor_resources={"encoder": 1}, rows_per_batch=10, rows_per_write=10,
                                      progress=False))
         ids = lance.dataset(f"{output}/docs.lance").to_table(columns=["id"]).column("id").to_pylist()
         encoder_nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("encoder"))

@@ -46,7 +46,7 @@ def main(lake: str, output: str, report: str) -> None:
     killer.start()
     try:
         summary = run_embed(EmbedJob(input=lake, output=output, actors=2, threads_per_actor=1,
-                                     rows_per_encode_batch=10, rows_per_write=10, progress=False))
+                                     rows_per_batch=10, rows_per_write=10, progress=False))
         killer.join(timeout=5)
         ids = lance.dataset(f"{output}/docs.lance").to_table(columns=["id"]).column("id").to_pylist()
         with open(report, "w") as handle:
