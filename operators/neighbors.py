@@ -185,17 +185,26 @@ class AnnNeighbors:
 
 
 class SampleTopK:
-    """Exact top-k of a few sampled rows against one block of the table (self excluded): the block's
-    (query, id, score) candidates; the best k of every block's candidates are each sample row's true
-    neighbours."""
+    """Exact top-k of a few sampled rows against one batch of the table (self excluded): the batch's
+    (query, id, score) candidates, at most k per sample row; the best k of every batch's candidates
+    (`best_of`) are each sample row's true neighbours. Scores a chunk of rows at a time, so memory is
+    (sample x chunk) whatever the batch size."""
 
-    def __init__(self, vectors: np.ndarray, ids: Sequence[str], column: str, k: int) -> None:
+    def __init__(self, vectors: np.ndarray, ids: Sequence[str], column: str, k: int,
+                 chunk_rows: int = 65536) -> None:
         self.vectors = np.asarray(vectors, dtype=np.float32)
         self.ids = list(ids)
         self.column = column
         self.k = k
+        self.chunk_rows = chunk_rows
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        parts = []
+        for start in range(0, batch.num_rows, self.chunk_rows):
+            parts.append(self._chunk(batch.slice(start, self.chunk_rows)))
+        return best_of(parts, self.k) if parts else best_of([self._chunk(batch)], self.k)
+
+    def _chunk(self, batch: pa.Table) -> pa.Table:
         block_ids = np.asarray(batch.column(ID).to_pylist(), dtype=object)
         scores = self.vectors @ as_matrix(batch.column(self.column)).T
         own = {doc: i for i, doc in enumerate(block_ids.tolist())}
@@ -208,6 +217,18 @@ class SampleTopK:
         return pa.table({QUERY: pa.array(query[finite], type=pa.int32()),
                          ID: pa.array(block_ids[positions[finite]], type=pa.string()),
                          SCORE: pa.array(best[finite], type=pa.float32())})
+
+
+def best_of(parts: Sequence[pa.Table], k: int) -> pa.Table:
+    """The k best (query, id, score) rows of each query over several candidate tables, best first, ties by id."""
+    rows = pa.concat_tables(parts)
+    query = rows.column(QUERY).to_numpy()
+    ids = np.asarray(rows.column(ID).to_pylist(), dtype=str)
+    order = np.lexsort((ids, -rows.column(SCORE).to_numpy(), query))
+    query = query[order]
+    starts = np.searchsorted(query, query, side="left")
+    keep = order[np.arange(len(order)) - starts < k]
+    return rows.take(pa.array(keep))
 
 
 def recall_at_k(found: dict[str, list[str]], truth: dict[str, list[str]], k: int) -> float:

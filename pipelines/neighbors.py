@@ -8,7 +8,8 @@
    the driver receives fragment metadata and counts only, and commits T_neighbors once, so readers see the
    previous graph or the new one.
 3. With the ANN method, `recall_sample` seeded rows get their exact top-k from a Ray pass over the table
-   (SampleTopK per block, reduced per sampled row) and recall@k of the graph against it is reported.
+   (SampleTopK per 256 MB of vectors, each task's best merged in the driver: sample x k rows at a time),
+   and the graph's recall@k against it is reported.
 """
 
 from __future__ import annotations
@@ -27,13 +28,11 @@ from operators.neighbors import (
     NEIGHBORS_SCHEMA,
     QUERY,
     RANK,
-    SCORE,
     AnnNeighbors,
     ExactNeighbors,
     SampleTopK,
-    id_ranks,
+    best_of,
     neighbors_table_name,
-    ordered_topk,
     recall_at_k,
 )
 from operators.schema import DENSE, vector_dim
@@ -49,6 +48,8 @@ DEFAULT_SEED = 1234
 # (a minute or two per core) and 150 MB per worker. Beyond it the ANN index answers.
 EXACT_MAX_ROWS = 100_000
 IO_TASK_CPUS = 0.25  # reader and writer tasks mostly wait on storage
+# Vectors per recall-check task: each returns at most (sample x k) candidates to the driver, which keeps the best.
+SAMPLE_BATCH_BYTES = 256 * 1024 * 1024
 
 
 class Method(StrEnum):
@@ -194,13 +195,16 @@ def _sample_recall(store: TableStore, target, job: NeighborsJob, dim: int, cpus:
     """Recall@k of the written graph against exact top-k on `recall_sample` seeded rows."""
     sample = sample_rows(store.dataset, job.recall_sample, [ID, job.column], job.seed)
     sample_ids = sample.column(ID).to_pylist()
-    partial = _read(store, [ID, job.column], dim, cpus).map_batches(
+    batch_rows = max(1, SAMPLE_BATCH_BYTES // (4 * dim))
+    candidates = _read(store, [ID, job.column], dim, cpus).map_batches(
         SampleTopK(as_matrix(sample.column(job.column)), sample_ids, job.column, job.k),
-        batch_format="pyarrow", batch_size=None)
-    best = partial.groupby(QUERY).map_groups(_TopOfGroup(job.k), batch_format="pyarrow")
+        batch_format="pyarrow", batch_size=batch_rows, num_cpus=1)
+    best = None
+    for part in candidates.iter_batches(batch_format="pyarrow", batch_size=None):
+        best = best_of([part] if best is None else [best, part], job.k)  # (sample x k) rows at most
     truth: dict[str, list[str]] = {doc: [] for doc in sample_ids}
-    for part in best.iter_batches(batch_format="pyarrow", batch_size=None):
-        for query, doc in zip(part.column(QUERY).to_pylist(), part.column(ID).to_pylist(), strict=True):
+    if best is not None:
+        for query, doc in zip(best.column(QUERY).to_pylist(), best.column(ID).to_pylist(), strict=True):
             truth[sample_ids[query]].append(doc)
     quoted = ", ".join("'" + doc.replace("'", "''") + "'" for doc in sample_ids)
     edges = target.dataset().to_table(columns=[ID, NEIGHBOR, RANK], filter=f"{ID} IN ({quoted})")
@@ -209,16 +213,3 @@ def _sample_recall(store: TableStore, target, job: NeighborsJob, dim: int, cpus:
         found.setdefault(doc, []).append((rank, neighbor))
     graph = {doc: [neighbor for _rank, neighbor in sorted(pairs)] for doc, pairs in found.items()}
     return {f"recall@{job.k}": recall_at_k(graph, truth, job.k), "recall_sample": len(sample_ids)}
-
-
-class _TopOfGroup:
-    """One sampled row's best k of every block's candidates, best first, ties by id."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-
-    def __call__(self, group: pa.Table) -> pa.Table:
-        ids = np.asarray(group.column(ID).to_pylist(), dtype=object)
-        scores = group.column(SCORE).to_numpy()[None, :].astype(np.float32)
-        positions, _ = ordered_topk(scores, id_ranks(ids), self.k)
-        return group.take(pa.array(positions[0]))

@@ -16,6 +16,7 @@ from operators.neighbors import (
     AnnNeighbors,
     ExactNeighbors,
     SampleTopK,
+    best_of,
     id_ranks,
     ordered_topk,
     recall_at_k,
@@ -116,15 +117,16 @@ def test_ann_neighbors_rescore_exactly_exclude_self_and_find_the_true_neighbours
 def test_sample_topk_blocks_merge_to_the_exact_neighbours():
     matrix, ids = tied_vectors(90, seed=8)
     sample = [4, 40, 77]
-    op = SampleTopK(matrix[sample], [ids[i] for i in sample], "v", 5)
-    parts = pa.concat_tables([op(pa.table({ID: ids[a:b], "v": to_vector_array(matrix[a:b])}))
-                              for a, b in ((0, 30), (30, 60), (60, 90))])
+    op = SampleTopK(matrix[sample], [ids[i] for i in sample], "v", 5, chunk_rows=7)  # chunks inside a batch
+    parts = [op(pa.table({ID: ids[a:b], "v": to_vector_array(matrix[a:b])})) for a, b in ((0, 30), (30, 60),
+                                                                                           (60, 90))]
+    assert all(part.num_rows <= 3 * 5 for part in parts)
+    best = best_of(parts, 5)
     expected = brute_force(matrix, ids, 5)
     for q, row in enumerate(sample):
-        mine = parts.filter(pa.compute.equal(parts.column("query"), q))
-        scores = mine.column(SCORE).to_numpy()[None, :]
-        positions, _ = ordered_topk(scores, id_ranks(np.asarray(mine.column(ID).to_pylist(), dtype=object)), 5)
-        assert [mine.column(ID)[int(p)].as_py() for p in positions[0]] == [n for n, _ in expected[ids[row]]]
+        mine = best.filter(pa.compute.equal(best.column("query"), q))
+        assert mine.column(ID).to_pylist() == [n for n, _ in expected[ids[row]]]
+        np.testing.assert_allclose(mine.column(SCORE).to_numpy(), [s for _, s in expected[ids[row]]], atol=1e-6)
 
 
 def test_recall_at_k_counts_the_overlap():
