@@ -177,3 +177,30 @@ def plot_language_pairs(entries: dict, k: int, path: str, column: str = "dense",
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def cross_lingual_report(evaluator, queries_path: str, language_column: str | None = None,
+                         plot_path: str | None = None, title: str = "") -> dict | None:
+    """`evaluate`'s per-language-pair entries, or None when neither the queries nor the table carry a
+    language (the table's column: `language_column`, else one named `language` when it has one)."""
+    store = evaluator.store
+    column = language_column or (LANGUAGE if store.has(LANGUAGE) else None)
+    query_langs = query_languages(queries_path, evaluator.labelled.ids)
+    doc_langs = document_languages(store, column) if column else None
+    if query_langs is None and doc_langs is None:
+        return None
+    entries = language_pair_entries(evaluator, query_langs, doc_langs)
+    entries["query_column"] = LANGUAGE if query_langs is not None else None
+    entries["document_column"] = column
+    if plot_path and store.dense_columns():
+        entries["plot"] = plot_language_pairs(entries, evaluator.k, plot_path, store.dense_columns()[0], title)
+    return _json_safe(entries)
+
+
+def _json_safe(value):
+    """NaN (a pair where no query has a relevant document) as null, so the report is valid JSON."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

@@ -257,8 +257,8 @@ def bytes_per_vector(store, column: str) -> float:
 def evaluate(
     uri: str,
     table: str,
-    queries_path: str,
-    qrels_path: str,
+    queries_path: str | None,
+    qrels_path: str | None,
     k: int = 10,
     tune_weights: bool = False,
     weights: Sequence[float] | None = None,
@@ -270,12 +270,22 @@ def evaluate(
     plot: bool = True,
     funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST,
     storage: dict | None = None,
+    pairs: str | None = None,
+    language_column: str | None = None,
 ) -> dict:
     """Python API behind `embedlake evaluate`. Returns {"<column or mode>": {"recall@k", "mrr@k", "ndcg@k",
-    "bytes_per_vector"}, ..., "k", "queries", "queries_without_relevant", "report", "plot"}."""
+    "bytes_per_vector"}, ..., "k", "queries", "queries_without_relevant", "report", "plot"}, with
+    "languages" (operators/crosslingual.py) when queries or documents carry a language, and "sts"
+    (operators/similarity.py) for `pairs`."""
     if k < 1:
         msg = f"--k must be at least 1, got {k}"
         raise ValueError(msg)
+    if (queries_path is None) != (qrels_path is None) or (queries_path is None and pairs is None):
+        msg = "evaluate needs --queries with --qrels (retrieval), --pairs (similarity), or both"
+        raise ValueError(msg)
+    report_path = report_path or default_report_path(uri, table)
+    if queries_path is None:
+        return _write_json(report_path, _similarity_only(uri, table, pairs, model, report_path, plot, storage))
     started = time.perf_counter()
     labelled = load_labelled_queries(queries_path, qrels_path, limit)
     if not labelled.ids:
@@ -307,21 +317,48 @@ def evaluate(
         "queries_without_relevant": summary.queries_without_relevant,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    report_path = report_path or default_report_path(uri, table)
     output["report"] = report_path
     if plot:
         from operators.evaluation_plot import plot_quality
 
         output["plot"] = plot_quality(results, k, os.path.splitext(report_path)[0] + ".png", title=table)
-    _write_json(report_path, output)
-    return output
+    output.update(_extra_entries(evaluator, queries_path, language_column, pairs, report_path, plot, table))
+    output["seconds"] = round(time.perf_counter() - started, 3)
+    return _write_json(report_path, output)
 
 
-def _write_json(path: str, result: dict) -> None:
+def _extra_entries(evaluator, queries_path, language_column, pairs, report_path, plot, table) -> dict:
+    """Per-language-pair metrics and STS figures, each with its own PNG next to the report."""
+    from operators.crosslingual import cross_lingual_report
+    from operators.similarity import sts_report
+
+    stem = os.path.splitext(report_path)[0]
+    extra = {}
+    languages = cross_lingual_report(evaluator, queries_path, language_column,
+                                     f"{stem}.languages.png" if plot else None, table)
+    if languages is not None:
+        extra["languages"] = languages
+    if pairs:
+        extra["sts"] = sts_report(evaluator.retriever, pairs, f"{stem}.sts.png" if plot else None, table)
+    return extra
+
+
+def _similarity_only(uri, table, pairs, model, report_path, plot, storage) -> dict:
+    from operators.similarity import sts_report
+
+    started = time.perf_counter()
+    retriever = Retriever(uri, table, model=model, storage=storage)
+    stem = os.path.splitext(report_path)[0]
+    return {"sts": sts_report(retriever, pairs, f"{stem}.sts.png" if plot else None, table), "report": report_path,
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _write_json(path: str, result: dict) -> dict:
     import json
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     with open(path, "w") as handle:
         json.dump(result, handle, indent=2)
+    return result
 

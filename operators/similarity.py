@@ -73,9 +73,9 @@ def pair_similarities(left: Sequence[QueryVectors], right: Sequence[QueryVectors
     if not left:
         return similarities
     for column in left[0].dense:
-        a = np.stack([vectors.dense[column] for vectors in left])
-        b = np.stack([vectors.dense[column] for vectors in right])
-        similarities[column] = np.einsum("ij,ij->i", a, b).astype(np.float64)
+        a = np.stack([vectors.dense[column] for vectors in left]).astype(np.float64)  # no float32 rounding in
+        b = np.stack([vectors.dense[column] for vectors in right]).astype(np.float64)  # the ranks of near ties
+        similarities[column] = np.einsum("ij,ij->i", a, b)
     if left[0].sparse is not None:
         similarities[SPARSE] = np.asarray([
             scoring.sparse_score((a.sparse.indices, a.sparse.values), (b.sparse.indices, b.sparse.values))
@@ -153,3 +153,12 @@ def _full_dim(result: dict) -> int:
         return int(result["dims"][DENSE])
     nested = [nested_dim(name) for name in result if nested_dim(name) is not None]
     return 2 * max(nested) if nested else 1
+
+
+def sts_report(retriever, pairs_path: str, plot_path: str | None = None, title: str = "") -> dict:
+    """`evaluate --pairs`: the STS figures of every representation the table's encoder gives, and the plot."""
+    result = evaluate_pairs(retriever.encode, load_pairs(pairs_path))
+    result["source"] = pairs_path
+    if plot_path:
+        result["plot"] = plot_sts(result, plot_path, title)
+    return result

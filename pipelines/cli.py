@@ -17,9 +17,12 @@ from collections.abc import Sequence
 import yaml
 
 from operators.errors import one_line
+from operators.storage import redacted_errors
+from pipelines.commands.options import JobParser
+from pipelines.storage_cli import storage_from_args
 
 # Each name is a module in pipelines.commands with add_parser(subparsers) and run(args) -> result.
-COMMANDS = ("embed", "train", "search", "evaluate", "index", "cluster", "dedup", "submit")
+COMMANDS = ("embed", "train", "search", "evaluate", "index", "cluster", "dedup", "classify", "neighbors", "submit")
 
 
 class UsageError(ValueError):
@@ -42,13 +45,15 @@ def _available_commands() -> dict[str, object]:
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     parser = argparse.ArgumentParser(prog="embedlake", description=__doc__.splitlines()[0])
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=JobParser)
     modules = _available_commands()
     for module in modules.values():
         sub = module.add_parser(subparsers)
-        sub.add_argument("--json", action="store_true", help="print one JSON result as the last line of stdout")
-        sub.add_argument("--config", help="YAML file of option values (conf/); command-line options override it")
-        sub.add_argument("--verbose", action="store_true", help="debug logging on stderr")
+        sub.add_argument("--json", action="store_true", default=False,
+                         help="print one JSON result as the last line of stdout")
+        sub.add_argument("--config", default=None,
+                         help="YAML file of option values (conf/); command-line options override it")
+        sub.add_argument("--verbose", action="store_true", default=False, help="debug logging on stderr")
     return parser, modules
 
 
@@ -106,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        result = modules[args.command].run(args)
+        with redacted_errors(storage_from_args(args)):  # no failure message may echo a credential
+            result = modules[args.command].run(args)
     except KeyboardInterrupt:
         print("embedlake: interrupted", file=sys.stderr)
         return 130

@@ -95,6 +95,17 @@ def job_from_args(job_type: type[Job], args: argparse.Namespace, **values: objec
     return job_type(**given, **values)
 
 
+def add_table_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    """OUTPUT (the job's `uri`) and --table, for the commands that read a table embed wrote."""
+    parser.add_argument("uri", metavar="OUTPUT", help="LanceDB URI the table lives in: a local folder or s3://...")
+    parser.add_argument("--table", required=required, help="the table embed wrote")
+
+
+def add_address_option(parser: argparse.ArgumentParser) -> None:
+    """--address, for the commands that run on Ray."""
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+
+
 # -- value types -------------------------------------------------------------------------------
 def int_list(value: str) -> list[int]:
     try:

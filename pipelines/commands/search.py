@@ -16,7 +16,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                "funnel), sparse, colbert or hybrid. Prints {id, score}, best first.")
     parser.add_argument("output", help="LanceDB URI the table lives in")
     parser.add_argument("--table", default="docs")
-    parser.add_argument("--query", required=True, help="query text (encoded with the model's query prompt)")
+    wanted = parser.add_mutually_exclusive_group(required=True)
+    wanted.add_argument("--query", help="query text (encoded with the model's query prompt)")
+    wanted.add_argument("--like", metavar="ID", help="the items nearest this stored item (itself excluded)")
     parser.add_argument("--mode", choices=SEARCH_MODES, default="dense")
     parser.add_argument("--column", help="dense mode: vector column, dense (default) or dense_<d>")
     parser.add_argument("--k", type=int, default=10)
@@ -42,6 +44,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def _search(args: argparse.Namespace, storage: dict) -> list[dict]:
+    if args.like is not None:
+        return _like(args, storage)
     return search(
         args.output,
         args.table,
@@ -58,3 +62,13 @@ def _search(args: argparse.Namespace, storage: dict) -> list[dict]:
         model=args.model,
         storage=storage,
     )
+
+
+def _like(args: argparse.Namespace, storage: dict) -> list[dict]:
+    from operators.search.like import search_like
+    from operators.search.retriever import Retriever
+
+    retriever = Retriever(args.output, args.table, model=args.model, shortlist=args.shortlist, exact=args.exact,
+                          funnel_shortlist=args.funnel_shortlist, storage=storage)
+    return search_like(retriever, args.like, k=args.k, mode=args.mode, column=args.column,
+                       weights=parse_weights(args.weights), fusion=args.fusion, funnel=args.funnel)
