@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 
 from operators.metrics import evaluate_run, metric_name
 from operators.schema import SPARSE, require_columns
+from operators.scoring import top_k
 from operators.search.dense import exact_topn
-from operators.search.scores import top_k
 from operators.vectors import as_matrix
 
 LANGUAGE = "language"

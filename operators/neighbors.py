@@ -141,7 +141,7 @@ class AnnNeighbors:
 
     def candidates(self, queries: np.ndarray) -> pa.Table:
         """(query index, id, vector) of the index's k + 1 proposals for each query."""
-        builder = (self.table.search([row for row in queries], vector_column_name=self.column)
+        builder = (self.table.search(list(queries), vector_column_name=self.column)
                    .distance_type(self.metric).limit(self.k + 1).select([ID, self.column, "_distance"]))
         if self.nprobes:
             builder = builder.nprobes(self.nprobes)
@@ -199,9 +199,8 @@ class SampleTopK:
         self.chunk_rows = chunk_rows
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        parts = []
-        for start in range(0, batch.num_rows, self.chunk_rows):
-            parts.append(self._chunk(batch.slice(start, self.chunk_rows)))
+        step = self.chunk_rows
+        parts = [self._chunk(batch.slice(start, step)) for start in range(0, batch.num_rows, step)]
         return best_of(parts, self.k) if parts else best_of([self._chunk(batch)], self.k)
 
     def _chunk(self, batch: pa.Table) -> pa.Table:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from operators import scoring
 from operators.schema import COLBERT, DENSE, SPARSE, nested_dim, require_columns
-from operators.search.scores import QueryVectors
+from operators.scoring import QueryVectors
 
 TEXT_A = "text_a"
 TEXT_B = "text_b"

@@ -1,4 +1,4 @@
-"""The `embedlake` command line (shared/docs/interface.md).
+"""The `embedlake` command line (docs/interface.md).
 
 Every command takes `--json` (one JSON object or list as the last line of stdout; progress on stderr)
 and `--config FILE` (YAML whose keys are option names; command-line options win). Errors exit
@@ -21,7 +21,8 @@ from operators.storage import redacted_errors
 from pipelines.commands.options import JobParser
 from pipelines.storage_cli import storage_from_args
 
-# Each name is a module in pipelines.commands with add_parser(subparsers) and run(args) -> result.
+# Each name is a module in pipelines.commands with add_parser(subparsers) and run(args) -> result
+# (pipelines/commands/__init__.py).
 COMMANDS = ("embed", "train", "search", "evaluate", "index", "cluster", "dedup", "classify", "neighbors", "submit")
 
 
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as error:  # noqa: BLE001 - the CLI reports every failure as one line
         if args.verbose:
-            logging.exception("command failed")
+            logging.getLogger(__name__).exception("command failed")
         print(f"embedlake: error: {one_line(error)}", file=sys.stderr)
         code = getattr(error, "exit_code", None)  # e.g. a submitted job's own exit status
         return code if isinstance(code, int) and code > 0 else 1

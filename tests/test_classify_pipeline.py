@@ -3,8 +3,6 @@ holds, for every unlabelled row, what the same classifier fitted on the labelled
 
 from __future__ import annotations
 
-import json
-
 import lancedb
 import numpy as np
 import pytest
@@ -14,19 +12,17 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from operators.classify import LABEL, PROBABILITY, is_labelled
 from operators.schema import DENSE, ID
 from pipelines.cli import main
+from tests.cli_runs import cli_error, cli_result
 from tests.test_classify import labelled_table
 
 pytestmark = pytest.mark.ray
 
 
-def test_cli_scores_columns_and_writes_predictions(ray_session, tmp_path, capsys):
+def test_cli_scores_columns_and_writes_predictions(ray_session, tmp_path):
     table, _ = labelled_table(200, seed=9)
     lancedb.connect(str(tmp_path)).create_table("docs", table)
-    code = main(["classify", str(tmp_path), "--table", "docs", "--labels-column", "section", "--folds", "4",
-                 "--seed", "5", "--predict", "--json"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    result = json.loads(captured.out.strip().splitlines()[-1])
+    result = cli_result("classify", str(tmp_path), "--table", "docs", "--labels-column", "section", "--folds", "4",
+                        "--seed", "5", "--predict", "--json")
     keep = is_labelled(table.column("section"))
     labelled, unlabelled = table.filter(keep), table.filter(~keep)
     y = np.asarray(labelled.column("section").to_pylist(), dtype=object)
@@ -50,12 +46,11 @@ def test_cli_scores_columns_and_writes_predictions(ray_session, tmp_path, capsys
     assert result["predict"]["unlabelled_rows"] == result["predict"]["rows_written"] == unlabelled.num_rows
 
 
-def test_cli_errors_are_one_line(tmp_path, capsys):
+def test_cli_errors_are_one_line(tmp_path):
     table, _ = labelled_table(40)
     lancedb.connect(str(tmp_path)).create_table("docs", table)
-    assert main(["classify", str(tmp_path), "--table", "docs", "--labels-column", "topic"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "no column 'topic'" in err
+    assert "no column 'topic'" in cli_error("classify", str(tmp_path), "--table", "docs", "--labels-column", "topic",
+                                            alone=True)
     with pytest.raises(SystemExit) as usage:  # argparse: exit 2
         main(["classify", str(tmp_path), "--table", "docs"])
     assert usage.value.code == 2

@@ -11,14 +11,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from search_tables import brute_lexical, brute_ranking, random_rows, to_arrow
-from test_evaluate import KnownEncoder
 
-from operators import evaluation
 from operators.metrics import evaluate_run
 from operators.schema import COLBERT, DENSE, SPARSE
-from operators.search.scores import SparseVector
+from operators.scoring import SparseVector
 from operators.table_meta import TableMeta
+from pipelines.evaluate import EvaluateJob, run_evaluate
+from tests.search_tables import brute_lexical, brute_ranking, random_rows, to_arrow
+from tests.test_evaluate import KnownEncoder
 
 N = 240
 K = 5
@@ -56,9 +56,9 @@ def setup(tmp_path_factory):
                              "relevance": [r[2] for r in rows]}), folder / "qrels.parquet")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("operators.search.queries.load_query_encoder", lambda store, model=None: KnownEncoder(queries))
-        result = evaluation.evaluate(path, "docs", str(folder / "queries.parquet"), str(folder / "qrels.parquet"),
-                                     k=K, language_column="lang",
-                                     report_path=str(tmp_path_factory.mktemp("report") / "r.json"))
+        result = run_evaluate(EvaluateJob(path, str(folder / "queries.parquet"), str(folder / "qrels.parquet"),
+                                          k=K, language_column="lang",
+                                          report=str(tmp_path_factory.mktemp("report") / "r.json")))
     return columns, queries, targets, qrels, languages, result
 
 

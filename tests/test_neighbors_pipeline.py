@@ -3,8 +3,6 @@ through a real index, scores exactly, and its reported recall is what the writte
 
 from __future__ import annotations
 
-import json
-
 import lancedb
 import numpy as np
 import pyarrow as pa
@@ -12,19 +10,17 @@ import pytest
 
 from operators.neighbors import ID, NEIGHBOR, RANK, SCORE, recall_at_k
 from operators.vectors import normalize_rows, to_vector_array
-from pipelines.cli import main
 from pipelines.neighbors import NeighborsJob, run_neighbors
+from tests.cli_runs import cli_result
 from tests.test_neighbors import brute_force, graph_lists, tied_vectors
 
 pytestmark = pytest.mark.ray
 
 
-def test_cli_writes_the_exact_graph(ray_session, tmp_path, capsys):
+def test_cli_writes_the_exact_graph(ray_session, tmp_path):
     matrix, ids = tied_vectors(150, seed=11)
     lancedb.connect(str(tmp_path)).create_table("docs", pa.table({ID: ids, "dense_8": to_vector_array(matrix)}))
-    code = main(["neighbors", str(tmp_path), "--table", "docs", "--k", "4", "--column", "dense_8", "--json"])
-    assert code == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = cli_result("neighbors", str(tmp_path), "--table", "docs", "--k", "4", "--column", "dense_8", "--json")
     assert result["method"] == "exact" and result["rows"] == 150 and result["edges"] == 600
     written = lancedb.connect(str(tmp_path)).open_table("docs_neighbors").to_arrow()
     assert written.schema.names == [ID, NEIGHBOR, RANK, SCORE]

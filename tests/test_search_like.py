@@ -6,12 +6,12 @@ from __future__ import annotations
 import lancedb
 import numpy as np
 import pytest
-from search_tables import brute_lexical, brute_maxsim, brute_ranking, make_table
 
 from operators.schema import COLBERT, DENSE, SPARSE
+from operators.scoring import SparseVector
 from operators.search.like import search_like, sql_string, stored_query
 from operators.search.retriever import Retriever
-from operators.search.scores import SparseVector
+from tests.search_tables import brute_lexical, brute_maxsim, brute_ranking, make_table
 
 N = 200
 

@@ -12,11 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
-from operators import evaluation, scoring
+from operators import scoring
 from operators.schema import COLBERT, DENSE, SPARSE
-from operators.search.scores import QueryVectors, SparseVector
+from operators.scoring import QueryVectors, SparseVector
 from operators.similarity import correlations, evaluate_pairs, load_pairs, pair_similarities, sts_report
 from operators.vectors import normalize_rows
+from pipelines.evaluate import EvaluateJob, run_evaluate
 
 PAIRS = 40
 
@@ -107,10 +108,10 @@ def test_evaluate_with_pairs_only_writes_the_sts_report(pairs_file, tmp_path, mo
     lancedb.connect(str(tmp_path / "lake")).create_table("docs", pa.table({"id": ["x"], "text": ["x"]}))
     monkeypatch.setattr(retriever.Retriever, "encode", lambda self, texts: encode(texts))
     report = str(tmp_path / "report.json")
-    result = evaluation.evaluate(str(tmp_path / "lake"), "docs", None, None, pairs=pairs_file, report_path=report)
+    result = run_evaluate(EvaluateJob(str(tmp_path / "lake"), pairs=pairs_file, report=report))
     expected = evaluate_pairs(encode, load_pairs(pairs_file))
     assert result["sts"][DENSE] == expected[DENSE] and result["sts"]["dense_8"] == expected["dense_8"]
     with open(report) as handle:
         assert json.load(handle)["sts"]["dense_8"] == expected["dense_8"]
     with pytest.raises(ValueError, match="--queries with --qrels"):
-        evaluation.evaluate(str(tmp_path / "lake"), "docs", None, None, report_path=report)
+        run_evaluate(EvaluateJob(str(tmp_path / "lake"), report=report))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from operators.schema import COLBERT, ID, SPARSE
-from operators.search.scores import QueryVectors, SparseVector, fixed_vectors, sparse_children
+from operators.scoring import QueryVectors, SparseVector
+from operators.vectors import as_matrix, sparse_children
 
 
 def sql_string(value: str) -> str:
@@ -28,7 +29,7 @@ def stored_query(store, item_id: str) -> QueryVectors:
         raise ValueError(msg)
     query = QueryVectors()
     for column in store.dense_columns():
-        query.dense[column] = fixed_vectors(rows.column(column).slice(0, 1))[0]
+        query.dense[column] = as_matrix(rows.column(column).slice(0, 1))[0]
     if store.has(SPARSE):
         indices, values = sparse_children(rows.column(SPARSE).combine_chunks().slice(0, 1))
         query.sparse = SparseVector.from_pairs(indices[0].values.to_numpy(zero_copy_only=False),

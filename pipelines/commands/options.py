@@ -41,7 +41,8 @@ class JobHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if not action.option_strings or default in (None, False, argparse.SUPPRESS) or "default" in text:
+        hidden = default is None or default is False or default == argparse.SUPPRESS
+        if not action.option_strings or hidden or "default" in text:
             return text
         if isinstance(default, list | tuple | dict):
             if not default:
@@ -108,15 +109,33 @@ def add_address_option(parser: argparse.ArgumentParser) -> None:
 
 # -- value types -------------------------------------------------------------------------------
 def int_list(value: str) -> list[int]:
+    return _number_list(value, int, "integers")
+
+
+def float_list(value: str) -> list[float]:
+    return _number_list(value, float, "numbers")
+
+
+def _number_list(value: str, kind: type, what: str) -> list:
     try:
-        return [int(part) for part in value.split(",") if part.strip()]
+        return [kind(part) for part in value.split(",") if part.strip()]
     except ValueError as error:
-        msg = f"expected comma-separated integers, got {value!r}"
+        msg = f"expected comma-separated {what}, got {value!r}"
         raise argparse.ArgumentTypeError(msg) from error
 
 
 def name_list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def weights_list(value: str) -> tuple[float, ...]:
+    """Hybrid weights `dense,sparse[,colbert]` (operators/scoring.py parse_weights)."""
+    from operators.scoring import parse_weights
+
+    try:
+        return parse_weights(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def resource_amounts(value: str) -> dict[str, float]:

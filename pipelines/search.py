@@ -1,0 +1,47 @@
+"""The search job: the k best rows of a table for one query text, or the rows nearest a stored item (`like`,
+operators/search/like.py), in any mode (operators/search/retriever.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from operators.scoring import DEFAULT_WEIGHTS, Fusion
+from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, Retriever, SearchMode
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """One query's options (pipelines/commands/search.py says what each means)."""
+
+    uri: str
+    query: str | None = None  # one of query and like
+    like: str | None = None  # a stored item's id: its nearest rows, itself excluded
+    table: str = "docs"
+    mode: SearchMode = SearchMode.DENSE
+    column: str | None = None
+    k: int = 10
+    weights: Sequence[float] = DEFAULT_WEIGHTS
+    fusion: Fusion = Fusion.WEIGHTED
+    funnel: str | int | None = None
+    shortlist: int = DEFAULT_SHORTLIST
+    funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST
+    exact: bool = False
+    model: str | None = None
+    storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
+
+
+def run_search(job: SearchJob) -> list[dict]:
+    """[{"id", "score"}], best first, ties broken by id; for `like`, without the item itself."""
+    retriever = Retriever(job.uri, job.table, model=job.model, shortlist=job.shortlist, exact=job.exact,
+                          funnel_shortlist=job.funnel_shortlist, storage=job.storage)
+    options = {"mode": job.mode, "column": job.column, "k": job.k, "weights": job.weights, "fusion": job.fusion,
+               "funnel": job.funnel}
+    if (job.query is None) == (job.like is None):
+        msg = "search needs a query or an item to search like, not both"
+        raise ValueError(msg)
+    if job.like is not None:
+        from operators.search.like import search_like
+
+        return search_like(retriever, job.like, **options)
+    return retriever.search(job.query, **options)
