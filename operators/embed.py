@@ -88,7 +88,7 @@ class EmbedRows:
         self, texts: Sequence[str], ids: Sequence[str]
     ) -> tuple[EncodedBatch, dict[int, str]]:
         """Encode texts; on an error (not OOM, which the encoder splits itself) retry, then bisect to
-        the failing rows. Returns the encoding of every text (failed ones zero) and {position: error}."""
+        the failing rows. Returns the encoding of every text (failed ones null) and {position: error}."""
         failures: dict[int, str] = {}
 
         def attempt(positions: np.ndarray) -> EncodedBatch | None:

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
+from operators.schema import MODEL
+
 METADATA_KEY = b"embedlake"
 
 
@@ -41,3 +43,22 @@ def with_meta(schema: pa.Schema, meta: TableMeta) -> pa.Schema:
 def read_meta(schema: pa.Schema) -> TableMeta | None:
     raw = (schema.metadata or {}).get(METADATA_KEY)
     return TableMeta(**json.loads(raw)) if raw else None
+
+
+def check_one_model(dataset, where: str) -> None:
+    """Refuse a table version whose rows hold vectors of a model other than the one its metadata names:
+    queries are encoded by the metadata's model, so scoring them against such rows gives wrong answers
+    without any sign. A run that finished leaves one model; a run in progress or killed (seen only
+    when pinned, or in a table written before serving versions) can leave two. Counted through the
+    `model` column's bitmap index where the table has one."""
+    meta = read_meta(dataset.schema)
+    if meta is None or MODEL not in dataset.schema.names:
+        return
+    quoted = meta.model_id.replace("'", "''")
+    others = dataset.count_rows(filter=f"{MODEL} != '{quoted}'")
+    if others:
+        msg = (f"{where} holds {others} of {dataset.count_rows()} rows embedded by another model than its "
+               f"metadata's {meta.model_id}: queries would be scored against vectors of another model. Read "
+               "the serving version (no --version/--tag), pin a finished run's (embedlake versions), or re-run "
+               "the embed command to finish")
+        raise ValueError(msg)

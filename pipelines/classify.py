@@ -106,7 +106,7 @@ def run_classify(job: ClassifyJob) -> dict:
     """Score every column (and the baseline), optionally write T_predictions; returns the JSON summary."""
     watch = Stopwatch()
     ref = Lake(job.uri, job.storage).table(job.table)
-    dataset = ref.open().to_lance()
+    dataset = ref.snapshot()  # the serving version: what the last successful run published
     where = f"table {job.table!r}"
     require_columns(dataset.schema, [job.labels_column], where, "--labels-column (embed --keep-columns)")
     columns = list(job.columns or dense_columns(dataset.schema))

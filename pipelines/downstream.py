@@ -81,14 +81,16 @@ def using_ray(address: str | None, watch: Stopwatch | None = None):
 
 
 def read_ray_dataset(lake: Lake, dataset, columns: list[str], dim: int):
-    """The table as a Ray Data dataset of `columns`, in blocks sized for vectors of `dim`."""
+    """The table as a Ray Data dataset of `columns`, at the version `dataset` was opened at (the one the job
+    sampled and checked), in blocks sized for vectors of `dim`."""
     import ray
 
     from pipelines.ray_runtime import cluster_cpus
 
     blocks = num_blocks(dataset.count_rows(), dim, cluster_cpus())
     return ray.data.read_lance(
-        dataset.uri, columns=columns, storage_options=lake.lance_options(), override_num_blocks=blocks
+        dataset.uri, version=dataset.version, columns=columns, storage_options=lake.lance_options(),
+        override_num_blocks=blocks,
     )
 
 

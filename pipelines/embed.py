@@ -4,13 +4,15 @@
     LakeSource (read tasks planned from Parquet footers) ┐
     table keys (looked up by id, or TableKeysSource)     ┴─> repartition(keys=[id]) ─> decide
       ─> map_batches(EmbedRows, ActorPoolStrategy) ─> write_datasink(EmbedSink)
-    the driver: counts ─> accounting check ─> deletes of vanished shards, indexes, manifest ─> run log
+    the driver: counts ─> accounting check ─> indexes, manifest ─> publish (move `serving`) ─> maintain ─> run log
 
 Nothing that grows with the corpus lives in one process: duplicate ids, unchanged rows and deleted
 ids are found per hash partition of ids by Ray Data tasks (operators/incremental.py), encoder actors
 hold the model only, and the driver sees footers, file lists and counts. Writers upsert batch by
 batch, so a killed run resumes where its commits stopped; the manifest is written only after the
-accounting check, so a shard counts as done only once every row of it is.
+accounting check, so a shard counts as done only once every row of it is. Readers see none of it
+until the end: they read the table's `serving` version, which the run moves to its own last version
+only when everything above holds (operators/serving.py); a model upgrade goes the same way.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from operators.encoders.precision import Precision
 from operators.errors import one_line
 from operators.exchange import decided_row_schema, key_row_schema
 from operators.incremental import Decision, TableKeys, decide
+from operators.maintenance import DEFAULT_KEEP_RUNS, Retention, bytes_on_disk, parse_age, refresh, retain
 from operators.manifest import FileManifest, unchanged_files
 from operators.run_log import RunLog
 from operators.schema import (
@@ -42,7 +45,8 @@ from operators.schema import (
     quarantine_table_name,
     require_columns,
 )
-from operators.sinks.lance_sink import compact, ensure_table, refresh_indexes, upsert
+from operators.serving import RunBase, begin_run, mark_building, publish
+from operators.sinks.lance_sink import ensure_table, upsert
 from operators.sources import ReadPlan, ShardReader, ShardSet, find_shards, plan_reads, read_schema
 from operators.storage import as_settings
 from operators.table_meta import TableMeta, with_meta
@@ -89,6 +93,9 @@ class EmbedJob:
     rows_per_write: int | None = None  # rows per upsert commit; default: pipelines/workers.py plan_rows_per_write
     max_tokens_per_batch: int | None = None  # default per device (operators/encoders/base.py)
     precision: Precision = Precision.AUTO  # operators/encoders/precision.py
+    maintain: bool = True  # compact and remove versions no retained run needs, after publishing
+    keep_runs: int = DEFAULT_KEEP_RUNS  # runs whose versions maintain keeps (operators/maintenance.py)
+    older_than: str = "0"  # maintain removes only versions older than this (7d, 12h; 0: any age)
     progress: bool = True
     command: list[str] = field(default_factory=list)  # argv, for the run log
 
@@ -126,21 +133,33 @@ def run_embed(job: EmbedJob) -> dict:
     schema = with_meta(embeddings_schema(description.fields, keep_fields), meta)
     lake = Lake(job.output, job.storage)
     tables = Tables(main=lake.table(job.table), quarantine=lake.table(quarantine_table_name(job.table)), schema=schema)
-    ensure_table(tables.main, schema, primary_key=ID, overwrite=job.overwrite)
+    retention = Retention(job.keep_runs, parse_age(job.older_than))
+    manifest = FileManifest(lake, job.table)
+    # Readers keep the serving version until this run publishes its own (operators/serving.py).
+    base = begin_run(tables.main, manifest.target, schema, ID, overwrite=job.overwrite)
     ensure_table(tables.quarantine, QUARANTINE_SCHEMA, primary_key=SOURCE, overwrite=job.overwrite)
-    manifest = FileManifest(lake, job.table, overwrite=job.overwrite)
     config = {k: v for k, v in asdict(job).items() if k != "command"}
     run_log = RunLog.for_table(lake, job.table, job="embed",
                                command=job.command or sys.argv, config=config, model=description.model_id)
     run_log.start()
     try:
-        summary = _run(job, shards, required, spec, tables, manifest, description.model_id, run_log.run_id, started)
+        summary = _run(job, shards, required, spec, tables, manifest, description.model_id, run_log.run_id, started,
+                       base)
+        # Every row is accounted for and committed and the manifest is current: indexes for this version,
+        # then readers switch to it (metadata, vectors and indexes together), then old versions go.
+        finishing = time.time()
+        summary["refresh"] = refresh(tables.main, compact=job.maintain, retrain=base.model_change)
+        summary.update(base.summary())
+        summary.update(publish(tables.main, manifest.target, run_log.run_id, base.serving).summary())
+        if job.maintain:
+            before = bytes_on_disk(lake, job.table)
+            summary["maintain"] = {**retain(lake, job.table, retention), "bytes_before": before,
+                                   "bytes_after": bytes_on_disk(lake, job.table)}
+        summary["finish_seconds"] = round(time.time() - finishing, 3)
     except BaseException as error:
         run_log.finish({}, error=one_line(error, 1000, job.storage))
         raise
     summary["run_id"] = run_log.run_id
-    # The run's last step: every row is accounted for and committed, the manifest and indexes are
-    # current. Whatever readers should see only after a complete run (a serving tag) moves here.
     run_log.finish(summary)
     return summary
 
@@ -158,7 +177,7 @@ class InputState:
 
 
 def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec, tables: Tables,
-         manifest: FileManifest, model_id: str, run_id: str, started: float) -> dict:
+         manifest: FileManifest, model_id: str, run_id: str, started: float, base: RunBase) -> dict:
     recorded = manifest.load()
     skipped = {} if job.rescan else unchanged_files(shards.versions, recorded, model_id)
     listed = set(shards.files)
@@ -168,6 +187,7 @@ def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec
     shutdown_seconds = 0.0  # stopping the Ray we started: wall time, not embedding time
     state = InputState(skipped, vanished, ReadPlan([], {}, {}))
     if to_read or (job.sync_deletes and vanished):
+        mark_building(tables.main, base.serving)  # before the first commit: a killed run can be resumed
         we_started_ray = start_ray(job.address, num_cpus=os.cpu_count(), object_store_memory=job.object_store_memory)
         try:
             workers = plan_workers(cluster_cpus(), cluster_gpus(), job.actors, job.threads_per_actor,
@@ -189,9 +209,6 @@ def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec
         msg = (f"row accounting failed: {state.plan.rows_in} rows read, {counts.rows_read} written, unchanged or "
                "quarantined; the table holds what was committed, re-run the same command to finish")
         raise RuntimeError(msg)
-    if counts.rows_written or counts.rows_deleted:
-        refresh_indexes(tables.main)
-        compact(tables.main)
     retry = {shards.files[index] for index in counts.files_to_retry}
     manifest.record({path: (shards.versions.get(path, ""), rows) for path, rows in state.plan.rows.items()
                      if path not in retry}, model_id, run_id)

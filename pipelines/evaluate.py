@@ -18,6 +18,7 @@ from operators.schema import COLBERT, DENSE, SPARSE
 from operators.scoring import DEFAULT_WEIGHTS
 from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, Retriever
 from operators.storage import local_path
+from operators.tables import Pin
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class EvaluateJob:
     use_index: bool = False
     limit: int | None = None
     plot: bool = True
+    version: int | None = None  # read this table version instead of the serving one
+    tag: str | None = None  # or the version with this tag
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
 
 
@@ -56,8 +59,9 @@ def report_path(job: EvaluateJob) -> str:
 
 def run_evaluate(job: EvaluateJob) -> dict:
     """{"<column or mode>": {"recall@k", "mrr@k", "ndcg@k", "bytes_per_vector", ...}, ..., "k", "queries",
-    "queries_without_relevant", "seconds", "report", "plot"}, with "languages" when queries or documents carry
-    a language and "sts" for `pairs` (only "sts" without queries)."""
+    "queries_without_relevant", "table_version", "seconds", "report", "plot"}, at the serving version of the table
+    (or the one pinned), with "languages" when queries or documents carry a language and "sts" for `pairs` (only
+    "sts" without queries)."""
     if job.k < 1:
         msg = f"--k must be at least 1, got {job.k}"
         raise ValueError(msg)
@@ -66,7 +70,7 @@ def run_evaluate(job: EvaluateJob) -> dict:
         raise ValueError(msg)
     started = time.perf_counter()
     if job.queries is None:
-        retriever = Retriever(job.uri, job.table, model=job.model, storage=job.storage)
+        retriever = Retriever(job.uri, job.table, model=job.model, storage=job.storage, pin=Pin(job.version, job.tag))
         return _write_report(job, {**_extra_entries(job, retriever, None), "report": report_path(job),
                                    "seconds": round(time.perf_counter() - started, 3)})
     labelled = load_labelled_queries(job.queries, job.qrels, job.limit)
@@ -75,7 +79,7 @@ def run_evaluate(job: EvaluateJob) -> dict:
         raise ValueError(msg)
     retriever = Retriever(job.uri, job.table, model=job.model, shortlist=max(job.shortlist, job.k),
                           exact=not job.use_index, funnel_shortlist=max(job.funnel_shortlist, job.k),
-                          storage=job.storage)
+                          storage=job.storage, pin=Pin(job.version, job.tag))
     store = retriever.store
     judged_docs = {doc for judged in labelled.qrels.values() for doc, rel in judged.items() if rel > 0}
     missing_docs = len(judged_docs - set(store.ids().tolist()))
@@ -97,6 +101,7 @@ def run_evaluate(job: EvaluateJob) -> dict:
         "k": job.k,
         "queries": summary.queries,
         "queries_without_relevant": summary.queries_without_relevant,
+        "table_version": store.version,
         "seconds": round(time.perf_counter() - started, 3),
     }
     path = report_path(job)

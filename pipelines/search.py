@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from operators.scoring import DEFAULT_WEIGHTS, Fusion
 from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, Retriever, SearchMode
+from operators.tables import Pin
 
 
 @dataclass(frozen=True)
@@ -28,13 +29,16 @@ class SearchJob:
     funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST
     exact: bool = False
     model: str | None = None
+    version: int | None = None  # read this table version instead of the serving one
+    tag: str | None = None  # or the version with this tag
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
 
 
 def run_search(job: SearchJob) -> list[dict]:
-    """[{"id", "score"}], best first, ties broken by id; for `like`, without the item itself."""
+    """[{"id", "score"}], best first, ties broken by id, at the serving version (or the one pinned); for `like`,
+    without the item itself."""
     retriever = Retriever(job.uri, job.table, model=job.model, shortlist=job.shortlist, exact=job.exact,
-                          funnel_shortlist=job.funnel_shortlist, storage=job.storage)
+                          funnel_shortlist=job.funnel_shortlist, storage=job.storage, pin=Pin(job.version, job.tag))
     options = {"mode": job.mode, "column": job.column, "k": job.k, "weights": job.weights, "fusion": job.fusion,
                "funnel": job.funnel}
     if (job.query is None) == (job.like is None):

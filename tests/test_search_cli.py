@@ -3,6 +3,7 @@ checked against brute force over the stored vectors with queries encoded indepen
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -17,7 +18,6 @@ from operators.encoders.base import EncoderSpec
 from operators.metrics import evaluate_run, qrels_from_rows
 from operators.schema import DENSE, ID
 from operators.vectors import as_matrix
-from pipelines.cli import main
 from tests.cli_runs import cli_error, cli_result, run_cli
 
 pytestmark = pytest.mark.ray
@@ -92,15 +92,16 @@ def test_search_cli_equals_brute_force(embedded, stored, query_encoder, column):
     np.testing.assert_allclose([hit["score"] for hit in hits], [s for _, s in expected], atol=1e-5)
 
 
-def test_search_cli_funnel_and_text_output(embedded, stored, capsys):
+def test_search_cli_funnel_and_text_output(embedded, stored):
     funnel = cli_result("search", embedded, "--table", "docs", "--query", "music player",
                         "--funnel", "64", "--funnel-shortlist", str(DOCS), "--k", "3", "--json")
     exact = cli_result("search", embedded, "--table", "docs", "--query", "music player", "--k", "3", "--json")
     # a shortlist covering the table re-ranks everything: same ids, same scores (to float rounding)
     assert [hit["id"] for hit in funnel] == [hit["id"] for hit in exact]
     np.testing.assert_allclose([h["score"] for h in funnel], [h["score"] for h in exact], atol=1e-6)
-    assert main(["search", embedded, "--table", "docs", "--query", "music player", "--k", "2"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    out = io.StringIO()
+    assert run_cli("search", embedded, "--table", "docs", "--query", "music player", "--k", "2", stdout=out).code == 0
+    lines = out.getvalue().strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("id=")
 
 

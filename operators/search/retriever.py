@@ -25,6 +25,7 @@ from operators.schema import COLBERT, DENSE, ID, SPARSE, dense_column, is_dense_
 from operators.scoring import COLBERT_MODE, DENSE_MODE, SPARSE_MODE, Fusion, QueryVectors, top_k
 from operators.search.sparse_index import SparseIndex, open_sparse_index
 from operators.search.store import TableStore
+from operators.tables import Pin
 from operators.vectors import as_matrix
 
 
@@ -82,13 +83,14 @@ class Retriever:
         persist_index: bool = True,
         funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST,
         storage: dict | None = None,
+        pin: Pin | None = None,
     ) -> None:
         for name, value in (("--shortlist", shortlist), ("--funnel-shortlist", funnel_shortlist)):
             if value < 1:
                 msg = f"{name} must be at least 1, got {value}"
                 raise ValueError(msg)
         self.funnel_shortlist = funnel_shortlist
-        self.store = TableStore(uri, table, storage)
+        self.store = TableStore(uri, table, storage, pin)
         self.model = model
         self.shortlist = shortlist
         self.exact = exact

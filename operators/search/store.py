@@ -16,7 +16,7 @@ import pyarrow as pa
 from operators.schema import ID, dense_columns, require_columns, vector_columns
 from operators.search.index_plan import plan_index, plan_type
 from operators.table_meta import TableMeta, read_meta
-from operators.tables import Lake
+from operators.tables import Lake, Pin
 
 SCAN_BATCH_ROWS = 65536
 SPARSE_INDEX_SUFFIX = ".sparse_index"
@@ -24,16 +24,17 @@ DISTANCE = "_distance"
 
 
 class TableStore:
-    """Read access to table `name` in the LanceDB at `uri`, pinned to the version current when opened."""
+    """Read access to table `name` in the LanceDB at `uri`, at one version for its whole life: the serving
+    version when opened (operators/tables.py `snapshot`), or the version or tag `pin` names."""
 
-    def __init__(self, uri: str, name: str, storage: dict | None = None) -> None:
+    def __init__(self, uri: str, name: str, storage: dict | None = None, pin: Pin | None = None) -> None:
         self.ref = Lake(uri, storage).table(name)
         self.uri = uri
         self.name = name
         self.storage = self.ref.lake.storage
-        self.table = self.ref.open()
-        self.dataset = self.table.to_lance()
+        self.dataset = self.ref.snapshot(pin)
         self.version = int(self.dataset.version)
+        self.table = self.ref.open()
         self.table.checkout(self.version)
         self.schema: pa.Schema = self.dataset.schema
         self.meta: TableMeta | None = read_meta(self.table.schema)

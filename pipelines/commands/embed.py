@@ -7,10 +7,12 @@ import argparse
 from operators.encoders.precision import Precision
 from pipelines.commands.options import (
     add_address_option,
+    age,
     int_list,
     job_from_args,
     name_list,
     object_store_size,
+    positive_int,
     resource_amounts,
 )
 from pipelines.storage_cli import add_storage_option
@@ -33,7 +35,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--object-store-memory", type=object_store_size, metavar="SIZE",
                         help="object store of the local Ray this run starts, e.g. 2GB (default: Ray's, 30%% of RAM); "
                              "it bounds the memory that blocks in flight take (benchmarks/RESULTS.md)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the table instead of updating it")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rebuild the table from empty instead of updating it (readers keep the serving version "
+                             "until the run ends; earlier runs' versions stay for rollback)")
     parser.add_argument("--sync-deletes", action="store_true", help="delete table rows whose id left the input")
     parser.add_argument("--rescan", action="store_true",
                         help="read every shard and compare every row's text hash, ignoring the file manifest "
@@ -55,6 +59,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--actor-resources", type=resource_amounts, metavar="NAME=AMOUNT,...",
                         help="custom Ray resources each encoder actor needs, to place actors on node groups")
+    parser.add_argument("--no-maintain", dest="maintain", action="store_false",
+                        help="after publishing, skip compaction and the removal of versions no retained run needs "
+                             "(embedlake maintain does both later)")
+    parser.add_argument("--keep-runs", type=positive_int,
+                        help="maintain: runs whose versions are kept, this one included")
+    parser.add_argument("--older-than", type=age, metavar="AGE",
+                        help="maintain: remove only versions older than this, e.g. 7d (0: any age)")
     add_storage_option(parser)
     return parser
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.commands.options import add_table_arguments, job_from_args, weights_list
+from pipelines.commands.options import add_pin_options, add_table_arguments, job_from_args, weights_list
 from pipelines.storage_cli import add_storage_option
 
 
@@ -38,6 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="rank dense columns with the ANN index, as search does, instead of exactly")
     parser.add_argument("--limit", type=int, help="evaluate only the first N queries")
     parser.add_argument("--model", help="encoder for the queries when the table carries no metadata")
+    add_pin_options(parser)
     add_storage_option(parser)
     return parser
 

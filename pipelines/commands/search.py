@@ -7,7 +7,7 @@ import argparse
 
 from operators.scoring import Fusion
 from operators.search.retriever import SearchMode
-from pipelines.commands.options import add_table_arguments, job_from_args, weights_list
+from pipelines.commands.options import add_pin_options, add_table_arguments, job_from_args, weights_list
 from pipelines.storage_cli import add_storage_option
 
 
@@ -34,6 +34,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="rows the funnel's small nested column shortlists for re-ranking with the full vector")
     parser.add_argument("--exact", action="store_true", help="exact scan even where an ANN index exists")
     parser.add_argument("--model", help="encoder for the queries when the table carries no metadata")
+    add_pin_options(parser)
     add_storage_option(parser)
     return parser
 
