@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo test test-fast lint bench bench-memory bench-search bench-quantize bench-cluster bench-train bench-scale bench-lifecycle clean
+.PHONY: install install-test demo test test-fast lint bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale bench-lifecycle clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,17 @@ bench-lifecycle: install-test
 # workers, then embed + evaluate on the 400 queries at every nested size (long: two training runs on 2 cores).
 bench-train: install-test
 	$(VENV)/bin/python -m benchmarks.train_mrl --out benchmarks/results/train_mrl_2cpu.json
+
+# GPU proof (benchmarks/README.md): correctness and speed of the encoders on a GPU in one run of <= 7 min,
+# appended to benchmarks/RESULTS.md. No install step: a GPU box's own python3 (torch, transformers,
+# sentence-transformers) will do; the venv's python when there is one.
+BENCH_GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+bench-gpu:
+	PYTHONUNBUFFERED=1 $(BENCH_GPU_PY) -m benchmarks.gpu --append-results $(BENCH_GPU_ARGS)
+
+# The same script with tiny models on the CPU (~2 min): proves it end to end where no GPU is.
+bench-gpu-smoke: install-test
+	$(PY) -m benchmarks.gpu --device cpu --smoke --no-results-dir --out out/bench-gpu-smoke
 
 clean:
 	rm -rf $(VENV) $(DEMO_LAKE) .pytest_cache

@@ -24,6 +24,12 @@ class TableMeta:
     dims: list[int] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     max_length: int | None = None
+    # How the vectors are stored beyond float (operators/stored_vectors.py): quantised copies of the dense
+    # columns, their int8 ranges (calibrated once per table: {column: [mins, maxs]}), ColBERT's precision.
+    quantize: list[str] = field(default_factory=list)
+    int8_ranges: dict[str, list[list[float]]] = field(default_factory=dict)
+    colbert_precision: str = "float16"
+    colbert_pool_factor: float = 1.0
 
     def encoder_spec(self, **overrides):
         """An EncoderSpec that rebuilds the table's encoder (e.g. to encode queries)."""
@@ -36,8 +42,12 @@ class TableMeta:
         return spec
 
 
+def meta_json(meta: TableMeta) -> str:
+    return json.dumps(asdict(meta))
+
+
 def with_meta(schema: pa.Schema, meta: TableMeta) -> pa.Schema:
-    return schema.with_metadata({**(schema.metadata or {}), METADATA_KEY: json.dumps(asdict(meta)).encode()})
+    return schema.with_metadata({**(schema.metadata or {}), METADATA_KEY: meta_json(meta).encode()})
 
 
 def read_meta(schema: pa.Schema) -> TableMeta | None:

@@ -34,6 +34,7 @@ from operators.exchange import decided_row_schema, key_row_schema
 from operators.incremental import Decision, TableKeys, decide
 from operators.maintenance import DEFAULT_KEEP_RUNS, Retention, bytes_on_disk, parse_age, refresh, retain
 from operators.manifest import FileManifest, unchanged_files
+from operators.quantize import CALIBRATION_ROWS, ranges_to_json
 from operators.run_log import RunLog
 from operators.schema import (
     ID,
@@ -49,8 +50,10 @@ from operators.serving import RunBase, begin_run, mark_building, publish
 from operators.sinks.lance_sink import ensure_table, upsert
 from operators.sources import ReadPlan, ShardReader, ShardSet, find_shards, plan_reads, read_schema
 from operators.storage import as_settings
+from operators.stored_vectors import VectorStorage
 from operators.table_meta import TableMeta, with_meta
 from operators.tables import Lake
+from pipelines.calibrate import requested_storage, settle_existing, settle_new
 from pipelines.embed_writer import EmbedSink, RunCounts, Tables
 from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
 from pipelines.workers import (
@@ -93,6 +96,12 @@ class EmbedJob:
     rows_per_write: int | None = None  # rows per upsert commit; default: pipelines/workers.py plan_rows_per_write
     max_tokens_per_batch: int | None = None  # default per device (operators/encoders/base.py)
     precision: Precision = Precision.AUTO  # operators/encoders/precision.py
+    # Stored vectors beyond float (operators/stored_vectors.py); a table keeps what it was first written with.
+    quantize: list[str] = field(default_factory=list)  # int8, binary: `<col>_int8` / `<col>_bin` per dense column
+    recalibrate: bool = False  # new int8 ranges from a sample of the table, every stored row re-quantised
+    calibration_rows: int = CALIBRATION_ROWS  # rows the int8 ranges are calibrated from
+    colbert_precision: str | None = None  # float16, int8, binary (None: the table's, else float16)
+    colbert_pool_factor: float | None = None  # ColBERT token pooling (None: the table's, else 1 = none)
     maintain: bool = True  # compact and remove versions no retained run needs, after publishing
     keep_runs: int = DEFAULT_KEEP_RUNS  # runs whose versions maintain keeps (operators/maintenance.py)
     older_than: str = "0"  # maintain removes only versions older than this (7d, 12h; 0: any age)
@@ -121,6 +130,12 @@ def run_embed(job: EmbedJob) -> dict:
     require_columns(input_schema, [*required, *job.keep_columns], f"input {job.input}")
     spec = job.encoder_spec()
     description = describe_encoder(spec)
+    lake = Lake(job.output, job.storage)
+    storage = requested_storage(job.quantize, job.colbert_precision, job.colbert_pool_factor, lake.table(job.table),
+                                description.model_id, job.overwrite, job.recalibrate)
+    if not job.overwrite:
+        storage = settle_existing(lake.table(job.table), storage, description.fields, description.model_id,
+                                  job.calibration_rows)
     meta = TableMeta(
         model=job.model,
         model_id=description.model_id,
@@ -128,10 +143,13 @@ def run_embed(job: EmbedJob) -> dict:
         dims=description.dims,
         outputs=[f.name for f in description.fields],
         max_length=description.max_length,
+        quantize=list(storage.quantize),
+        int8_ranges=ranges_to_json(storage.int8_ranges),
+        colbert_precision=storage.colbert_precision,
+        colbert_pool_factor=storage.colbert_pool_factor,
     )
     keep_fields = [input_schema.field(name) for name in job.keep_columns]
-    schema = with_meta(embeddings_schema(description.fields, keep_fields), meta)
-    lake = Lake(job.output, job.storage)
+    schema = with_meta(embeddings_schema(storage.fields(description.fields), keep_fields), meta)
     tables = Tables(main=lake.table(job.table), quarantine=lake.table(quarantine_table_name(job.table)), schema=schema)
     retention = Retention(job.keep_runs, parse_age(job.older_than))
     manifest = FileManifest(lake, job.table)
@@ -143,8 +161,8 @@ def run_embed(job: EmbedJob) -> dict:
                                command=job.command or sys.argv, config=config, model=description.model_id)
     run_log.start()
     try:
-        summary = _run(job, shards, required, spec, tables, manifest, description.model_id, run_log.run_id, started,
-                       base)
+        summary = _run(job, shards, required, spec, storage, tables, manifest, description.model_id,
+                       run_log.run_id, started, base)
         # Every row is accounted for and committed and the manifest is current: indexes for this version,
         # then readers switch to it (metadata, vectors and indexes together), then old versions go.
         finishing = time.time()
@@ -176,8 +194,8 @@ class InputState:
         return frozenset(i for i, path in enumerate(files) if path in self.skipped)
 
 
-def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec, tables: Tables,
-         manifest: FileManifest, model_id: str, run_id: str, started: float, base: RunBase) -> dict:
+def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec, storage: VectorStorage,
+         tables: Tables, manifest: FileManifest, model_id: str, run_id: str, started: float, base: RunBase) -> dict:
     recorded = manifest.load()
     skipped = {} if job.rescan else unchanged_files(shards.versions, recorded, model_id)
     listed = set(shards.files)
@@ -200,7 +218,7 @@ def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec
             log.info("embedding %d rows from %d shard(s) (%d unchanged shards of %d rows skipped, %d bad files) "
                      "with %s", state.plan.rows_in, len(state.plan.rows), len(skipped), sum(skipped.values()),
                      len(state.plan.bad_files), model_id)
-            counts = _execute(job, shards, state, spec, tables, workers, model_id, run_id)
+            counts = _execute(job, shards, state, spec, storage, tables, workers, model_id, run_id)
         finally:
             if we_started_ray:
                 import ray
@@ -263,8 +281,8 @@ def _quarantine_bad_files(plan: ReadPlan, tables: Tables, run_id: str) -> None:
         upsert(pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA), tables.quarantine, QUARANTINE_SCHEMA, SOURCE)
 
 
-def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, tables: Tables, workers,
-             model_id: str, run_id: str) -> RunCounts:
+def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, storage: VectorStorage,
+             tables: Tables, workers, model_id: str, run_id: str) -> RunCounts:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -283,6 +301,8 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
     key_schema = key_row_schema(keep_fields)
     reader = ShardReader(job.id_column, job.text_column, job.keep_columns, job.storage,
                          keep_types={f.name: f.type for f in keep_fields})
+    storage = settle_new(tables.main, storage, describe_encoder(spec).fields, spec, reader, list(state.plan.rows),
+                         job.calibration_rows, num_gpus=workers.actor_gpus, resources=job.actor_resources)
     files = pa.array(shards.files, pa.string())
     table = tables.main.dataset()
     table_rows = 0 if job.overwrite else table.count_rows()
@@ -307,7 +327,8 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
         .repartition(target_num_rows_per_block=workers.rows_per_batch)
         .map_batches(
             EmbedRows,
-            fn_constructor_kwargs={"spec": spec, "keep_fields": keep_fields, "threads": workers.threads},
+            fn_constructor_kwargs={"spec": spec, "keep_fields": keep_fields, "threads": workers.threads,
+                                   "storage": storage},
             batch_size=workers.rows_per_batch,
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=workers.actors, max_concurrent_calls_per_actor=workers.concurrent_calls,

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from operators.evaluation import Evaluator, bytes_per_vector, load_labelled_queries
+from operators.evaluation import Evaluator, bytes_per_vector, load_labelled_queries, smallest_within
 from operators.metrics import evaluate_run
 from operators.schema import COLBERT, DENSE, SPARSE
 from operators.scoring import DEFAULT_WEIGHTS
@@ -34,6 +34,7 @@ class EvaluateJob:
     weights: Sequence[float] = DEFAULT_WEIGHTS
     shortlist: int = DEFAULT_SHORTLIST
     funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST
+    rescore_multiplier: int | None = None  # quantised funnels shortlist k x this (None: 100 binary, 10 int8)
     model: str | None = None
     report: str | None = None  # JSON report path; default report_path()
     use_index: bool = False
@@ -55,8 +56,8 @@ def report_path(job: EvaluateJob) -> str:
 
 def run_evaluate(job: EvaluateJob) -> dict:
     """{"<column or mode>": {"recall@k", "mrr@k", "ndcg@k", "bytes_per_vector", ...}, ..., "k", "queries",
-    "queries_without_relevant", "table_version", "seconds", "report", "plot"}, at the serving version of the table
-    (or the one pinned)."""
+    "queries_without_relevant", "smallest_within_1pct", "table_version", "seconds", "report", "plot"}, at the serving
+    version of the table (or the one pinned)."""
     if job.k < 1:
         msg = f"--k must be at least 1, got {job.k}"
         raise ValueError(msg)
@@ -67,7 +68,7 @@ def run_evaluate(job: EvaluateJob) -> dict:
         raise ValueError(msg)
     retriever = Retriever(job.uri, job.table, model=job.model, shortlist=max(job.shortlist, job.k),
                           exact=not job.use_index, funnel_shortlist=max(job.funnel_shortlist, job.k),
-                          storage=job.storage, pin=Pin(job.version, job.tag))
+                          storage=job.storage, pin=Pin(job.version, job.tag), rescore_multiplier=job.rescore_multiplier)
     store = retriever.store
     judged_docs = {doc for judged in labelled.qrels.values() for doc, rel in judged.items() if rel > 0}
     missing_docs = len(judged_docs - set(store.ids().tolist()))
@@ -89,6 +90,7 @@ def run_evaluate(job: EvaluateJob) -> dict:
         "k": job.k,
         "queries": summary.queries,
         "queries_without_relevant": summary.queries_without_relevant,
+        "smallest_within_1pct": smallest_within(results, job.k),
         "table_version": store.version,
         "seconds": round(time.perf_counter() - started, 3),
     }

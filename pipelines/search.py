@@ -25,6 +25,7 @@ class SearchJob:
     funnel: str | int | None = None
     shortlist: int = DEFAULT_SHORTLIST
     funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST
+    rescore_multiplier: int | None = None  # quantised funnel: shortlist k x this (None: 100 binary, 10 int8)
     exact: bool = False
     model: str | None = None
     version: int | None = None  # read this table version instead of the serving one
@@ -35,6 +36,7 @@ class SearchJob:
 def run_search(job: SearchJob) -> list[dict]:
     """[{"id", "score"}], best first, ties broken by id, at the serving version (or the one pinned)."""
     retriever = Retriever(job.uri, job.table, model=job.model, shortlist=job.shortlist, exact=job.exact,
-                          funnel_shortlist=job.funnel_shortlist, storage=job.storage, pin=Pin(job.version, job.tag))
+                          funnel_shortlist=job.funnel_shortlist, storage=job.storage, pin=Pin(job.version, job.tag),
+                          rescore_multiplier=job.rescore_multiplier)
     return retriever.search(job.query, mode=job.mode, column=job.column, k=job.k, weights=job.weights,
                             fusion=job.fusion, funnel=job.funnel)

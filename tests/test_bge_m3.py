@@ -220,6 +220,15 @@ def test_batching_invariance(tiny_bge_m3_path, encoder, encoded):
     np.testing.assert_array_equal(many.token_counts, encoded.token_counts)
 
 
+def test_collecting_each_batch_before_launching_the_next_changes_nothing(tiny_bge_m3_path, encoded):
+    """`overlap` (collect a batch's outputs after launching the next, the default) only reorders host
+    work: with it off, many small batches give the same vectors."""
+    encoder = _encoder(tiny_bge_m3_path, max_length=WHOLE, max_tokens_per_batch=48)
+    assert encoder.overlap
+    encoder.overlap = False
+    _assert_same_outputs(encoder.encode(TEXTS).columns, encoded.columns)
+
+
 def test_oom_splitting(tiny_bge_m3_path, encoded, monkeypatch):
     """A forward pass that runs out of memory is split until it fits; nothing is lost or reordered."""
     encoder = _encoder(tiny_bge_m3_path, max_length=WHOLE, max_tokens_per_batch=1 << 20)

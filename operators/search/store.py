@@ -105,18 +105,20 @@ class TableStore:
         exact: bool = False,
         nprobes: int | None = None,
         refine_factor: int | None = None,
+        distance: str | None = None,
     ) -> pa.Table:
         """LanceDB's nearest neighbours by dot product (vectors are unit length), with the ANN index when one
         exists and `exact` is False (search parameters from the index plan unless given). Returns `columns`
-        of the hits; callers rescore them exactly."""
+        of the hits; callers rescore them exactly. `distance="hamming"` searches packed bits (a uint8 query)."""
         index = None if exact else self.vector_index(column)
         # an index's metric (l2, cosine) ranks unit vectors like dot: search with it, rescore with dot
-        metric = index[1] if index else "dot"
+        metric = distance or (index[1] if index else "dot")
+        vector = np.asarray(query, dtype=np.uint8 if distance == "hamming" else np.float32)
         builder = (
-            self.table.search(np.asarray(query, dtype=np.float32), vector_column_name=column)
+            self.table.search(vector, vector_column_name=column)
             .distance_type(metric)
             .limit(limit)
-            .select([*columns, DISTANCE])  # naming the distance column keeps Lance from warning about it
+            .select(list(dict.fromkeys([*columns, DISTANCE])))  # naming it keeps Lance from warning about it
         )
         if exact:
             builder = builder.bypass_vector_index()

@@ -8,11 +8,13 @@ from operators.encoders.precision import Precision
 from pipelines.commands.options import (
     add_address_option,
     age,
+    at_least,
     int_list,
     job_from_args,
     name_list,
     object_store_size,
     positive_int,
+    precision_list,
     resource_amounts,
 )
 from pipelines.storage_cli import add_storage_option
@@ -56,6 +58,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=list(Precision),
                         help="auto = bf16 on GPUs, fp32 on CPUs; bf16 and int8 are faster CPU paths whose vectors "
                              "stay within cosine 0.99 of fp32 (benchmarks/RESULTS.md)")
+    parser.add_argument("--quantize", type=precision_list, metavar="int8,binary",
+                        help="also store <col>_int8 (int8 codes, per-dimension ranges calibrated once for the table) "
+                             "and/or <col>_bin (sign bits) for dense and each dense_<d> (docs/quantization.md)")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="calibrate new int8 ranges from a sample of the table and re-quantise every stored row")
+    parser.add_argument("--calibration-rows", type=at_least(1), help="rows the int8 ranges are calibrated from")
+    parser.add_argument("--colbert-precision", choices=["float16", "int8", "binary"],
+                        help="ColBERT storage: float16 (the default), int8 (a scale per token, ~2x smaller) or binary "
+                             "(sign bits, 16x smaller); a table keeps what it was first written with")
+    parser.add_argument("--colbert-pool-factor", type=at_least(1, float),
+                        help="keep ~1/F of each document's ColBERT vectors (hierarchical token pooling; default 1)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("--actor-resources", type=resource_amounts, metavar="NAME=AMOUNT,...",
                         help="custom Ray resources each encoder actor needs, to place actors on node groups")

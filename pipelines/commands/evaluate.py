@@ -13,8 +13,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "evaluate", job="pipelines.evaluate:EvaluateJob",
         help="retrieval quality of every column and mode on labelled queries",
-        description="Recall@k, MRR@k and nDCG@k of every stored vector column (dense, dense_<d>, sparse, "
-                    "colbert), the funnel at each nested size and the hybrid, on queries with relevance labels.")
+        description="Recall@k, MRR@k and nDCG@k of every stored vector column (dense, dense_<d>, their "
+                    "_int8/_bin copies, sparse, colbert), the funnel at each nested size and through each quantised "
+                    "column, and the hybrid, on queries with relevance labels, with bytes per row.")
     add_table_arguments(parser)
     parser.add_argument("--queries", required=True, help="Parquet with query_id, text")
     parser.add_argument("--qrels", required=True, help="Parquet with query_id, doc_id, relevance (>0 relevant)")
@@ -26,6 +27,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="first-stage candidates for colbert and hybrid (each of dense and sparse)")
     parser.add_argument("--funnel-shortlist", type=int,
                         help="rows the funnel's small nested column shortlists for re-ranking with the full vector")
+    parser.add_argument("--rescore-multiplier", type=int,
+                        help="quantised funnels (funnel_dense_bin, ...) shortlist k x this (default 100 for _bin, "
+                             "10 for _int8)")
     parser.add_argument("--report", help="JSON report path (default OUTPUT/<table>.evaluation.json); "
                                          "the plot is written next to it as .png")
     parser.add_argument("--use-index", action="store_true",

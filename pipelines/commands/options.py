@@ -124,6 +124,32 @@ def _number_list(value: str, kind: type, what: str) -> list:
         raise argparse.ArgumentTypeError(msg) from error
 
 
+def precision_list(value: str) -> list[str]:
+    """`int8,binary`: the quantised copies `embed --quantize` stores (operators/quantize.py PRECISIONS)."""
+    from operators.quantize import parse_precisions
+
+    try:
+        return parse_precisions(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def at_least(minimum: float, kind: type = int):
+    """A number of `kind` that is at least `minimum`."""
+
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or number < minimum:
+            msg = f"expected a number >= {minimum}, got {value!r}"
+            raise argparse.ArgumentTypeError(msg)
+        return number
+
+    return parse
+
+
 def name_list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
