@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo test test-fast lint bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale bench-lifecycle clean
+.PHONY: install install-test demo test test-fast lint bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale bench-lifecycle bench-uses clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -91,6 +91,11 @@ bench-scale: install-test
 # Storage over 10 nightly incremental runs with and without retention, and what the serving tag costs readers.
 bench-lifecycle: install-test
 	$(VENV)/bin/python -m benchmarks.lifecycle --nights 10
+
+# Issue 16's figures: classify on the sample's 18 sections (vs TF-IDF), graded-pair correlations per nested size,
+# neighbors exact vs ANN at 100k x 64 and ANN (recall@10 on 1,000 sampled rows) at 1M x 64 (~40 min on 2 cores).
+bench-uses: install-test
+	$(VENV)/bin/python -m benchmarks.uses --out benchmarks/results/uses.json
 
 # Matryoshka fine-tuning of MiniLM on the sample (400 evaluation queries' packages left out), 1 and 2 Ray Train
 # workers, then embed + evaluate on the 400 queries at every nested size (long: two training runs on 2 cores).

@@ -183,3 +183,32 @@ class TableRef:
         except MISSING_TABLE_ERRORS as error:
             msg = f"no table {self.name!r} in {self.lake.uri}"
             raise ValueError(msg) from error
+
+    # -- a derived table written by many workers, published in one commit ---------------------------
+    def write_fragments(self, data: pa.Table, schema: pa.Schema) -> list[str]:
+        """Write rows as data files of this table without committing them (any process, e.g. a Ray
+        worker); returns the fragments' metadata as JSON for `commit_fragments`. Files nobody commits
+        are invisible to readers."""
+        import json
+
+        from lance.fragment import write_fragments
+
+        table = data.select(schema.names).cast(schema)
+        if table.num_rows == 0:
+            return []
+        fragments = write_fragments(table, self.dataset_uri, schema=schema,
+                                    storage_options=self.lake.lance_options())
+        return [json.dumps(fragment.to_json()) for fragment in fragments]
+
+    def commit_fragments(self, schema: pa.Schema, fragments: Iterable[str]) -> int:
+        """Create or replace the table with exactly these fragments, as one new version: readers see the
+        old table or the new one, never a mix. Returns the version."""
+        import lance
+        from lance.fragment import FragmentMetadata
+
+        metadata = [FragmentMetadata.from_json(item) for item in fragments]
+        operation = lance.LanceOperation.Overwrite(schema, metadata)
+        read_version = self.dataset().version if self.exists() else None
+        dataset = lance.LanceDataset.commit(self.dataset_uri, operation, read_version=read_version,
+                                            storage_options=self.lake.lance_options())
+        return int(dataset.version)

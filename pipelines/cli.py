@@ -23,8 +23,8 @@ from pipelines.storage_cli import storage_from_args
 
 # Each name is a module in pipelines.commands with add_parser(subparsers) and run(args) -> result
 # (pipelines/commands/__init__.py).
-COMMANDS = ("embed", "train", "search", "evaluate", "index", "cluster", "dedup", "versions", "rollback", "maintain",
-            "submit")
+COMMANDS = ("embed", "train", "search", "evaluate", "index", "cluster", "dedup", "classify", "neighbors", "versions",
+            "rollback", "maintain", "submit")
 
 
 class UsageError(ValueError):

@@ -205,7 +205,10 @@ def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec
     shutdown_seconds = 0.0  # stopping the Ray we started: wall time, not embedding time
     state = InputState(skipped, vanished, ReadPlan([], {}, {}))
     if to_read or (job.sync_deletes and vanished):
-        mark_building(tables.main, base.serving)  # before the first commit: a killed run can be resumed
+        if not job.rescan:
+            # Before the first commit, so that a killed run can be resumed. A rescan usually writes nothing (and
+            # must leave the table's version as it was); unmarked, a killed one restarts from the serving version.
+            mark_building(tables.main, base.serving)
         we_started_ray = start_ray(job.address, num_cpus=os.cpu_count(), object_store_memory=job.object_store_memory)
         try:
             workers = plan_workers(cluster_cpus(), cluster_gpus(), job.actors, job.threads_per_actor,

@@ -1,5 +1,7 @@
 """The evaluate job: Recall/MRR/nDCG@k of every stored column and mode of a table on labelled queries
-(operators/evaluation.py), written as a JSON report with a PNG plot next to it."""
+(operators/evaluation.py), per (query language, document language) pair when they carry languages
+(operators/crosslingual.py), and STS correlations on scored pairs (operators/similarity.py), written as a JSON
+report with PNG plots next to it."""
 
 from __future__ import annotations
 
@@ -26,8 +28,10 @@ class EvaluateJob:
     """One evaluation's options (pipelines/commands/evaluate.py says what each means)."""
 
     uri: str
-    queries: str  # Parquet: query_id, text
-    qrels: str  # Parquet: query_id, doc_id, relevance
+    queries: str | None = None  # Parquet: query_id, text (and language); with qrels
+    qrels: str | None = None  # Parquet: query_id, doc_id, relevance
+    pairs: str | None = None  # Parquet: text_a, text_b, score (STS)
+    language_column: str | None = None  # the table's document languages (default: `language` when it has one)
     table: str = "docs"
     k: int = 10
     tune_weights: bool = False
@@ -57,11 +61,19 @@ def report_path(job: EvaluateJob) -> str:
 def run_evaluate(job: EvaluateJob) -> dict:
     """{"<column or mode>": {"recall@k", "mrr@k", "ndcg@k", "bytes_per_vector", ...}, ..., "k", "queries",
     "queries_without_relevant", "smallest_within_1pct", "table_version", "seconds", "report", "plot"}, at the serving
-    version of the table (or the one pinned)."""
+    version of the table (or the one pinned), with "languages" when queries or documents carry a language and "sts"
+    for `pairs` (only "sts" without queries)."""
     if job.k < 1:
         msg = f"--k must be at least 1, got {job.k}"
         raise ValueError(msg)
+    if (job.queries is None) != (job.qrels is None) or (job.queries is None and job.pairs is None):
+        msg = "evaluate needs --queries with --qrels (retrieval), --pairs (similarity), or both"
+        raise ValueError(msg)
     started = time.perf_counter()
+    if job.queries is None:
+        retriever = Retriever(job.uri, job.table, model=job.model, storage=job.storage, pin=Pin(job.version, job.tag))
+        return _write_report(job, {**_extra_entries(job, retriever, None), "report": report_path(job),
+                                   "seconds": round(time.perf_counter() - started, 3)})
     labelled = load_labelled_queries(job.queries, job.qrels, job.limit)
     if not labelled.ids:
         msg = f"{job.queries} has no queries"
@@ -100,6 +112,31 @@ def run_evaluate(job: EvaluateJob) -> dict:
         from operators.evaluation_plot import plot_quality
 
         output["plot"] = plot_quality(results, job.k, os.path.splitext(path)[0] + ".png", title=job.table)
+    output.update(_extra_entries(job, retriever, evaluator))
+    output["seconds"] = round(time.perf_counter() - started, 3)
+    return _write_report(job, output)
+
+
+def _extra_entries(job: EvaluateJob, retriever: Retriever, evaluator: Evaluator | None) -> dict:
+    """Per-language-pair metrics (with labelled queries) and STS figures, each with its own PNG next to the
+    report."""
+    from operators.crosslingual import cross_lingual_report
+    from operators.similarity import sts_report
+
+    stem = os.path.splitext(report_path(job))[0]
+    extra = {}
+    if evaluator is not None:
+        languages = cross_lingual_report(evaluator, job.queries, job.language_column,
+                                         f"{stem}.languages.png" if job.plot else None, job.table)
+        if languages is not None:
+            extra["languages"] = languages
+    if job.pairs:
+        extra["sts"] = sts_report(retriever, job.pairs, f"{stem}.sts.png" if job.plot else None, job.table)
+    return extra
+
+
+def _write_report(job: EvaluateJob, output: dict) -> dict:
+    path = report_path(job)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as handle:
         json.dump(output, handle, indent=2)

@@ -1,4 +1,5 @@
-"""The search job: the k best rows of a table for one query text, in any mode (operators/search/retriever.py)."""
+"""The search job: the k best rows of a table for one query text, or the rows nearest a stored item (`like`,
+operators/search/like.py), in any mode (operators/search/retriever.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ class SearchJob:
     """One query's options (pipelines/commands/search.py says what each means)."""
 
     uri: str
-    query: str
+    query: str | None = None  # one of query and like
+    like: str | None = None  # a stored item's id: its nearest rows, itself excluded
     table: str = "docs"
     mode: SearchMode = SearchMode.DENSE
     column: str | None = None
@@ -37,12 +39,21 @@ class SearchJob:
 
 
 def run_search(job: SearchJob) -> list[dict]:
-    """[{"id", "score"}], best first, ties broken by id, at the serving version (or the one pinned)."""
+    """[{"id", "score"}], best first, ties broken by id, at the serving version (or the one pinned); for `like`,
+    without the item itself."""
     retriever = Retriever(job.uri, job.table, model=job.model, shortlist=job.shortlist, exact=job.exact,
                           funnel_shortlist=job.funnel_shortlist, storage=job.storage, pin=Pin(job.version, job.tag),
                           rescore_multiplier=job.rescore_multiplier)
-    return retriever.search(job.query, mode=job.mode, column=job.column, k=job.k, weights=job.weights,
-                            fusion=job.fusion, funnel=job.funnel)
+    options = {"mode": job.mode, "column": job.column, "k": job.k, "weights": job.weights, "fusion": job.fusion,
+               "funnel": job.funnel}
+    if (job.query is None) == (job.like is None):
+        msg = "search needs a query or an item to search like, not both"
+        raise ValueError(msg)
+    if job.like is not None:
+        from operators.search.like import search_like
+
+        return search_like(retriever, job.like, **options)
+    return retriever.search(job.query, **options)
 
 
 # Shown per hit in text output: the first kept string column (a title, say), cut to this many characters.

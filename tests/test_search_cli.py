@@ -147,3 +147,42 @@ def test_index_cli_on_a_small_table_reports_the_skip(embedded):
     result = cli_result("index", embedded, "--table", "docs", "--json")
     assert set(result["columns"]) == {"dense", "dense_128", "dense_64"}
     assert all("skipped" in entry for entry in result["columns"].values())
+
+
+@pytest.mark.parametrize("column", [None, "dense_64"])
+def test_search_like_cli_equals_brute_force_without_the_item(embedded, stored, column):
+    item = 7
+    column_args = ["--column", column] if column else []
+    hits = cli_result("search", embedded, "--table", "docs", "--like", stored["ids"][item], "--k", "5",
+                      *column_args, "--json")
+    name = column or DENSE
+    others = {key: np.delete(values, item, axis=0) for key, values in stored.items()}
+    expected = brute(others, stored[name][item], name, 5)
+    assert [hit["id"] for hit in hits] == [doc for doc, _ in expected]
+    np.testing.assert_allclose([hit["score"] for hit in hits], [s for _, s in expected], atol=1e-5)
+    assert "no row with id 'no-such-id'" in cli_error("search", embedded, "--table", "docs", "--like", "no-such-id")
+
+
+def test_evaluate_pairs_cli_equals_scipy_at_every_nested_size(embedded, corpus, query_encoder, tmp_path):
+    from scipy.stats import pearsonr, spearmanr
+
+    titles, texts = corpus.column("title").to_pylist()[:12], corpus.column("text").to_pylist()[:12]
+    # each title against its own description (high score) and against the next one's (low score)
+    text_a = titles + titles
+    text_b = [text[:300] for text in texts] + [text[:300] for text in texts[1:] + texts[:1]]
+    scores = [5.0] * 12 + [float(i % 3) for i in range(12)]
+    pq.write_table(pa.table({"text_a": text_a, "text_b": text_b, "score": scores}), tmp_path / "pairs.parquet")
+    report = str(tmp_path / "sts.json")
+    result = cli_result("evaluate", embedded, "--table", "docs", "--pairs", str(tmp_path / "pairs.parquet"),
+                        "--report", report, "--json")
+    sts = result["sts"]
+    assert sts["pairs"] == 24 and os.path.getsize(sts["plot"]) > 5000
+    left = query_encoder.encode(text_a, prompt_name="query").columns
+    right = query_encoder.encode(text_b, prompt_name="query").columns
+    for column in ("dense", "dense_128", "dense_64"):
+        cosines = np.einsum("ij,ij->i", as_matrix(left[column]).astype(float),
+                            as_matrix(right[column]).astype(float))
+        assert sts[column]["spearman"] == pytest.approx(spearmanr(cosines, scores).statistic, abs=1e-6)
+        assert sts[column]["pearson"] == pytest.approx(pearsonr(cosines, scores).statistic, abs=1e-6)
+    assert sts["dense"]["spearman"] > 0.5  # a title is closer to its own description
+    assert "--queries with --qrels" in cli_error("evaluate", embedded, "--table", "docs", "--queries", report)

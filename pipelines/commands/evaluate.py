@@ -12,13 +12,19 @@ from pipelines.storage_cli import add_storage_option
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "evaluate", job="pipelines.evaluate:EvaluateJob",
-        help="retrieval quality of every column and mode on labelled queries",
+        help="retrieval quality of every column and mode on labelled queries; STS on scored pairs",
         description="Recall@k, MRR@k and nDCG@k of every stored vector column (dense, dense_<d>, their "
                     "_int8/_bin copies, sparse, colbert), the funnel at each nested size and through each quantised "
-                    "column, and the hybrid, on queries with relevance labels, with bytes per row.")
+                    "column, and the hybrid, on queries with relevance labels, with bytes per row; per (query "
+                    "language, document language) pair when they carry languages; and with --pairs the STS "
+                    "correlations of similarity with human scores.")
     add_table_arguments(parser)
-    parser.add_argument("--queries", required=True, help="Parquet with query_id, text")
-    parser.add_argument("--qrels", required=True, help="Parquet with query_id, doc_id, relevance (>0 relevant)")
+    parser.add_argument("--queries", help="Parquet with query_id, text (and language: metrics per language pair)")
+    parser.add_argument("--qrels", help="Parquet with query_id, doc_id, relevance (>0 relevant)")
+    parser.add_argument("--pairs", help="Parquet with text_a, text_b, score: Spearman and Pearson correlation of "
+                                        "the similarity with the scores at every nested size (STS)")
+    parser.add_argument("--language-column", help="the table's column of document languages (embed "
+                                                  "--keep-columns; default: 'language' when the table has it)")
     parser.add_argument("--k", type=int, help="cut-off of Recall@k, MRR@k and nDCG@k")
     parser.add_argument("--tune-weights", action="store_true",
                         help="grid-search hybrid weights on the qrels (with a 2-fold held-out estimate)")

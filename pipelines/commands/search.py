@@ -1,4 +1,5 @@
-"""`embedlake search OUTPUT --table T --query TEXT`: the k best rows for one query, in any mode."""
+"""`embedlake search OUTPUT --table T --query TEXT | --like ID`: the k best rows for one query, or the rows
+nearest a stored item, in any mode."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                    description="Query a table: dense (any nested column, optional Matryoshka "
                                                "funnel), sparse, colbert or hybrid. Prints {id, score}, best first.")
     add_table_arguments(parser)
-    parser.add_argument("--query", required=True, help="query text (encoded with the model's query prompt)")
+    wanted = parser.add_mutually_exclusive_group(required=True)
+    wanted.add_argument("--query", help="query text (encoded with the model's query prompt)")
+    wanted.add_argument("--like", metavar="ID", help="the items nearest this stored item (itself excluded)")
     parser.add_argument("--mode", choices=list(SearchMode),
                         help="colbert and hybrid re-rank the dense and sparse shortlists")
     parser.add_argument("--column", help="dense mode: vector column, dense (default) or dense_<d>, or a quantised copy "
