@@ -46,14 +46,14 @@ from operators.schema import (
     quarantine_table_name,
     require_columns,
 )
-from operators.serving import RunBase, begin_run, mark_building, publish
+from operators.serving import REBUILT, RunBase, begin_run, mark_building, publish
 from operators.sinks.lance_sink import ensure_table, upsert
 from operators.sources import ReadPlan, ShardReader, ShardSet, find_shards, plan_reads, read_schema
 from operators.storage import as_settings
 from operators.stored_vectors import VectorStorage
 from operators.table_meta import TableMeta, with_meta
 from operators.tables import Lake
-from pipelines.calibrate import requested_storage, settle_existing, settle_new
+from pipelines.calibrate import plan_existing, requantize_stored, requested_storage, settle_new
 from pipelines.embed_writer import EmbedSink, RunCounts, Tables
 from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
 from pipelines.workers import (
@@ -133,9 +133,10 @@ def run_embed(job: EmbedJob) -> dict:
     lake = Lake(job.output, job.storage)
     storage = requested_storage(job.quantize, job.colbert_precision, job.colbert_pool_factor, lake.table(job.table),
                                 description.model_id, job.overwrite, job.recalibrate)
+    stale_codes = False
     if not job.overwrite:
-        storage = settle_existing(lake.table(job.table), storage, description.fields, description.model_id,
-                                  job.calibration_rows)
+        storage, stale_codes = plan_existing(lake.table(job.table), storage, description.fields,
+                                             description.model_id, job.calibration_rows)
     meta = TableMeta(
         model=job.model,
         model_id=description.model_id,
@@ -155,6 +156,8 @@ def run_embed(job: EmbedJob) -> dict:
     manifest = FileManifest(lake, job.table)
     # Readers keep the serving version until this run publishes its own (operators/serving.py).
     base = begin_run(tables.main, manifest.target, schema, ID, overwrite=job.overwrite)
+    if stale_codes and base.action != REBUILT:  # the new codes are part of this run: published with it
+        requantize_stored(tables.main, storage)
     ensure_table(tables.quarantine, QUARANTINE_SCHEMA, primary_key=SOURCE, overwrite=job.overwrite)
     config = {k: v for k, v in asdict(job).items() if k != "command"}
     run_log = RunLog.for_table(lake, job.table, job="embed",
