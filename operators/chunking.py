@@ -168,7 +168,8 @@ class Window:
 def plan_windows(passages: Sequence[Passage], tokens: int, room: int) -> list[Window]:
     """Windows of at most `room` tokens covering a document of `tokens` tokens, so that each passage lies
     whole in exactly one window: one window when the document fits; else each window starts with up to
-    half its room of context before its first passage and takes every following passage that fits."""
+    a quarter of its room of context before its first passage and takes every following passage that fits
+    (more context costs more forward passes: windows then advance by less)."""
     if tokens <= room:
         return [Window(0, tokens, tuple(range(len(passages))))]
     windows: list[Window] = []
@@ -178,7 +179,7 @@ def plan_windows(passages: Sequence[Passage], tokens: int, room: int) -> list[Wi
         if first.tokens > room:
             msg = f"passage of {first.tokens} tokens does not fit a window of {room}"
             raise ValueError(msg)
-        context = min(room - first.tokens, room // 2)
+        context = min(room - first.tokens, room // 4)
         start = max(0, first.token_start - context)
         end = min(start + room, tokens)
         members = []
