@@ -53,6 +53,12 @@ class Chunking:
         return {"mode": str(self.mode), "max_tokens": self.max_tokens, "overlap": self.overlap}
 
 
+def passage_model_id(model_id: str, chunking: Chunking | None) -> str:
+    """The `model` of a passage table's rows and metadata: the encoder's identity and how it chunked, so that
+    rows written with other chunking are not taken as up to date."""
+    return model_id if chunking is None else f"{model_id}:{chunking.identity()}"
+
+
 def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
     """The ids the tokenizer puts before and after one text ([CLS] and [SEP] for BERT, <s> and </s> for
     XLM-R), read off a tokenised word."""
