@@ -3,13 +3,16 @@ through a real index, scores exactly, and its reported recall is what the writte
 
 from __future__ import annotations
 
+import lance
 import lancedb
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from operators.neighbors import ID, NEIGHBOR, RANK, SCORE, recall_at_k
+from operators.tables import SERVING
 from operators.vectors import normalize_rows, to_vector_array
+from pipelines.index import IndexJob, run_index
 from pipelines.neighbors import NeighborsJob, run_neighbors
 from tests.cli_runs import cli_result
 from tests.test_neighbors import brute_force, graph_lists, tied_vectors
@@ -30,11 +33,16 @@ def test_cli_writes_the_exact_graph(ray_session, tmp_path):
                                                                     for doc, v in expected.items()}
 
 
+def clustered(rows: int = 1200, seed: int = 2, prefix: str = "n") -> tuple[np.ndarray, list[str]]:
+    """Unit vectors around 30 centres (an index has structure to find), ids shuffled."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(2).standard_normal((30, 16)).astype(np.float32)
+    matrix = normalize_rows(centres[rng.integers(0, 30, rows)] + 0.35 * rng.standard_normal((rows, 16)))
+    return matrix, [f"{prefix}{i:05d}" for i in rng.permutation(rows)]
+
+
 def test_ann_graph_through_the_index_with_sampled_recall(ray_session, tmp_path):
-    rng = np.random.default_rng(2)
-    centres = rng.standard_normal((30, 16)).astype(np.float32)
-    matrix = normalize_rows(centres[rng.integers(0, 30, 1200)] + 0.35 * rng.standard_normal((1200, 16)))
-    ids = [f"n{i:05d}" for i in rng.permutation(1200)]
+    matrix, ids = clustered()
     lancedb.connect(str(tmp_path)).create_table("docs", pa.table({ID: ids, "dense": to_vector_array(matrix)}))
     result = run_neighbors(NeighborsJob(uri=str(tmp_path), table="docs", k=10, method="ann", recall_sample=60))
     assert result["method"] == "ann" and result["index"]["index_type"] and result["index"]["build_seconds"] > 0
@@ -50,3 +58,66 @@ def test_ann_graph_through_the_index_with_sampled_recall(ray_session, tmp_path):
     overall = recall_at_k({d: [n for n, _ in v] for d, v in graph.items()},
                           {d: [n for n, _ in v] for d, v in exact.items()}, 10)
     assert overall >= 0.95 and result["recall@10"] >= 0.9
+
+
+def served_table(uri: str, matrix: np.ndarray, ids: list[str]) -> lance.LanceDataset:
+    """A table as embed leaves it: readers pinned to the `serving` tag at its only version."""
+    lancedb.connect(uri).create_table("docs", pa.table({ID: ids, "dense": to_vector_array(matrix)}))
+    dataset = lance.dataset(f"{uri}/docs.lance")
+    dataset.tags.create(SERVING, dataset.version)
+    return dataset
+
+
+def indexed_columns(dataset: lance.LanceDataset) -> set[str]:
+    return {field for index in dataset.list_indices() for field in index["fields"]}
+
+
+def test_ann_on_a_served_table_builds_its_index_for_the_serving_version(ray_session, tmp_path):
+    """The auto method past a (lowered) exact threshold on a table readers read through `serving`: the index is
+    built for the serving version and published with it (same rows), and the graph is read at that version."""
+    matrix, ids = clustered()
+    uri = str(tmp_path)
+    served_table(uri, matrix, ids)
+    result = run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, exact_max_rows=100, recall_sample=40))
+    assert result["method"] == "ann" and result["index"]["build_seconds"] > 0
+    dataset = lance.dataset(f"{uri}/docs.lance")
+    serving = dataset.tags.list()[SERVING]["version"]
+    assert result["table_version"] == serving == dataset.version  # readers now read the version with the index
+    assert "dense" in indexed_columns(lance.dataset(f"{uri}/docs.lance", version=SERVING))
+    assert dataset.count_rows() == 1200 and result["edges"] == 6000 and result["recall@5"] >= 0.9
+
+
+def test_ann_reads_the_serving_snapshot_and_its_own_index(ray_session, tmp_path):
+    """An unfinished run on top of the serving version: the graph is the serving version's, through the index
+    that version has; with no index there, neighbors refuses rather than build one on a version readers do
+    not see, and a pinned version without an index is refused too (nothing is written to the table)."""
+    matrix, ids = clustered()
+    uri = str(tmp_path / "plain")
+    first = served_table(uri, matrix, ids).version
+    table = lancedb.connect(uri).open_table("docs")
+    extra, extra_ids = clustered(200, seed=5, prefix="x")
+    table.add(pa.table({ID: extra_ids, "dense": to_vector_array(extra)}))  # an unfinished run's commit
+    latest = lance.dataset(f"{uri}/docs.lance").version
+    with pytest.raises(ValueError, match="no ANN index"):
+        run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, method="ann", recall_sample=0))
+    with pytest.raises(ValueError, match="no ANN index"):
+        run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, method="ann", recall_sample=0, version=first))
+    assert lance.dataset(f"{uri}/docs.lance").version == latest  # no index built on the main line
+
+    # a served table whose serving version has its index (embedlake index), then an unfinished run on top
+    uri = str(tmp_path / "indexed")
+    served_table(uri, matrix, ids)
+    run_index(IndexJob(uri=uri, table="docs", min_rows=100, sparse=False))
+    served = lance.dataset(f"{uri}/docs.lance").tags.list()[SERVING]["version"]
+    lancedb.connect(uri).open_table("docs").add(pa.table({ID: extra_ids, "dense": to_vector_array(extra)}))
+    latest = lance.dataset(f"{uri}/docs.lance").version
+    result = run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, method="ann", recall_sample=40))
+    assert result["table_version"] == served and "build_seconds" not in result["index"]
+    assert result["rows"] == 1200 and result["edges"] == 6000 and result["recall@5"] >= 0.9
+    graph = graph_lists(lancedb.connect(uri).open_table("docs_neighbors").to_arrow())
+    assert set(graph) == set(ids) and not {n for lst in graph.values() for n, _ in lst} & set(extra_ids)
+    assert lance.dataset(f"{uri}/docs.lance").version == latest
+
+    lance.dataset(f"{uri}/docs.lance").tags.create("golden", served)  # a pin of the user's, with its index
+    pinned = run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, method="ann", recall_sample=0, tag="golden"))
+    assert pinned["table_version"] == served and pinned["edges"] == 6000
