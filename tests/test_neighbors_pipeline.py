@@ -12,7 +12,6 @@ import pytest
 from operators.neighbors import ID, NEIGHBOR, RANK, SCORE, recall_at_k
 from operators.tables import SERVING
 from operators.vectors import normalize_rows, to_vector_array
-from pipelines.index import IndexJob, run_index
 from pipelines.neighbors import NeighborsJob, run_neighbors
 from tests.cli_runs import cli_result
 from tests.test_neighbors import brute_force, graph_lists, tied_vectors
@@ -72,46 +71,27 @@ def indexed_columns(dataset: lance.LanceDataset) -> set[str]:
     return {field for index in dataset.list_indices() for field in index["fields"]}
 
 
-def test_ann_on_a_served_table_builds_its_index_for_the_serving_version(ray_session, tmp_path):
-    """The auto method past a (lowered) exact threshold on a table readers read through `serving`: the index is
-    built for the serving version and published with it (same rows), and the graph is read at that version."""
+def test_ann_on_a_served_table_uses_the_index_of_the_snapshot_it_reads(ray_session, tmp_path):
+    """Readers read `serving` (issue 13's lifecycle). The auto method past a (lowered) exact threshold on a served
+    table without an index: the index is built for the serving version and published with it (same rows), and
+    the graph is read there. With an unfinished run on top, the graph is still the serving version's, through
+    that version's index; a serving version without an index under an unfinished run, or a pinned version
+    without one, is refused rather than indexed on a version readers do not read (nothing is written)."""
     matrix, ids = clustered()
-    uri = str(tmp_path)
-    served_table(uri, matrix, ids)
-    result = run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, exact_max_rows=100, recall_sample=40))
-    assert result["method"] == "ann" and result["index"]["build_seconds"] > 0
-    dataset = lance.dataset(f"{uri}/docs.lance")
-    serving = dataset.tags.list()[SERVING]["version"]
-    assert result["table_version"] == serving == dataset.version  # readers now read the version with the index
-    assert "dense" in indexed_columns(lance.dataset(f"{uri}/docs.lance", version=SERVING))
-    assert dataset.count_rows() == 1200 and result["edges"] == 6000 and result["recall@5"] >= 0.9
-
-
-def test_ann_reads_the_serving_snapshot_and_its_own_index(ray_session, tmp_path):
-    """An unfinished run on top of the serving version: the graph is the serving version's, through the index
-    that version has; with no index there, neighbors refuses rather than build one on a version readers do
-    not see, and a pinned version without an index is refused too (nothing is written to the table)."""
-    matrix, ids = clustered()
-    uri = str(tmp_path / "plain")
-    first = served_table(uri, matrix, ids).version
-    table = lancedb.connect(uri).open_table("docs")
     extra, extra_ids = clustered(200, seed=5, prefix="x")
-    table.add(pa.table({ID: extra_ids, "dense": to_vector_array(extra)}))  # an unfinished run's commit
-    latest = lance.dataset(f"{uri}/docs.lance").version
-    with pytest.raises(ValueError, match="no ANN index"):
-        run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, method="ann", recall_sample=0))
-    with pytest.raises(ValueError, match="no ANN index"):
-        run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, method="ann", recall_sample=0, version=first))
-    assert lance.dataset(f"{uri}/docs.lance").version == latest  # no index built on the main line
-
-    # a served table whose serving version has its index (embedlake index), then an unfinished run on top
     uri = str(tmp_path / "indexed")
     served_table(uri, matrix, ids)
-    run_index(IndexJob(uri=uri, table="docs", min_rows=100, sparse=False))
-    served = lance.dataset(f"{uri}/docs.lance").tags.list()[SERVING]["version"]
+    built = run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, exact_max_rows=100, recall_sample=40))
+    assert built["method"] == "ann" and built["index"]["build_seconds"] > 0
+    dataset = lance.dataset(f"{uri}/docs.lance")
+    served = dataset.tags.list()[SERVING]["version"]
+    assert built["table_version"] == served == dataset.version  # readers now read the version with the index
+    assert "dense" in indexed_columns(lance.dataset(f"{uri}/docs.lance", version=SERVING))
+    assert dataset.count_rows() == 1200 and built["edges"] == 6000 and built["recall@5"] >= 0.9
+
     lancedb.connect(uri).open_table("docs").add(pa.table({ID: extra_ids, "dense": to_vector_array(extra)}))
-    latest = lance.dataset(f"{uri}/docs.lance").version
-    result = run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, method="ann", recall_sample=40))
+    latest = lance.dataset(f"{uri}/docs.lance").version  # an unfinished run's commit on the main line
+    result = run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, exact_max_rows=100, recall_sample=40))
     assert result["table_version"] == served and "build_seconds" not in result["index"]
     assert result["rows"] == 1200 and result["edges"] == 6000 and result["recall@5"] >= 0.9
     graph = graph_lists(lancedb.connect(uri).open_table("docs_neighbors").to_arrow())
@@ -121,3 +101,13 @@ def test_ann_reads_the_serving_snapshot_and_its_own_index(ray_session, tmp_path)
     lance.dataset(f"{uri}/docs.lance").tags.create("golden", served)  # a pin of the user's, with its index
     pinned = run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, method="ann", recall_sample=0, tag="golden"))
     assert pinned["table_version"] == served and pinned["edges"] == 6000
+
+    uri = str(tmp_path / "plain")  # no index anywhere, an unfinished run on top of the serving version
+    first = served_table(uri, matrix, ids).version
+    lancedb.connect(uri).open_table("docs").add(pa.table({ID: extra_ids, "dense": to_vector_array(extra)}))
+    latest = lance.dataset(f"{uri}/docs.lance").version
+    with pytest.raises(ValueError, match="no ANN index .* unfinished run"):
+        run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, method="ann", recall_sample=0))
+    with pytest.raises(ValueError, match=f"no ANN index .* at version {first} \\(version {first}\\)"):
+        run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, method="ann", recall_sample=0, version=first))
+    assert lance.dataset(f"{uri}/docs.lance").version == latest  # no index built on the main line
