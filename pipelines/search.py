@@ -84,7 +84,7 @@ def _search_documents(job: SearchJob, retriever: Retriever, options: dict) -> li
 
     if query is not None:  # encoded once, whatever the depth
         query = retriever.encode([query])[0]
-    return with_spans(store.dataset, search_documents(passages, job.k, store.rows()))
+    return with_spans(store.dataset, search_documents(passages, job.k, store.rows))
 
 
 # Shown per hit in text output: the first kept string column (a title, say), cut to this many characters.

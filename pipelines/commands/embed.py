@@ -107,6 +107,9 @@ def describe(summary: dict, args: argparse.Namespace) -> str:
     kept = summary["rows_unchanged"] + summary["rows_skipped"]
     text = (f"Embedded {changed} rows in {summary['seconds']:.1f} s ({summary['docs_per_s']:.1f} docs/s) "
             f"into {where}")
+    if "passages_written" in summary:  # a passage table: rows count documents
+        text = (f"Embedded {changed} documents as {summary['passages_written']} passages in {summary['seconds']:.1f} s "
+                f"({summary['docs_per_s']:.1f} docs/s, {summary['passages_per_s']:.1f} passages/s) into {where}")
     if kept:
         text += f"; {kept} rows were already up to date"
     quarantined = summary["rows_quarantined"] + summary["files_quarantined"]
