@@ -4,9 +4,10 @@ how much it gains.
 Every route the table supports (operators/search/routing.py `candidate_routes`: each stored mode alone, the
 hybrid at a few weightings) is run over the labelled queries exactly as `evaluate` runs its modes (the dense
 and sparse runs and the shared candidates of operators/evaluation.py), giving each query's nDCG@k per route.
-The held-out estimate is 5-fold cross-validation: each query is routed by a rule learned without it, and
-compared with the route that was best on the same training queries (`best_fixed`) and with each query's own
-best route (`oracle`, the ceiling of any rule). The rule that is stored is then learned on all the queries.
+The held-out estimate is nested 5-fold cross-validation: each query is routed by a rule learned without it (the
+tree's depth, 0 to 2, chosen by an inner cross-validation on those training queries alone), and compared with
+the route that was best on the same training queries (`best_fixed`) and with each query's own best route
+(`oracle`, the ceiling of any rule). The rule that is stored is then learned the same way on all the queries.
 A table with one mode has nothing to route: the entry says so and nothing is stored.
 """
 
@@ -73,10 +74,10 @@ def tune_routing(evaluator: Evaluator, dense_positions: np.ndarray | None, weigh
             for qid in kept]
     matrix = feature_matrix(rows)
     model_id = retriever.store.meta.model_id if retriever.store.meta is not None else None
-    rule = learn_rule(matrix, gains, routes, FEATURES, MAX_DEPTH)
+    rule = learn_rule(matrix, gains, routes, FEATURES, MAX_DEPTH, FOLDS,
+                      {"source": "tuned", "queries": len(kept), "metric": ndcg,
+                       "table_version": retriever.store.version})
     rule.model_id = model_id
-    rule.info = {"source": "tuned", "queries": len(kept), "metric": ndcg, "table_version": retriever.store.version,
-                 "max_depth": MAX_DEPTH}
     heldout = heldout_estimate(matrix, gains, routes, FEATURES, FOLDS, MAX_DEPTH)
     per_route = {label: float(gains[:, i].mean()) if len(kept) else float("nan")
                  for i, label in enumerate(runs)}
@@ -87,6 +88,7 @@ def tune_routing(evaluator: Evaluator, dense_positions: np.ndarray | None, weigh
         "best_fixed_all": max(per_route, key=per_route.get) if per_route else None,
         "heldout": heldout,
         "rule": rule.describe(),
+        "depth": rule.info["depth"],  # chosen by 5-fold cross-validation on all the queries (0: a fixed route)
         "rule_json": rule.to_dict(),
         "features": list(FEATURES),
         "stored": False,
@@ -112,9 +114,9 @@ def plot_routing(entry: dict, path: str, title: str = "") -> str:
                       fontsize=8, xytext=(0, 2), textcoords="offset points")
     axis.set_xticks(range(len(labels)), labels, fontsize=8, rotation=20)
     axis.set_ylabel(entry["metric"])
-    axis.set_title(f"query routing{': ' + title if title else ''} ({heldout['queries']} queries, "
-                   f"{heldout['folds']}-fold held-out; routing won {heldout['wins']}, lost {heldout['losses']} "
-                   "vs best fixed)", fontsize=9)
+    axis.set_title(f"query routing{': ' + title if title else ''}, {heldout['queries']} queries\n"
+                   f"{heldout['folds']}-fold held-out: routing won {heldout['wins']}, lost {heldout['losses']} "
+                   "queries against the best fixed route", fontsize=9)
     axis.grid(True, axis="y", alpha=0.3)
     figure.tight_layout()
     return save_figure(figure, path)

@@ -158,8 +158,10 @@ def test_rule_round_trips_through_json():
     matrix = rng.uniform(0, 10, size=(120, len(FEATURES)))
     routes = candidate_routes(["dense", "sparse"])
     gains = rng.uniform(size=(120, len(routes)))
-    gains[matrix[:, 4] > 5, 1] += 1  # sparse is better where rare_share is high
+    gains[matrix[:, 4] > 5, 1] += 1  # sparse is better where rare_share is high, dense elsewhere
+    gains[matrix[:, 4] <= 5, 0] += 1
     rule = learn_rule(matrix, gains, routes, info={"source": "tuned"})
+    assert rule.info["depth"] >= 1 and rule.info["source"] == "tuned"
     rule.model_id = "m:1"
     back = RoutingRule.from_dict(json.loads(json.dumps(rule.to_dict())))
     assert back == rule

@@ -14,10 +14,12 @@ the query, which cost nothing next to the search itself:
   log((N + 1) / (df + 1)); `matched_share`: share of the query's sparse weight on tokens some row holds.
 
 The sparse features are 0 for a table without a sparse column. A rule chooses among `Route`s: each single
-mode the table stores, and the hybrid at a few weightings (`candidate_routes`). It is a depth-limited
-regression tree (scikit-learn's `DecisionTreeRegressor`, multi-output), fitted to each route's nDCG@k per
-query minus the query's mean over routes (so splits separate queries by which route suits them, not by how
-hard they are); a leaf routes to the route with the best mean there. The fitted tree is kept as plain JSON
+mode the table stores, and the hybrid at a few weightings (`candidate_routes`). It is a regression tree of
+depth 0 to 2 (scikit-learn's `DecisionTreeRegressor`, multi-output), fitted to each route's nDCG@k per query
+minus the query's mean over routes (so splits separate queries by which route suits them, not by how hard they
+are); a leaf routes to the route with the best mean there. The depth is the one whose routing scores best in a
+5-fold cross-validation on the training queries, so a split is kept only where it gains on queries it was not
+fitted to (depth 0: the best fixed route). The fitted tree is kept as plain JSON
 nodes (`RoutingRule.to_dict`), so applying it needs neither scikit-learn nor a pickle: the table's metadata
 keeps it (operators/table_meta.py `ROUTING_KEY`), and a depth-0 tree is a fixed route.
 
@@ -244,21 +246,21 @@ def default_rule(modes: Sequence[str], weights: Sequence[float] | None = None, m
     return RoutingRule.fixed(route, model_id=model_id, info={"source": "default"})
 
 
-def learn_rule(matrix: np.ndarray, gains: np.ndarray, routes: Sequence[Route], features: Sequence[str] = FEATURES,
-               max_depth: int = MAX_DEPTH, **info) -> RoutingRule:
-    """Fit the tree to `gains` (queries x routes, each route's nDCG@k per query) from `matrix` (queries x
-    features). A leaf routes to its best route by mean gain, ties to the route best over all the queries
-    given (then the first listed); with too few queries to split, the rule is that route alone."""
+def fit_tree(matrix: np.ndarray, gains: np.ndarray, routes: Sequence[Route], features: Sequence[str] = FEATURES,
+             depth: int = MAX_DEPTH, info: Mapping | None = None) -> RoutingRule:
+    """Fit a tree of at most `depth` to `gains` (queries x routes, each route's nDCG@k per query) from `matrix`
+    (queries x features). A leaf routes to its best route by mean gain, ties to the route best over all the
+    queries given (then the first listed); depth 0, or too few queries to split, is that route alone."""
     from sklearn.tree import DecisionTreeRegressor
 
     gains = np.asarray(gains, dtype=np.float64)
-    overall = gains.mean(axis=0)
+    overall = gains.mean(axis=0) if len(gains) else np.zeros(len(routes))
     order = sorted(range(len(routes)), key=lambda i: (-overall[i], i))
     min_leaf = max(MIN_LEAF, math.ceil(MIN_LEAF_SHARE * len(gains)))
-    if len(routes) == 1 or len(gains) < 2 * min_leaf or max_depth == 0:
-        return RoutingRule(list(routes), [{"route": order[0]}], tuple(features), info=info)
+    if len(routes) == 1 or len(gains) < 2 * min_leaf or depth == 0:
+        return RoutingRule(list(routes), [{"route": order[0]}], tuple(features), info=dict(info or {}))
     relative = gains - gains.mean(axis=1, keepdims=True)
-    tree = DecisionTreeRegressor(max_depth=max_depth, min_samples_leaf=min_leaf, random_state=SEED)
+    tree = DecisionTreeRegressor(max_depth=depth, min_samples_leaf=min_leaf, random_state=SEED)
     tree.fit(np.asarray(matrix, dtype=np.float64), relative)
     structure = tree.tree_
     nodes = []
@@ -270,7 +272,23 @@ def learn_rule(matrix: np.ndarray, gains: np.ndarray, routes: Sequence[Route], f
         else:
             nodes.append({"feature": int(structure.feature[i]), "threshold": float(structure.threshold[i]),
                           "left": int(structure.children_left[i]), "right": int(structure.children_right[i])})
-    return RoutingRule(list(routes), _pruned(nodes), tuple(features), info=info)
+    return RoutingRule(list(routes), _pruned(nodes), tuple(features), info=dict(info or {}))
+
+
+def learn_rule(matrix: np.ndarray, gains: np.ndarray, routes: Sequence[Route], features: Sequence[str] = FEATURES,
+               max_depth: int = MAX_DEPTH, folds: int = FOLDS, info: Mapping | None = None) -> RoutingRule:
+    """The tree at the depth (0 to `max_depth`) whose routing scores best in a `folds`-fold cross-validation
+    on these queries (ties to the shallower), fitted on all of them. Depth 0 is the best fixed route: a split is
+    kept only where it gained on queries it was not fitted to, so a rule does not route on noise."""
+    matrix, gains = np.asarray(matrix, dtype=np.float64), np.asarray(gains, dtype=np.float64)
+    scores = {}
+    for depth in range(max_depth + 1):
+        routed, _fixed, _picks = cross_validated(matrix, gains, routes, features, folds,
+                                                 lambda m, g, d=depth: fit_tree(m, g, routes, features, d))
+        scores[depth] = float(routed.mean()) if len(routed) else 0.0
+    depth = max(scores, key=lambda d: (round(scores[d], 9), -d))
+    return fit_tree(matrix, gains, routes, features, depth,
+                    {**(info or {}), "depth": depth, "depth_scores": {str(d): v for d, v in scores.items()}})
 
 
 def _pruned(nodes: list[dict]) -> list[dict]:
@@ -316,26 +334,33 @@ def folds_of(count: int, folds: int = FOLDS, seed: int = SEED) -> list[np.ndarra
     return [np.sort(order[f::folds]) for f in range(min(folds, count))]
 
 
+def cross_validated(matrix: np.ndarray, gains: np.ndarray, routes: Sequence[Route], features: Sequence[str],
+                    folds: int, learner) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each query's gain under the rule `learner(matrix, gains)` learned without its fold, under the route best
+    on those same training queries, and the route index the rule chose."""
+    count = len(gains)
+    routed, fixed, chosen = np.zeros(count), np.zeros(count), np.zeros(count, dtype=np.int64)
+    for test in folds_of(count, folds):
+        train = np.setdiff1d(np.arange(count), test)
+        if train.size == 0 or test.size == 0:
+            continue
+        picks = learner(matrix[train], gains[train]).choose_many(matrix[test])
+        best_fixed = int(np.argmax(gains[train].mean(axis=0)))
+        routed[test], fixed[test], chosen[test] = gains[test, picks], gains[test, best_fixed], picks
+    return routed, fixed, chosen
+
+
 def heldout_estimate(matrix: np.ndarray, gains: np.ndarray, routes: Sequence[Route], features: Sequence[str] = FEATURES,
                      folds: int = FOLDS, max_depth: int = MAX_DEPTH) -> dict:
-    """Cross-validated nDCG@k of routing, of the best fixed route (chosen on each training part), and of the
-    oracle (each query's best route, an upper bound no rule reaches), each query scored by what was learned
-    without it; with the wins and losses of routing against the fixed route, query by query."""
+    """Cross-validated nDCG@k of routing (the whole `learn_rule`, depth choice included, on each training part:
+    nested cross-validation), of the best fixed route (chosen on each training part), and of the oracle (each
+    query's best route, an upper bound no rule reaches), each query scored by what was learned without it; with
+    the wins and losses of routing against the fixed route, query by query."""
     count = len(gains)
-    routed = np.zeros(count)
-    fixed = np.zeros(count)
-    chosen = np.zeros(count, dtype=np.int64)
+    routed, fixed, chosen = cross_validated(
+        matrix, gains, routes, features, folds,
+        lambda m, g: learn_rule(m, g, routes, features, max_depth, folds))
     parts = folds_of(count, folds)
-    for test in parts:
-        train = np.setdiff1d(np.arange(count), test)
-        if train.size == 0:
-            continue
-        rule = learn_rule(matrix[train], gains[train], routes, features, max_depth)
-        picks = rule.choose_many(matrix[test]) if test.size else np.zeros(0, np.int64)
-        best_fixed = int(np.argmax(gains[train].mean(axis=0)))
-        routed[test] = gains[test, picks]
-        fixed[test] = gains[test, best_fixed]
-        chosen[test] = picks
     oracle = gains.max(axis=1) if count else np.zeros(0)
     labels = [route.label for route in routes]
     return {
