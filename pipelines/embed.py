@@ -25,12 +25,14 @@ from dataclasses import asdict, dataclass, field, replace
 import pyarrow as pa
 
 from operators.encoders.base import EncoderSpec
+from operators.encoders.bge_m3 import OUTPUTS
 from operators.encoders.loader import describe_encoder, model_kind
-from operators.errors import one_line
+from operators.encoders.precision import PRECISIONS
+from operators.errors import UsageError, check_choices, check_positive, one_line, option_name
 from operators.exchange import decided_row_schema, key_row_schema
 from operators.incremental import Decision, TableKeys, decide
-from operators.manifest import FileManifest, unchanged_files
-from operators.run_log import RunLog
+from operators.manifest import FILES_SCHEMA, FileManifest, unchanged_files
+from operators.run_log import RUNS_SCHEMA, RUNS_SUFFIX, RunLog
 from operators.schema import (
     ID,
     QUARANTINE_SCHEMA,
@@ -38,15 +40,16 @@ from operators.schema import (
     RUN_ID,
     SOURCE,
     embeddings_schema,
+    is_table_column,
     quarantine_table_name,
     require_columns,
 )
-from operators.sinks.lance_sink import compact, ensure_table, refresh_indexes, upsert
+from operators.sinks.lance_sink import check_columns, compact, ensure_table, refresh_indexes, upsert
 from operators.sources import ReadPlan, ShardReader, ShardSet, find_shards, plan_reads, read_schema
 from operators.storage import as_settings
-from operators.table_meta import TableMeta, with_meta
-from operators.tables import Lake
-from pipelines.embed_writer import EmbedSink, RunCounts, Tables
+from operators.table_meta import TableMeta, with_meta, write_meta
+from operators.tables import Lake, TableRef, check_table_name
+from pipelines.embed_writer import EmbedSink, RunCounts, Tables, clear_quarantined
 from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
 from pipelines.workers import (
     ROWS_PER_PARTITION,
@@ -91,6 +94,22 @@ class EmbedJob:
     progress: bool = True
     command: list[str] = field(default_factory=list)  # argv, for the run log
 
+    def __post_init__(self) -> None:
+        """Every option checked before anything is read or written (a one-line UsageError naming it)."""
+        check_table_name(self.table)
+        check_positive(self, "max_length", "actors", "threads_per_actor", "rows_per_batch", "rows_per_write",
+                       "max_tokens_per_batch", "object_store_memory")
+        for name in ("input", "output", "id_column", "text_column", "model"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                msg = f"{option_name(name) if name not in ('input', 'output') else name.upper()} is empty"
+                raise UsageError(msg)
+        if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in self.dims):
+            msg = f"--dims must be positive integers, got {self.dims}"
+            raise UsageError(msg)
+        check_choices("outputs", self.outputs, OUTPUTS)
+        check_choices("precision", self.precision, PRECISIONS)
+        check_keep_columns(self.keep_columns)
+
     def encoder_spec(self) -> EncoderSpec:
         return EncoderSpec(
             model=self.model,
@@ -103,6 +122,20 @@ class EmbedJob:
         )
 
 
+def check_keep_columns(names: list[str]) -> None:
+    """Kept input columns may not take the name of a column embedlake writes (id, text_hash, model,
+    source_file, dense, dense_<d>, sparse, colbert), nor be named twice."""
+    clashes = [name for name in names if is_table_column(name)]
+    if clashes:
+        msg = (f"--keep-columns {', '.join(map(repr, clashes))}: the table writes its own column of that name "
+               f"(id, text_hash, model, source_file and the vector columns are embedlake's); rename the input column")
+        raise UsageError(msg)
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        msg = f"--keep-columns names {', '.join(map(repr, twice))} more than once"
+        raise UsageError(msg)
+
+
 def run_embed(job: EmbedJob) -> dict:
     """Run the job and return the JSON summary (README: What a run guarantees)."""
     started = time.time()
@@ -113,21 +146,27 @@ def run_embed(job: EmbedJob) -> dict:
     require_columns(input_schema, [*required, *job.keep_columns], f"input {job.input}")
     spec = job.encoder_spec()
     description = describe_encoder(spec)
+    kind = model_kind(job.model, job.storage)
+    if job.outputs and kind != "bge-m3":
+        msg = (f"--outputs {','.join(job.outputs)} applies to BGE-M3 models; {job.model} is a Matryoshka (MRL) model, "
+               "whose outputs are dense and the --dims nested sizes")
+        raise UsageError(msg)
     meta = TableMeta(
         model=job.model,
         model_id=description.model_id,
-        kind=model_kind(job.model, job.storage),
+        kind=kind,
         dims=description.dims,
         outputs=[f.name for f in description.fields],
         max_length=description.max_length,
+        precision=job.precision,
     )
     keep_fields = [input_schema.field(name) for name in job.keep_columns]
     schema = with_meta(embeddings_schema(description.fields, keep_fields), meta)
     lake = Lake(job.output, job.storage)
+    lake.check_writable()
     tables = Tables(main=lake.table(job.table), quarantine=lake.table(quarantine_table_name(job.table)), schema=schema)
-    ensure_table(tables.main, schema, primary_key=ID, overwrite=job.overwrite)
-    ensure_table(tables.quarantine, QUARANTINE_SCHEMA, primary_key=SOURCE, overwrite=job.overwrite)
-    manifest = FileManifest(lake, job.table, overwrite=job.overwrite)
+    manifest = FileManifest(lake, job.table)
+    _check_tables(job, tables, manifest, lake.table(f"{job.table}{RUNS_SUFFIX}"))
     config = {k: v for k, v in asdict(job).items() if k != "command"}
     run_log = RunLog.for_table(lake, job.table, job="embed",
                                command=job.command or sys.argv, config=config, model=description.model_id)
@@ -135,13 +174,40 @@ def run_embed(job: EmbedJob) -> dict:
     try:
         summary = _run(job, shards, required, spec, tables, manifest, description.model_id, run_log.run_id, started)
     except BaseException as error:
-        run_log.finish({}, error=one_line(error, 1000, job.storage))
+        try:
+            run_log.finish({}, error=one_line(error, 1000, job.storage))
+        except Exception as unrecorded:  # noqa: BLE001 - e.g. a full disk: the run's own error is the one to report
+            log.warning("could not record the failed run in %s: %s", run_log.target.name, one_line(unrecorded, 300))
         raise
     summary["run_id"] = run_log.run_id
+    if summary["rows_written"]:
+        write_meta(tables.main, meta)
     # The run's last step: every row is accounted for and committed, the manifest and indexes are
     # current. Whatever readers should see only after a complete run (a serving tag) moves here.
     run_log.finish(summary)
     return summary
+
+
+def _check_tables(job: EmbedJob, tables: Tables, manifest: FileManifest, runs: TableRef) -> None:
+    """Every clash with tables already in OUTPUT, found before the run writes anything: the table's
+    columns (unless --overwrite replaces it), and companion tables (`<T>_quarantine`, `<T>_files`, `<T>_runs`)
+    that are some other table of the same name, which no run may replace."""
+    if not job.overwrite:
+        check_columns(tables.main, tables.schema)
+    not_ours = ("it is not the {} of table {!r} but another table of that name: choose another --table, "
+                "or move that table away")
+    for target, schema, what in ((tables.quarantine, QUARANTINE_SCHEMA, "quarantine"),
+                                 (manifest.target, FILES_SCHEMA, "file manifest"), (runs, RUNS_SCHEMA, "run log")):
+        check_columns(target, schema, hint=not_ours.format(what, job.table))
+
+
+def _prepare_tables(job: EmbedJob, tables: Tables, manifest: FileManifest) -> None:
+    """Create the tables, or replace them with --overwrite: only once the input has passed every check that
+    can fail before encoding (listing, schema, every shard's footer and columns, the model), so a bad input
+    never leaves a replaced table empty. (Lance keeps the replaced version: `lance.dataset(..., version=)`.)"""
+    ensure_table(tables.main, tables.schema, primary_key=ID, overwrite=job.overwrite)
+    ensure_table(tables.quarantine, QUARANTINE_SCHEMA, primary_key=SOURCE, overwrite=job.overwrite)
+    manifest.ensure(overwrite=job.overwrite)
 
 
 @dataclass
@@ -158,7 +224,7 @@ class InputState:
 
 def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec, tables: Tables,
          manifest: FileManifest, model_id: str, run_id: str, started: float) -> dict:
-    recorded = manifest.load()
+    recorded = {} if job.overwrite else manifest.load()
     skipped = {} if job.rescan else unchanged_files(shards.versions, recorded, model_id)
     listed = set(shards.files)
     vanished = sorted(path for path in recorded if path not in listed)
@@ -172,6 +238,7 @@ def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec
             workers = plan_workers(cluster_cpus(), cluster_gpus(), job.actors, job.threads_per_actor,
                                    job.rows_per_batch)
             state.plan = plan_reads(shards, to_read, required, workers.rows_per_batch, job.skip_bad_files)
+            _prepare_tables(job, tables, manifest)
             _quarantine_bad_files(state.plan, tables, run_id)
             log.info("embedding %d rows from %d shard(s) (%d unchanged shards of %d rows skipped, %d bad files) "
                      "with %s", state.plan.rows_in, len(state.plan.rows), len(skipped), sum(skipped.values()),
@@ -184,6 +251,8 @@ def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec
                 stopping = time.time()
                 ray.shutdown()
                 shutdown_seconds = time.time() - stopping
+    else:
+        _prepare_tables(job, tables, manifest)
     if counts.rows_read != state.plan.rows_in:
         msg = (f"row accounting failed: {state.plan.rows_in} rows read, {counts.rows_read} written, unchanged or "
                "quarantined; the table holds what was committed, re-run the same command to finish")
@@ -235,7 +304,9 @@ def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec
 
 
 def _quarantine_bad_files(plan: ReadPlan, tables: Tables, run_id: str) -> None:
-    """A whole unreadable shard is one quarantine entry (its rows cannot be counted)."""
+    """A whole unreadable shard is one quarantine entry (its rows cannot be counted); a shard readable again
+    loses its entry."""
+    clear_quarantined(tables.quarantine, list(plan.rows))
     if plan.bad_files:
         rows = [{ID: None, SOURCE: path, REASON: f"unreadable shard: {reason}", RUN_ID: run_id}
                 for path, reason in plan.bad_files.items()]

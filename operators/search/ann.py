@@ -76,8 +76,13 @@ def build_indexes(
 ) -> dict:
     """Python API behind `embedlake index`: an ANN index per dense column (or a note why not), the recall
     of each against exact search, and the sparse inverted index refreshed."""
+    from operators.errors import check_range
     from operators.schema import SPARSE
     from operators.search.sparse_index import open_sparse_index
+
+    check_range("min_rows", min_rows, 0)
+    check_range("sample", sample, 1)
+    check_range("k", k, 1)
 
     store = TableStore(uri, table, storage)
     rows = store.rows

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from operators.schema import COLBERT, DENSE, ID, SPARSE, dense_column, is_dense_column
+from operators.errors import UsageError
+from operators.schema import COLBERT, DENSE, ID, SPARSE, dense_column, is_blank, is_dense_column
 from operators.search import hybrid as fusion_ops
 from operators.search.scores import QueryVectors, colbert_scores, dense_scores, fixed_vectors, sparse_scores, top_k
 from operators.search.sparse_index import SparseIndex, open_sparse_index
@@ -79,9 +80,9 @@ class Retriever:
         storage: dict | None = None,
     ) -> None:
         for name, value in (("--shortlist", shortlist), ("--funnel-shortlist", funnel_shortlist)):
-            if value < 1:
-                msg = f"{name} must be at least 1, got {value}"
-                raise ValueError(msg)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                msg = f"{name} must be at least 1, got {value!r}"
+                raise UsageError(msg)
         self.funnel_shortlist = funnel_shortlist
         self.store = TableStore(uri, table, storage)
         self.model = model
@@ -129,16 +130,19 @@ class Retriever:
         funnel: str | int | None = None,
     ) -> list[dict]:
         """The k best rows for one query: [{"id", "score"}], best first, ties broken by id."""
-        if k < 1:
-            msg = f"--k must be at least 1, got {k}"
-            raise ValueError(msg)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            msg = f"--k must be at least 1, got {k!r}"
+            raise UsageError(msg)
         if mode not in SEARCH_MODES:
             msg = f"unknown mode {mode!r} (choose from {', '.join(SEARCH_MODES)})"
-            raise ValueError(msg)
+            raise UsageError(msg)
         for option, value in (("--column", column), ("--funnel", funnel)):
             if value is not None and mode != DENSE_MODE:
                 msg = f"{option} applies to dense mode only, not {mode}"
-                raise ValueError(msg)
+                raise UsageError(msg)
+        if isinstance(query, str) and is_blank(query):
+            msg = "--query is empty (nothing but whitespace or invisible characters): there is nothing to search for"
+            raise UsageError(msg)
         self._check_mode(mode)
         vectors = self.encode([query])[0] if isinstance(query, str) else query
         if mode == DENSE_MODE:

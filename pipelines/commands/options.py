@@ -62,6 +62,13 @@ class JobParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.job = job
 
+    def error(self, message: str):
+        """Argparse's usage errors as one line (the CLI prints `embedlake: error: ...` and exits 2) instead of
+        a usage block followed by the message."""
+        from operators.errors import UsageError
+
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
     def job_type(self) -> type:
         module, _, name = self.job.partition(":")
         return getattr(importlib.import_module(module), name)
