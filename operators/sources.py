@@ -308,19 +308,35 @@ class ReadPlan:
         return sum(self.rows.values())
 
 
-def plan_reads(
+@dataclass
+class Footers:
+    """What the shards' Parquet footers say, read before the run starts anything: each readable shard's
+    row-group sizes, and the shards that cannot be used (unreadable, or lacking a needed column)."""
+
+    files: list[tuple[int, str]]  # (listing index, path) of every shard asked about
+    sizes: dict[str, list[int]]  # readable shard -> rows per row group
+    bad_files: dict[str, str]  # shard -> reason
+
+    def plan(self, rows_per_piece: int) -> ReadPlan:
+        """Read tasks: consecutive row groups of a shard together until they reach `rows_per_piece` (Ray hands
+        an encoder actor whole blocks, and one task per big shard would leave actors idle)."""
+        pieces: list[Piece] = []
+        for index, path in self.files:
+            if path in self.sizes:
+                pieces.extend(split_row_groups(index, path, self.sizes[path], rows_per_piece))
+        return ReadPlan(pieces, {path: sum(sizes) for path, sizes in self.sizes.items()}, dict(self.bad_files))
+
+
+def read_footers(
     shards: ShardSet,
     files: Sequence[tuple[int, str]],
     required: Sequence[str],
-    rows_per_piece: int,
     skip_bad_files: bool = False,
     threads: int | None = None,
-) -> ReadPlan:
-    """Read tasks for `files` ((listing index, path) pairs) from their footers alone, many footers at
-    a time (on an object store each is a round trip). Consecutive row groups of a shard go together
-    until they reach `rows_per_piece`: Ray hands an encoder actor whole blocks, and one task per big
-    shard would leave actors idle. A shard whose footer cannot be read or lacks a needed column fails
-    the run, naming it, or with `skip_bad_files` is reported in `bad_files`."""
+) -> Footers:
+    """The footers of `files` ((listing index, path) pairs), many at a time (on an object store each is a round
+    trip). A shard whose footer cannot be read or lacks a needed column fails the run, naming it, or with
+    `skip_bad_files` is reported in `bad_files`."""
     in_files = [name for name in required if name not in shards.partitions.names]  # hive columns live in paths
 
     def footer(path: str) -> list[int] | str:
@@ -334,20 +350,26 @@ def plan_reads(
 
     threads = threads or (LOCAL_SCAN_THREADS if shards.protocol in ("file", "local") else FOOTER_THREADS)
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:
-        footers = list(pool.map(footer, [path for _, path in files]))
-    bad_files = {path: found for (_, path), found in zip(files, footers, strict=True) if isinstance(found, str)}
+        found = list(pool.map(footer, [path for _, path in files]))
+    bad_files = {path: item for (_, path), item in zip(files, found, strict=True) if isinstance(item, str)}
     if bad_files and not skip_bad_files:
         path, reason = next(iter(bad_files.items()))
         msg = f"cannot read shard {path} ({reason}); fix it or pass --skip-bad-files to quarantine whole bad files"
         raise ValueError(msg)
-    pieces: list[Piece] = []
-    rows: dict[str, int] = {}
-    for (index, path), sizes in zip(files, footers, strict=True):
-        if isinstance(sizes, str):
-            continue
-        rows[path] = sum(sizes)
-        pieces.extend(split_row_groups(index, path, sizes, rows_per_piece))
-    return ReadPlan(pieces, rows, bad_files)
+    sizes = {path: item for (_, path), item in zip(files, found, strict=True) if not isinstance(item, str)}
+    return Footers(list(files), sizes, bad_files)
+
+
+def plan_reads(
+    shards: ShardSet,
+    files: Sequence[tuple[int, str]],
+    required: Sequence[str],
+    rows_per_piece: int,
+    skip_bad_files: bool = False,
+    threads: int | None = None,
+) -> ReadPlan:
+    """Read tasks for `files` from their footers alone (`read_footers`, then `Footers.plan`)."""
+    return read_footers(shards, files, required, skip_bad_files, threads).plan(rows_per_piece)
 
 
 def split_row_groups(index: int, path: str, sizes: Sequence[int], rows_per_piece: int) -> list[Piece]:

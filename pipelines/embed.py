@@ -45,7 +45,7 @@ from operators.schema import (
     require_columns,
 )
 from operators.sinks.lance_sink import check_columns, compact, ensure_table, refresh_indexes, upsert
-from operators.sources import ReadPlan, ShardReader, ShardSet, find_shards, plan_reads, read_schema
+from operators.sources import Footers, ReadPlan, ShardReader, ShardSet, find_shards, read_footers, read_schema
 from operators.storage import as_settings
 from operators.table_meta import TableMeta, with_meta, write_meta
 from operators.tables import Lake, TableRef, check_table_name
@@ -167,12 +167,13 @@ def run_embed(job: EmbedJob) -> dict:
     tables = Tables(main=lake.table(job.table), quarantine=lake.table(quarantine_table_name(job.table)), schema=schema)
     manifest = FileManifest(lake, job.table)
     _check_tables(job, tables, manifest, lake.table(f"{job.table}{RUNS_SUFFIX}"))
+    state = _input_state(job, shards, required, manifest, description.model_id)
     config = {k: v for k, v in asdict(job).items() if k != "command"}
     run_log = RunLog.for_table(lake, job.table, job="embed",
                                command=job.command or sys.argv, config=config, model=description.model_id)
     run_log.start()
     try:
-        summary = _run(job, shards, required, spec, tables, manifest, description.model_id, run_log.run_id, started)
+        summary = _run(job, shards, state, spec, tables, manifest, description.model_id, run_log.run_id, started)
     except BaseException as error:
         try:
             run_log.finish({}, error=one_line(error, 1000, job.storage))
@@ -216,29 +217,37 @@ class InputState:
 
     skipped: dict[str, int]  # shards unchanged since the last successful run for this model -> rows
     vanished: list[str]  # shards the manifest has and the listing does not
-    plan: ReadPlan  # read tasks for the others
+    footers: Footers  # of the others, the shards to read
+    plan: ReadPlan = field(default_factory=lambda: ReadPlan([], {}, {}))  # their read tasks, once Ray is up
 
     def skipped_indexes(self, files: list[str]) -> frozenset[int]:
         return frozenset(i for i, path in enumerate(files) if path in self.skipped)
 
 
-def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec, tables: Tables,
-         manifest: FileManifest, model_id: str, run_id: str, started: float) -> dict:
+def _input_state(job: EmbedJob, shards: ShardSet, required: list[str], manifest: FileManifest,
+                 model_id: str) -> InputState:
+    """The shards to read and their footers, before the run writes anything or starts Ray: a shard that cannot
+    be read or lacks a column fails here (or, with --skip-bad-files, is set aside to be quarantined)."""
     recorded = {} if job.overwrite else manifest.load()
     skipped = {} if job.rescan else unchanged_files(shards.versions, recorded, model_id)
     listed = set(shards.files)
     vanished = sorted(path for path in recorded if path not in listed)
     to_read = [(index, path) for index, path in enumerate(shards.files) if path not in skipped]
+    return InputState(skipped, vanished, read_footers(shards, to_read, required, job.skip_bad_files))
+
+
+def _run(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, tables: Tables,
+         manifest: FileManifest, model_id: str, run_id: str, started: float) -> dict:
+    skipped, vanished = state.skipped, state.vanished
     counts = RunCounts()
     shutdown_seconds = 0.0  # stopping the Ray we started: wall time, not embedding time
-    state = InputState(skipped, vanished, ReadPlan([], {}, {}))
-    if to_read or (job.sync_deletes and vanished):
+    _prepare_tables(job, tables, manifest)
+    if state.footers.files or (job.sync_deletes and vanished):
         we_started_ray = start_ray(job.address, num_cpus=os.cpu_count(), object_store_memory=job.object_store_memory)
         try:
             workers = plan_workers(cluster_cpus(), cluster_gpus(), job.actors, job.threads_per_actor,
                                    job.rows_per_batch)
-            state.plan = plan_reads(shards, to_read, required, workers.rows_per_batch, job.skip_bad_files)
-            _prepare_tables(job, tables, manifest)
+            state.plan = state.footers.plan(workers.rows_per_batch)
             _quarantine_bad_files(state.plan, tables, run_id)
             log.info("embedding %d rows from %d shard(s) (%d unchanged shards of %d rows skipped, %d bad files) "
                      "with %s", state.plan.rows_in, len(state.plan.rows), len(skipped), sum(skipped.values()),
@@ -251,8 +260,6 @@ def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec
                 stopping = time.time()
                 ray.shutdown()
                 shutdown_seconds = time.time() - stopping
-    else:
-        _prepare_tables(job, tables, manifest)
     if counts.rows_read != state.plan.rows_in:
         msg = (f"row accounting failed: {state.plan.rows_in} rows read, {counts.rows_read} written, unchanged or "
                "quarantined; the table holds what was committed, re-run the same command to finish")

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from operators.errors import UsageError
+
 DENSE_MODE = "dense"
 SPARSE_MODE = "sparse"
 COLBERT_MODE = "colbert"
@@ -32,10 +34,10 @@ def parse_weights(text: str | Sequence[float] | None) -> tuple[float, ...] | Non
         weights = tuple(float(part) for part in parts)
     except ValueError as error:
         msg = f"--weights must be 2 or 3 numbers (dense,sparse[,colbert]), got {text!r}"
-        raise ValueError(msg) from error
+        raise UsageError(msg) from error
     if len(weights) not in (2, 3) or any(w < 0 for w in weights) or sum(weights) <= 0:
         msg = f"--weights must be 2 or 3 non-negative numbers, sum > 0 (dense,sparse[,colbert]), got {text!r}"
-        raise ValueError(msg)
+        raise UsageError(msg)
     return weights
 
 
