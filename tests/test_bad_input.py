@@ -388,12 +388,14 @@ def test_runs_keep_user_columns_clear_fixed_rows_record_precision_and_overwrite_
 
 
 @pytest.mark.ray
-def test_sigterm_after_ray_started_exits_130_with_one_line():
-    """Finding 9: SIGTERM during a run died with Ray's C++ stack dump and no `embedlake:` line: Ray's driver
-    installs its own SIGTERM handler, which starting Ray now replaces with the CLI's again."""
+def test_sigterm_after_ray_started_exits_130_with_one_line(ray_session):
+    """Finding 9: SIGTERM during a run died with Ray's C++ stack dump and no `embedlake:` line: `ray.init`
+    installs its own SIGTERM handler in every driver, which start_ray now replaces with the CLI's again. The
+    child joins the session's Ray (a fresh one costs a minute on a loaded machine)."""
+    address = ray_session.get_runtime_context().gcs_address
     script = ("import sys, time\nfrom pipelines import cli\nfrom pipelines.commands import embed\n"
               "from pipelines.ray_runtime import start_ray\n"
-              "def run(args):\n    start_ray(None, num_cpus=1, object_store_memory=100 * 2**20)\n"
+              f"def run(args):\n    start_ray({address!r})\n"
               "    print('ray started', file=sys.stderr, flush=True)\n    time.sleep(300)\n"
               "embed.run = run\nsys.exit(cli.main(['embed', 'in', 'out']))\n")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE, text=True,
