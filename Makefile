@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo test lint docs bench bench-memory bench-search bench-quantize bench-cluster bench-train bench-scale clean
+.PHONY: install install-test demo test test-fast lint docs bench bench-memory bench-search bench-quantize bench-cluster bench-train bench-scale clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ demo: install
 
 test: install-test
 	$(VENV)/bin/python -m pytest -q
+
+# The inner loop: every test that needs neither Ray nor a slow benchmark (operators, encoders against the
+# reference libraries, storage, CLI parsing); `make test` before landing.
+test-fast: install-test
+	$(VENV)/bin/python -m pytest -q -m 'not slow and not ray'
 
 # docs/cli.md from the parsers (tests/test_cli_reference.py fails when it is stale).
 docs: install

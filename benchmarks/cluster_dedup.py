@@ -151,6 +151,18 @@ class TreeMemory:
             self._stop.wait(SAMPLE_SECONDS)
 
 
+def command_record(argv: list[str], keys: tuple[str, ...]) -> dict:
+    """Run one command; its wall seconds, per-stage seconds, memory peaks and the result's `keys`."""
+    result, seconds, memory = run_command(argv)
+    return {
+        "seconds": seconds,
+        "stages": result["seconds"],
+        "peak_tree_pss_mb": memory.peak_pss / 2**20,
+        "peak_driver_rss_mb": memory.peak_driver_rss / 2**20,
+        **{key: result[key] for key in keys},
+    }
+
+
 def run_command(argv: list[str]) -> tuple[dict, float, TreeMemory]:
     """One `embedlake` command in a fresh process: its JSON result, wall seconds, and memory peaks."""
     env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -209,30 +221,13 @@ def bench_size(rows: int, args, root: str) -> dict:
         "generate_seconds": time.perf_counter() - started,
     }
     record["load_average"] = os.getloadavg()[0]
-    cluster, seconds, memory = run_command(
-        ["cluster", uri, "--table", TABLE, "--k", str(args.k), "--labels-column", TOPIC]
+    record["cluster"] = command_record(
+        ["cluster", uri, "--table", TABLE, "--k", str(args.k), "--labels-column", TOPIC],
+        ("nmi", "silhouette", "davies_bouldin", "empty_clusters"),
     )
-    record["cluster"] = {
-        "seconds": seconds,
-        "stages": cluster["seconds"],
-        "peak_tree_pss_mb": memory.peak_pss / 2**20,
-        "peak_driver_rss_mb": memory.peak_driver_rss / 2**20,
-        "nmi": cluster["nmi"],
-        "silhouette": cluster["silhouette"],
-        "davies_bouldin": cluster["davies_bouldin"],
-        "empty_clusters": cluster["empty_clusters"],
-    }
-    dedup, seconds, memory = run_command(["dedup", uri, "--table", TABLE, "--eps", str(args.eps)])
-    record["dedup"] = {
-        "seconds": seconds,
-        "stages": dedup["seconds"],
-        "peak_tree_pss_mb": memory.peak_pss / 2**20,
-        "peak_driver_rss_mb": memory.peak_driver_rss / 2**20,
-        "k": dedup["k"],
-        "duplicates": dedup["duplicates"],
-        "removed_fraction": dedup["removed_fraction"],
-        **score_dedup(uri, planted),
-    }
+    record["dedup"] = command_record(["dedup", uri, "--table", TABLE, "--eps", str(args.eps)],
+                                     ("k", "duplicates", "removed_fraction"))
+    record["dedup"].update(score_dedup(uri, planted))
     if not args.keep_tables:
         shutil.rmtree(uri, ignore_errors=True)
     return record

@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from operators.search.dense import exact_topn, funnel_topn
+from operators.vectors import normalize_rows
 
 GEN_BLOCK = 100_000
 
@@ -35,11 +36,6 @@ GEN_BLOCK = 100_000
 def spectrum(dim: int, decay: float) -> np.ndarray:
     """Per-dimension standard deviation: variance ~ 1/(j+1)^decay."""
     return (np.arange(1, dim + 1, dtype=np.float64) ** (-decay / 2)).astype(np.float32)
-
-
-def _unit(matrix: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12)
 
 
 def generate(rows: int, dim: int, small: int, clusters: int, spread: float, decay: float, seed: int,
@@ -54,11 +50,11 @@ def generate(rows: int, dim: int, small: int, clusters: int, spread: float, deca
         count = min(GEN_BLOCK, rows - start)
         block = centres[rng.integers(0, clusters, count)]
         block += rng.standard_normal((count, dim), dtype=np.float32) * (scale * spread)
-        full[start:start + count] = _unit(block)
-        short[start:start + count] = _unit(block[:, :small])
+        full[start:start + count] = normalize_rows(block)
+        short[start:start + count] = normalize_rows(block[:, :small])
     raw = centres[rng.integers(0, clusters, queries)] + rng.standard_normal((queries, dim),
                                                                             dtype=np.float32) * (scale * spread)
-    return full, short, _unit(raw).astype(np.float32), _unit(raw[:, :small]).astype(np.float32)
+    return full, short, normalize_rows(raw).astype(np.float32), normalize_rows(raw[:, :small]).astype(np.float32)
 
 
 def best_time(function, repeats: int) -> tuple[float, object]:
@@ -179,8 +175,8 @@ def run_lancedb(args: argparse.Namespace, full, small, q_full, q_small) -> dict:
     import pyarrow as pa
 
     from operators.schema import DENSE, ID, dense_column
+    from operators.scoring import QueryVectors
     from operators.search.retriever import Retriever
-    from operators.search.scores import QueryVectors
 
     small_name = dense_column(args.small)
     db = lancedb.connect(args.lancedb)

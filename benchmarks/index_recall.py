@@ -19,8 +19,8 @@ import pyarrow as pa
 
 from benchmarks.funnel import generate
 from operators.schema import DENSE, ID, dense_column
-from operators.search.ann import build_indexes
 from operators.search.index_plan import IndexType
+from pipelines.index import IndexJob, run_index
 
 
 def write_table(uri: str, rows: int, dim: int, small: int, spread: float, decay: float, seed: int) -> None:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         write_table(uri, args.rows, args.dim, args.small, args.spread, args.decay, args.seed)
         written = time.perf_counter() - started
-        result = build_indexes(uri, "bench", index_type=args.index_type, min_rows=1, sample=args.sample)
+        result = run_index(IndexJob(uri, "bench", index_type=args.index_type, min_rows=1, sample=args.sample))
         result["write_seconds"] = round(written, 1)
     print(json.dumps(result, indent=2))
     return 0

@@ -1,5 +1,5 @@
 """What the numbers were measured on: CPU model, cores, GPU, library versions, load, and the GPU's
-measured bf16 matmul ceiling (the denominator of MFU, as in shared/docs/performance.md)."""
+measured bf16 matmul ceiling (the denominator of MFU, as in docs/encoders.md)."""
 
 from __future__ import annotations
 

@@ -43,6 +43,7 @@ def build_random_bge_m3(folder: str, size: str, max_positions: int = 8192, seed:
     """Write a random BGE-M3-layout checkpoint of `size` into `folder`; return the folder."""
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
+    from operators.encoders.bge_m3 import COLBERT_HEAD, SPARSE_HEAD
     from operators.encoders.loader import resolve_model_path
 
     shape = SIZES[size]
@@ -67,8 +68,8 @@ def build_random_bge_m3(folder: str, size: str, max_positions: int = 8192, seed:
     model = XLMRobertaModel(config).eval()
     # bf16 halves the large folder (1.3 GB -> 0.7 GB); each reader loads it in the dtype it runs in.
     model.to(torch.bfloat16 if size == "large" else torch.float32).save_pretrained(folder)
-    torch.save(torch.nn.Linear(shape.hidden, shape.hidden).state_dict(), os.path.join(folder, "colbert_linear.pt"))
-    torch.save(torch.nn.Linear(shape.hidden, 1).state_dict(), os.path.join(folder, "sparse_linear.pt"))
+    torch.save(torch.nn.Linear(shape.hidden, shape.hidden).state_dict(), os.path.join(folder, COLBERT_HEAD))
+    torch.save(torch.nn.Linear(shape.hidden, 1).state_dict(), os.path.join(folder, SPARSE_HEAD))
     _write_sentence_transformers_config(folder, shape.hidden, max_positions)
     return folder
 

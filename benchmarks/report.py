@@ -88,7 +88,7 @@ def _is_peer(result: Result, results: list[Result]) -> bool:
 
 def machine_lines(machine: dict, peak_flops: float | None) -> list[str]:
     gpu = f"{machine['gpus']} x {machine['gpu']}" if machine["gpu"] else "none"
-    lines = [
+    return [
         f"- date: {machine['date']}",
         f"- CPU: {machine['cpu']}, {machine['cores']} cores ({', '.join(machine['cpu_flags']) or 'no AVX-512'})",
         f"- GPU: {gpu}" + (f", measured bf16 matmul {peak_flops / 1e12:,.0f} TFLOP/s (MFU denominator)"
@@ -97,7 +97,6 @@ def machine_lines(machine: dict, peak_flops: float | None) -> list[str]:
         f"sentence-transformers {machine['sentence_transformers']}, ray {machine['ray']}",
         f"- load average at start: {machine['load_average']}",
     ]
-    return lines
 
 
 def section(title: str, machine: dict, results: list[Result], peak_flops: float | None, notes: list[str]) -> str:

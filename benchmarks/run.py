@@ -36,16 +36,12 @@ from benchmarks.corpus import long_documents, sample_texts  # noqa: E402
 from benchmarks.machine import cpu_flags, describe_machine, matmul_peak_flops  # noqa: E402
 from benchmarks.models import SIZES, build_random_bge_m3  # noqa: E402
 from benchmarks.report import Result, append_results, section, table  # noqa: E402
-from pipelines.commands.embed import object_store_size  # noqa: E402
+from pipelines.commands.options import int_list, object_store_size  # noqa: E402
 
 GPU_DEFAULTS = {"texts": 30000, "bge_m3_size": "large", "bge_m3_texts": 30000, "long_docs": 160,
                 "precisions": "auto"}
 CPU_DEFAULTS = {"texts": 400, "bge_m3_size": "small", "bge_m3_texts": 200, "long_docs": 0,
                 "precisions": "auto,bf16,int8"}
-
-
-def int_list(value: str) -> list[int]:
-    return [int(part) for part in value.split(",") if part.strip()]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

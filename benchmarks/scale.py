@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from benchmarks.machine import describe_machine
     from benchmarks.models import build_random_bge_m3
-    from pipelines.commands.embed import object_store_size
+    from pipelines.commands.options import object_store_size
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     cases = {c.strip() for c in args.cases.split(",")}

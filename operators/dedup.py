@@ -17,28 +17,36 @@ group's keeper and similarity the cosine between the two (below `1 - eps` only a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from operators.cluster import DEFAULT_SEED
 from operators.schema import DUPLICATE_OF, DUPLICATES_SCHEMA, ID, SIMILARITY
 from operators.vectors import normalize_rows
 
-RANK_HARD = "hard"
-RANK_EASY = "easy"
-RANK_RANDOM = "random"
-RANKINGS = (RANK_HARD, RANK_EASY, RANK_RANDOM)
 
-KEEP_FIRST = "first"
-KEEP_MIN_ID = "min-id"
-KEEP_LONGEST = "longest"
-KEEP_POLICIES = (KEEP_FIRST, KEEP_MIN_ID, KEEP_LONGEST)
+class Ranking(StrEnum):
+    """The order of a cluster's members, the earliest kept."""
+
+    HARD = "hard"  # farthest from the centroid first (SemDeDup)
+    EASY = "easy"  # nearest first
+    RANDOM = "random"  # a seeded permutation
+
+
+class Keep(StrEnum):
+    """Which member of a duplicate group stays."""
+
+    FIRST = "first"  # the first-ranked (SemDeDup)
+    MIN_ID = "min-id"  # the smallest id: stable across re-runs and encoders
+    LONGEST = "longest"  # the longest text, ties to the smallest id
+
 
 # NeMo Curator's and SemDeDup's default: duplicates above cosine 0.99.
 DEFAULT_EPS = 0.01
 DEFAULT_BLOCK = 1024
-DEFAULT_SEED = 1234
 # Cap on one block's similarity matrix (float32 cells), so a giant cluster narrows its blocks instead of
 # growing memory: 64M cells = 256 MB.
 MAX_BLOCK_CELLS = 64 * 1024 * 1024
@@ -49,8 +57,8 @@ class SemDedupConfig:
     """SemDeDup's knobs: threshold (1 - eps), in-cluster ranking, keep policy, block width, seed."""
 
     eps: float = DEFAULT_EPS
-    rank: str = RANK_HARD
-    keep: str = KEEP_FIRST
+    rank: Ranking = Ranking.HARD
+    keep: Keep = Keep.FIRST
     block: int = DEFAULT_BLOCK
     seed: int = DEFAULT_SEED
 
@@ -58,11 +66,11 @@ class SemDedupConfig:
         if not 0.0 <= self.eps < 2.0:
             msg = f"eps must be in [0, 2) (duplicates have cosine >= 1 - eps), got {self.eps}"
             raise ValueError(msg)
-        if self.rank not in RANKINGS:
-            msg = f"rank must be one of {', '.join(RANKINGS)}, got {self.rank!r}"
+        if self.rank not in list(Ranking):
+            msg = f"rank must be one of {', '.join(Ranking)}, got {self.rank!r}"
             raise ValueError(msg)
-        if self.keep not in KEEP_POLICIES:
-            msg = f"keep must be one of {', '.join(KEEP_POLICIES)}, got {self.keep!r}"
+        if self.keep not in list(Keep):
+            msg = f"keep must be one of {', '.join(Keep)}, got {self.keep!r}"
             raise ValueError(msg)
         if self.block < 1:
             msg = f"block must be at least 1, got {self.block}"
@@ -117,10 +125,10 @@ def id_ranks(ids: np.ndarray) -> np.ndarray:
 def rank_order(ids: np.ndarray, distances: np.ndarray, rank: str, seed: int) -> np.ndarray:
     """Member indices in SemDeDup's ranking: "hard" farthest from the centroid first, "easy" nearest first
     (ties by id), "random" a seeded permutation."""
-    if rank == RANK_RANDOM:
+    if rank == Ranking.RANDOM:
         return np.random.default_rng(seed).permutation(len(ids))
     distances = np.asarray(distances, dtype=np.float64)
-    key = -distances if rank == RANK_HARD else distances
+    key = -distances if rank == Ranking.HARD else distances
     return np.lexsort((id_ranks(ids), key))
 
 
@@ -173,9 +181,9 @@ def group_keepers(n: int, sources: np.ndarray, targets: np.ndarray, preference: 
 
 def keep_preference(keep: str, ids: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
     """Smaller is kept first: ranked position ("first"), id order ("min-id"), longest text ("longest")."""
-    if keep == KEEP_FIRST:
+    if keep == Keep.FIRST:
         return np.arange(len(ids))
-    if keep == KEEP_MIN_ID:
+    if keep == Keep.MIN_ID:
         return id_ranks(ids)
     if lengths is None:
         msg = "keep policy 'longest' needs text lengths"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,19 +20,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from operators import scoring
 from operators.errors import UsageError
-from operators.metrics import evaluate_run, json_safe, metric_name, qrels_from_rows
+from operators.metrics import evaluate_run, metric_name, qrels_from_rows
 from operators.schema import COLBERT, DENSE, SPARSE, nested_dim, require_columns
-from operators.search import hybrid as fusion_ops
+from operators.scoring import Fusion, top_k
 from operators.search.dense import scan_topn
-from operators.search.retriever import (
-    DEFAULT_FUNNEL_SHORTLIST,
-    DEFAULT_SHORTLIST,
-    HYBRID_MODE,
-    Retriever,
-    hits,
-)
-from operators.search.scores import fixed_vectors, ragged_lengths, sparse_children, top_k
+from operators.search.retriever import Retriever, SearchMode, hits
+from operators.vectors import as_matrix, ragged_lengths, sparse_children
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +94,6 @@ def _read(path: str, columns: list[str]):
     return table.select(columns)
 
 
-def default_report_path(uri: str, table: str) -> str:
-    """`<uri>/<T>.evaluation.json` for a local database, else `./<T>.evaluation.json`."""
-    if "://" in uri and not uri.startswith("file://"):
-        return os.path.abspath(f"{table}.evaluation.json")
-    return os.path.join(uri.removeprefix("file://"), f"{table}.evaluation.json")
-
-
 class Evaluator:
     """Runs every mode of one table over one set of labelled queries."""
 
@@ -146,7 +133,7 @@ class Evaluator:
                     for qid, query in zip(self.labelled.ids, self.vectors, strict=True)}
         positions, _ = scan_topn(self.store, small, self.query_matrix(small), self.retriever.funnel_shortlist)
         unique, inverse = np.unique(positions, return_inverse=True)
-        full = fixed_vectors(self.store.take(unique, [DENSE]).column(DENSE))
+        full = as_matrix(self.store.take(unique, [DENSE]).column(DENSE))
         ids = self.store.ids()
         run = {}
         for i, qid in enumerate(self.labelled.ids):
@@ -173,7 +160,7 @@ class Evaluator:
     def fused_run(self, candidates: list, weights: dict[str, float], fusion: str) -> dict:
         run = {}
         for qid, found in zip(self.labelled.ids, candidates, strict=True):
-            fused = fusion_ops.fuse(found.ids, found.scores, weights, fusion)
+            fused = scoring.fuse(found.ids, found.scores, weights, fusion)
             run[qid] = [(h["id"], h["score"]) for h in hits(found.ids, fused, self.k)]
         return run
 
@@ -206,21 +193,21 @@ class Evaluator:
         modes = self.retriever.available_modes()
         candidates = self.candidates(dense_positions)
         if self.store.has(COLBERT):
-            run = {qid: [(h["id"], h["score"]) for h in hits(found.ids, found.scores[fusion_ops.COLBERT_MODE],
+            run = {qid: [(h["id"], h["score"]) for h in hits(found.ids, found.scores[scoring.COLBERT_MODE],
                                                                self.k)]
                    for qid, found in zip(self.labelled.ids, candidates, strict=True)}
             entries[COLBERT] = {**self.score(run), "bytes_per_vector": bytes_per_vector(self.store, COLBERT),
                                 "shortlist": self.retriever.shortlist}
         combined_bytes = sum((results | entries)[mode]["bytes_per_vector"] for mode in modes)
-        chosen = fusion_ops.mode_weights(weights, modes)
-        entries[HYBRID_MODE] = {**self.score(self.fused_run(candidates, chosen, fusion_ops.WEIGHTED)),
+        chosen = scoring.mode_weights(weights, modes)
+        entries[SearchMode.HYBRID] = {**self.score(self.fused_run(candidates, chosen, Fusion.WEIGHTED)),
                                 "bytes_per_vector": combined_bytes,
-                                "weights": [chosen.get(mode, 0.0) for mode in fusion_ops.MODES]}
-        equal = fusion_ops.mode_weights((1.0, 1.0, 1.0), modes)
-        entries[f"{HYBRID_MODE}_rrf"] = {**self.score(self.fused_run(candidates, equal, fusion_ops.RRF)),
+                                "weights": [chosen.get(mode, 0.0) for mode in scoring.MODES]}
+        equal = scoring.mode_weights((1.0, 1.0, 1.0), modes)
+        entries[f"{SearchMode.HYBRID}_rrf"] = {**self.score(self.fused_run(candidates, equal, Fusion.RRF)),
                                          "bytes_per_vector": combined_bytes}
         if tune_weights:
-            entries[f"{HYBRID_MODE}_tuned"] = {**self.tune(candidates, modes), "bytes_per_vector": combined_bytes}
+            entries[f"{SearchMode.HYBRID}_tuned"] = {**self.tune(candidates, modes), "bytes_per_vector": combined_bytes}
         return entries
 
     def tune(self, candidates: list, modes: Sequence[str]) -> dict:
@@ -229,11 +216,11 @@ class Evaluator:
         The best weights are fitted to these very queries, so their score is optimistic; `heldout` gives
         an honest estimate by 2-fold cross-validation (tune on even-numbered queries, score the odd ones,
         and the other way round, averaged)."""
-        grid = fusion_ops.weight_grid(list(modes), TUNE_STEP)
+        grid = scoring.weight_grid(list(modes), TUNE_STEP)
         ndcg, recall, mrr = (metric_name(m, self.k) for m in ("ndcg", "recall", "mrr"))
         per_query = []
         for weights in grid:
-            run = self.fused_run(candidates, weights, fusion_ops.WEIGHTED)
+            run = self.fused_run(candidates, weights, Fusion.WEIGHTED)
             per_query.append(run)
 
         def best_on(query_ids: list[str]) -> tuple[dict, dict]:
@@ -250,7 +237,7 @@ class Evaluator:
             fold_weights, _ = best_on(tune_on)
             run = per_query[grid.index(fold_weights)]
             heldout.append(evaluate_run(run, self.labelled.qrels, test_on, self.k).means)
-        result = {**means, "weights": [weights.get(mode, 0.0) for mode in fusion_ops.MODES],
+        result = {**means, "weights": [weights.get(mode, 0.0) for mode in scoring.MODES],
                   "grid_points": len(grid), "step": TUNE_STEP}
         result["heldout"] = {name: float(np.mean([fold[name] for fold in heldout])) for name in means}
         return result
@@ -273,76 +260,4 @@ def bytes_per_vector(store, column: str) -> float:
             return float(ragged_lengths(sparse_children(array)[0]).mean() * 8)
         return float(ragged_lengths(array).mean() * store.schema.field(column).type.value_type.list_size * 2)
     return float(store.dim(column) * 4)
-
-
-def evaluate(
-    uri: str,
-    table: str,
-    queries_path: str,
-    qrels_path: str,
-    k: int = 10,
-    tune_weights: bool = False,
-    weights: Sequence[float] | None = None,
-    shortlist: int = DEFAULT_SHORTLIST,
-    model: str | None = None,
-    report_path: str | None = None,
-    use_index: bool = False,
-    limit: int | None = None,
-    plot: bool = True,
-    funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST,
-    storage: dict | None = None,
-) -> dict:
-    """Python API behind `embedlake evaluate`. Returns {"<column or mode>": {"recall@k", "mrr@k", "ndcg@k",
-    "bytes_per_vector"}, ..., "k", "queries", "queries_without_relevant", "report", "plot"}."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        msg = f"--k must be at least 1, got {k!r}"
-        raise UsageError(msg)
-    started = time.perf_counter()
-    labelled = load_labelled_queries(queries_path, qrels_path, limit)
-    if not labelled.ids:
-        msg = f"{queries_path} has no queries"
-        raise ValueError(msg)
-    retriever = Retriever(uri, table, model=model, shortlist=max(shortlist, k), exact=not use_index,
-                          funnel_shortlist=max(funnel_shortlist, k), storage=storage)
-    store = retriever.store
-    unknown = set(store.ids().tolist())
-    judged_docs = {doc for judged in labelled.qrels.values() for doc, rel in judged.items() if rel > 0}
-    missing_docs = len(judged_docs - unknown)
-    if missing_docs:
-        log.warning("%d relevant doc ids in %s are not in table %s; they count as not retrieved",
-                    missing_docs, qrels_path, table)
-    evaluator = Evaluator(retriever, labelled, k, use_index=use_index)
-    results, dense_positions = evaluator.dense_entries()
-    if store.has(SPARSE):
-        results[SPARSE] = {**evaluator.score(evaluator.sparse_run()), "bytes_per_vector": bytes_per_vector(store,
-                                                                                                          SPARSE)}
-    if store.has(DENSE) and (store.has(SPARSE) or store.has(COLBERT)):
-        results.update(evaluator.multi_mode_entries(dense_positions, weights, tune_weights, results))
-    elif tune_weights:
-        log.warning("--tune-weights needs a table with BGE-M3 sparse or colbert outputs; skipped")
-    summary = evaluate_run({}, labelled.qrels, labelled.ids, k)
-    output = {
-        **results,
-        "k": k,
-        "queries": summary.queries,
-        "queries_without_relevant": summary.queries_without_relevant,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    report_path = report_path or default_report_path(uri, table)
-    output["report"] = report_path
-    if plot:
-        from operators.evaluation_plot import plot_quality
-
-        output["plot"] = plot_quality(results, k, os.path.splitext(report_path)[0] + ".png", title=table)
-    _write_json(report_path, output)
-    return output
-
-
-def _write_json(path: str, result: dict) -> None:
-    import json
-
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with open(path, "w") as handle:
-        json.dump(json_safe(result), handle, indent=2, allow_nan=False)
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from operators.cluster import DEFAULT_SEED
 from operators.dedup import (
-    KEEP_LONGEST,
-    KEEP_MIN_ID,
+    Keep,
     duplicates_table,
     empty_duplicates,
     group_keepers,
@@ -28,7 +28,6 @@ LENGTH = "length"
 DEFAULT_NUM_PERM = 128
 DEFAULT_NGRAM = 5
 DEFAULT_THRESHOLD = 0.8
-DEFAULT_SEED = 1
 # datasketch >= 2's default hash scheme; signatures must be rebuilt with the scheme that made them.
 SCHEME = "affine32"
 
@@ -87,7 +86,7 @@ def minhash_duplicates(
     ids: np.ndarray,
     sigs: np.ndarray,
     threshold: float = DEFAULT_THRESHOLD,
-    keep: str = KEEP_MIN_ID,
+    keep: str = Keep.MIN_ID,
     lengths: np.ndarray | None = None,
     seed: int = DEFAULT_SEED,
 ) -> pa.Table:
@@ -112,7 +111,7 @@ def minhash_duplicates(
             close = candidates[jaccard_estimate(sigs[candidates], sigs[index]) >= threshold]
             sources.extend([index] * len(close))
             targets.extend(close.tolist())
-    policy = KEEP_LONGEST if keep == KEEP_LONGEST else KEEP_MIN_ID
+    policy = Keep.LONGEST if keep == Keep.LONGEST else Keep.MIN_ID
     preference = keep_preference(policy, ids, lengths)
     keeper = group_keepers(n, np.asarray(sources, np.int64), np.asarray(targets, np.int64), preference)
     removed = np.flatnonzero(keeper != np.arange(n))

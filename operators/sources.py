@@ -75,10 +75,10 @@ def find_shards(uri: str, storage_options: dict | None = None) -> ShardSet:
         literal = not any(char in path for char in GLOB_CHARS) or fs.exists(path)
         if not literal:
             base = listing_base(path)
-            infos = {}
-            for found, info in fs.glob(path, detail=True).items():  # files only, Parquet only, as for a folder
-                if info.get("type") == "file" and found.endswith(PARQUET_SUFFIXES) and not _hidden(found[len(base):]):
-                    infos[found] = info
+            # files only, Parquet only, no markers or hidden files: what the folder form reads
+            infos = {found: info for found, info in fs.glob(path, detail=True).items()
+                     if info.get("type") == "file" and found.endswith(PARQUET_SUFFIXES)
+                     and not _hidden(found[len(base):])}
         elif fs.isdir(path):
             base = path
             infos = _parquet_files(fs, path)

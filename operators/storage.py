@@ -90,6 +90,11 @@ def protocol_of(uri: str) -> str:
     return PROTOCOLS.get(scheme, scheme)
 
 
+def local_path(uri: str) -> str | None:
+    """The filesystem path of a local URI (a plain path or file://...), None for an object store."""
+    return uri.removeprefix("file://") if protocol_of(uri) == LOCAL else None
+
+
 def resolve_storage(config: Mapping | None = None, environ: Mapping[str, str] | None = None) -> StorageSettings:
     """Settings from the standard environment variables, overridden by a config `storage:` mapping.
 
@@ -223,7 +228,8 @@ def redacted_errors(settings: Mapping | None) -> Iterator[None]:
         clean = redact(message, settings)
         if clean == message:
             raise
-        raise StorageError(f"{type(error).__name__}: {clean}") from None
+        msg = f"{type(error).__name__}: {clean}"
+        raise StorageError(msg) from None
 
 
 def as_settings(storage: Mapping | None, environ: Mapping[str, str] | None = None) -> StorageSettings:

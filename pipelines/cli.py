@@ -18,9 +18,12 @@ from collections.abc import Sequence
 import yaml
 
 from operators.errors import Terminated, UsageError, interrupt_on_sigterm, one_line
+from operators.storage import redacted_errors
 from pipelines.commands.options import JobParser
+from pipelines.storage_cli import storage_from_args
 
-# Each name is a module in pipelines.commands with add_parser(subparsers) and run(args) -> result.
+# Each name is a module in pipelines.commands with add_parser(subparsers) and run(args) -> result
+# (pipelines/commands/__init__.py).
 COMMANDS = ("embed", "train", "search", "evaluate", "index", "cluster", "dedup", "submit")
 
 
@@ -44,9 +47,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     modules = _available_commands()
     for module in modules.values():
         sub = module.add_parser(subparsers)
-        sub.add_argument("--json", action="store_true", help="print one JSON result as the last line of stdout")
-        sub.add_argument("--config", help="YAML file of option values (conf/); command-line options override it")
-        sub.add_argument("--verbose", action="store_true", help="debug logging on stderr")
+        sub.add_argument("--json", action="store_true", default=False,
+                         help="print one JSON result as the last line of stdout")
+        sub.add_argument("--config", default=None,
+                         help="YAML file of option values (conf/); command-line options override it")
+        sub.add_argument("--verbose", action="store_true", default=False, help="debug logging on stderr")
     return parser, modules
 
 
@@ -116,12 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        result = modules[args.command].run(args)
+        with redacted_errors(storage_from_args(args)):  # no failure message may echo a credential
+            result = modules[args.command].run(args)
     except KeyboardInterrupt as stop:
         return interrupted(stop)
     except Exception as error:  # noqa: BLE001 - the CLI reports every failure as one line
         if args.verbose:
-            logging.exception("command failed")
+            logging.getLogger(__name__).exception("command failed")
         print(f"embedlake: error: {one_line(error)}", file=sys.stderr)
         code = getattr(error, "exit_code", None)  # e.g. a submitted job's own exit status
         return code if isinstance(code, int) and code > 0 else 1

@@ -37,8 +37,8 @@ def render() -> str:
         parser, modules = build_parser()
         commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse keeps them here
         parts = [HEADER]
-        for name in modules:
-            parts.append(f"## `embedlake {name}`\n\n```text\n{commands[name].format_help().rstrip()}\n```\n")
+        parts.extend(f"## `embedlake {name}`\n\n```text\n{commands[name].format_help().rstrip()}\n```\n"
+                     for name in modules)
     finally:
         if previous is None:
             os.environ.pop("COLUMNS", None)

@@ -21,19 +21,18 @@ import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.cluster import DEFAULT_NITER, CentroidAssigner, KMeansConfig, fit_spherical_kmeans
+from operators.cluster import DEFAULT_NITER, DEFAULT_SEED, CentroidAssigner, KMeansConfig, fit_spherical_kmeans
 from operators.dedup import (
     DEFAULT_BLOCK,
     DEFAULT_EPS,
-    DEFAULT_SEED,
-    KEEP_FIRST,
-    KEEP_LONGEST,
-    RANK_HARD,
+    Keep,
+    Ranking,
     SemDedupConfig,
     empty_duplicates,
     exact_duplicates,
@@ -70,9 +69,13 @@ from pipelines.downstream import Stopwatch, is_local_uri, local_path, read_ray_d
 
 log = logging.getLogger(__name__)
 
-SEMANTIC = "semantic"
-MINHASH = "minhash"
-METHODS = (SEMANTIC, MINHASH)
+
+
+class Method(StrEnum):
+    SEMANTIC = "semantic"  # SemDeDup on the vectors
+    MINHASH = "minhash"  # MinHash + LSH on the texts, for comparison runs
+
+
 # Aim for clusters of about this many rows when --k is not given: pairwise work per row stays ~1000 dot
 # products, and each cluster is small enough for one block pass.
 ROWS_PER_CLUSTER = 1000
@@ -90,10 +93,10 @@ class DedupJob:
     table: str
     eps: float = DEFAULT_EPS
     column: str = DENSE
-    method: str = SEMANTIC
+    method: Method = Method.SEMANTIC
     k: int | None = None
-    rank: str = RANK_HARD
-    keep: str = KEEP_FIRST
+    rank: Ranking = Ranking.HARD
+    keep: Keep = Keep.FIRST
     text_column: str = "text"
     block: int = DEFAULT_BLOCK
     niter: int = DEFAULT_NITER
@@ -108,7 +111,7 @@ class DedupJob:
 
     def __post_init__(self) -> None:
         check_table_name(self.table)
-        check_choices("method", self.method, METHODS)
+        check_choices("method", self.method, list(Method))
         check_positive(self, "k", "block", "niter", "num_perm", "ngram", "rows_per_bucket")
         check_range("eps", self.eps, 0.0, 2.0, integer=False)
         check_range("threshold", self.threshold, 0.0, 1.0, integer=False)
@@ -121,18 +124,18 @@ def default_k(rows: int) -> int:
 def run_dedup(job: DedupJob) -> dict:
     """Find exact and near duplicates, write T_duplicates; returns the JSON summary."""
     watch = Stopwatch()
-    if job.method not in METHODS:
-        msg = f"method must be one of {', '.join(METHODS)}, got {job.method!r}"
+    if job.method not in list(Method):
+        msg = f"method must be one of {', '.join(Method)}, got {job.method!r}"
         raise ValueError(msg)
     config = SemDedupConfig(eps=job.eps, rank=job.rank, keep=job.keep, block=job.block, seed=job.seed)
     lake = Lake(job.uri, job.storage)
     dataset = lake.table(job.table).open().to_lance()
     where = f"table {job.table!r}"
     schema = dataset.schema
-    if job.method == MINHASH or job.keep == KEEP_LONGEST:
-        why = "--method minhash" if job.method == MINHASH else "--keep longest"
+    if job.method == Method.MINHASH or job.keep == Keep.LONGEST:
+        why = "--method minhash" if job.method == Method.MINHASH else "--keep longest"
         require_columns(schema, [job.text_column], where, f"{why} reads the texts; see --text-column")
-    dim = vector_dim(schema, job.column, where) if job.method == SEMANTIC else 0
+    dim = vector_dim(schema, job.column, where) if job.method == Method.SEMANTIC else 0
     rows = dataset.count_rows()
 
     with watch.stage("exact"):
@@ -141,11 +144,11 @@ def run_dedup(job: DedupJob) -> dict:
     log.info("%d of %d rows are exact copies", len(removed), rows)
     left = rows - len(removed)
     k = job.k or default_k(left)
-    if job.method == SEMANTIC and k > max(left, 1):
+    if job.method == Method.SEMANTIC and k > max(left, 1):
         msg = f"k={k} is more than the {left} rows left after exact dedup"
         raise ValueError(msg)
     with using_ray(job.address, watch):
-        if job.method == SEMANTIC:
+        if job.method == Method.SEMANTIC:
             near, details = _semantic(job, config, lake, dataset, dim, k, left, removed, watch)
         else:
             near, details = _minhash(job, lake, dataset, removed, watch)
@@ -223,7 +226,7 @@ def _semantic(
 
     buckets = max(1, min(k, math.ceil(rows / job.rows_per_bucket)))
     work = _work_dir(job)
-    text_column = job.text_column if job.keep == KEEP_LONGEST else None
+    text_column = job.text_column if job.keep == Keep.LONGEST else None
     columns = [ID, job.column] + ([text_column] if text_column else [])
     try:
         with watch.stage("assign_and_partition"):

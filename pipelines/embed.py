@@ -27,7 +27,7 @@ import pyarrow as pa
 from operators.encoders.base import EncoderSpec
 from operators.encoders.bge_m3 import OUTPUTS
 from operators.encoders.loader import describe_encoder, model_kind
-from operators.encoders.precision import PRECISIONS
+from operators.encoders.precision import Precision
 from operators.errors import UsageError, check_choices, check_positive, one_line, option_name
 from operators.exchange import decided_row_schema, key_row_schema
 from operators.incremental import Decision, TableKeys, decide
@@ -90,7 +90,7 @@ class EmbedJob:
     rows_per_batch: int | None = None  # rows per encoder call; default pipelines/workers.py ROWS_PER_BATCH
     rows_per_write: int | None = None  # rows per upsert commit; default: pipelines/workers.py plan_rows_per_write
     max_tokens_per_batch: int | None = None  # default per device (operators/encoders/base.py)
-    precision: str = "auto"  # auto, fp32, bf16, fp16, int8 (operators/encoders/precision.py)
+    precision: Precision = Precision.AUTO  # operators/encoders/precision.py
     progress: bool = True
     command: list[str] = field(default_factory=list)  # argv, for the run log
 
@@ -107,7 +107,7 @@ class EmbedJob:
             msg = f"--dims must be positive integers, got {self.dims}"
             raise UsageError(msg)
         check_choices("outputs", self.outputs, OUTPUTS)
-        check_choices("precision", self.precision, PRECISIONS)
+        check_choices("precision", self.precision, list(Precision))
         check_keep_columns(self.keep_columns)
 
     def encoder_spec(self) -> EncoderSpec:

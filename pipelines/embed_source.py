@@ -49,8 +49,9 @@ class LakeSource(Datasource):
             tasks.append(ReadTask(self._read_fn(piece, probe_file), _metadata(piece.rows, [piece.path]),
                                   schema=self.schema))
         listed = {piece.path for piece in self.pieces}
-        for path in sorted(self.files_to_probe - listed):  # shards that left the listing: stored rows only
-            tasks.append(ReadTask(self._stored_fn(path), _metadata(None), schema=self.schema))
+        # shards that left the listing: stored rows only
+        tasks.extend(ReadTask(self._stored_fn(path), _metadata(None), schema=self.schema)
+                     for path in sorted(self.files_to_probe - listed))
         return tasks
 
     def _read_fn(self, piece: Piece, probe_file: bool):

@@ -17,7 +17,7 @@ import shlex
 import time
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlparse
@@ -141,7 +141,6 @@ class LogFollower:
     written: int = 0
     partial: str = ""
     last_json: object = None
-    lines: list[str] = field(default_factory=list)
 
     def feed(self, chunk: str) -> None:
         self.stream.write(chunk)

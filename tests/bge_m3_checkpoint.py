@@ -11,12 +11,17 @@ tokenizer_config.json, special_tokens_map.json, colbert_linear.pt, sparse_linear
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
+import sys
+import types
 from collections import Counter
 
 import torch
+
+from operators.encoders.bge_m3 import COLBERT_HEAD, SPARSE_HEAD
 
 SEED = 1234
 HIDDEN = 32
@@ -145,8 +150,8 @@ def build_tiny_bge_m3(folder: str) -> str:
         colbert.bias.normal_(0.0, 0.1, generator=generator)
         sparse.weight.normal_(0.0, HIDDEN**-0.5, generator=generator)
         sparse.bias.fill_(SPARSE_BIAS)
-    torch.save(colbert.state_dict(), os.path.join(folder, "colbert_linear.pt"))
-    torch.save(sparse.state_dict(), os.path.join(folder, "sparse_linear.pt"))
+    torch.save(colbert.state_dict(), os.path.join(folder, COLBERT_HEAD))
+    torch.save(sparse.state_dict(), os.path.join(folder, SPARSE_HEAD))
     return folder
 
 
@@ -154,3 +159,41 @@ if __name__ == "__main__":  # python -m tests.bge_m3_checkpoint FOLDER
     import sys
 
     print(build_tiny_bge_m3(sys.argv[1]))
+
+
+def _stub_attn_mask_utils() -> types.ModuleType:
+    """FlagEmbedding 1.4.2's reranker modules import names from transformers.modeling_attn_mask_utils,
+    removed in transformers 5; the embedder we compare against never calls them."""
+    stub = types.ModuleType("transformers.modeling_attn_mask_utils")
+
+    class AttentionMaskConverter:  # only referenced by the rerankers
+        def __init__(self, *args, **kwargs) -> None:
+            msg = "stub: transformers 5 has no modeling_attn_mask_utils"
+            raise NotImplementedError(msg)
+
+    def unavailable(*args, **kwargs):
+        msg = "stub: transformers 5 has no modeling_attn_mask_utils"
+        raise NotImplementedError(msg)
+
+    stub.AttentionMaskConverter = AttentionMaskConverter
+    for name in (
+        "_prepare_4d_attention_mask",
+        "_prepare_4d_causal_attention_mask",
+        "_prepare_4d_causal_attention_mask_for_sdpa",
+    ):
+        setattr(stub, name, unavailable)
+    return stub
+
+
+def flag_embedding_model(path: str):
+    """FlagEmbedding's own BGE-M3 on CPU in fp32, the reference we must match; None without FlagEmbedding."""
+    if importlib.util.find_spec("FlagEmbedding") is None:
+        return None
+    import pytest
+
+    with pytest.MonkeyPatch.context() as patch:
+        if importlib.util.find_spec("transformers.modeling_attn_mask_utils") is None:
+            patch.setitem(sys.modules, "transformers.modeling_attn_mask_utils", _stub_attn_mask_utils())
+        from FlagEmbedding import BGEM3FlagModel
+
+        return BGEM3FlagModel(path, use_fp16=False, devices="cpu")

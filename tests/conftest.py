@@ -17,6 +17,17 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample"
 
 
+RAY_FIXTURES = ("ray_session", "ray_head")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """A test that starts or joins Ray through a fixture is a `ray` test (`make test-fast` leaves them out),
+    whether or not its module says so."""
+    for item in items:
+        if any(name in RAY_FIXTURES for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
     from operators.encoders.loader import resolve_model_path
@@ -43,12 +54,41 @@ def ray_session():
         ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def sections(sample_dir, minilm_path):
+    """Texts of four Debian sections with planted near-duplicates and copies, MiniLM vectors (tests/corpus.py)."""
+    from tests.corpus import build_corpus
+
+    return build_corpus(str(sample_dir), minilm_path)
+
+
+@pytest.fixture(scope="module")
+def sections_lake(tmp_path_factory, sections) -> str:
+    """A LanceDB database whose table docs holds `sections`, one per test module (its jobs write beside it)."""
+    import lancedb
+
+    uri = str(tmp_path_factory.mktemp("lake"))
+    lancedb.connect(uri).create_table("docs", sections.table)
+    return uri
+
+
 @pytest.fixture(scope="session")
 def tiny_bge_m3_path(tmp_path_factory) -> str:
     """A random tiny checkpoint in BAAI/bge-m3's folder layout, built offline once per session."""
     from tests.bge_m3_checkpoint import build_tiny_bge_m3
 
     return build_tiny_bge_m3(str(tmp_path_factory.mktemp("bge-m3") / "tiny-bge-m3"))
+
+
+@pytest.fixture(scope="session")
+def flag_model(tiny_bge_m3_path):
+    """FlagEmbedding's own BGE-M3 on the tiny checkpoint (CPU, fp32), loaded once per session."""
+    from tests.bge_m3_checkpoint import flag_embedding_model
+
+    model = flag_embedding_model(tiny_bge_m3_path)
+    if model is None:
+        pytest.skip("FlagEmbedding is not installed (pip install -e .[test])")
+    return model
 
 
 @pytest.fixture(scope="session")

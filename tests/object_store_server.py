@@ -8,6 +8,7 @@ and the server is stopped by pid when the test session ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,9 @@ REGION = "us-east-1"
 # Distinctive credentials, so the secrets tests can grep for them.
 TEST_ACCESS_KEY = "AKIAEMBEDLAKE0TESTKEY"
 TEST_SECRET_KEY = "embedlake-test-secret-7Qm2xVb9Lp4Zr8"
+# Every variable that could point boto, s3fs or Lance at other credentials or another endpoint.
+AWS_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+             "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE")
 
 
 def free_port() -> int:
@@ -182,3 +186,18 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+@contextlib.contextmanager
+def aws_environment(env: dict[str, str]):
+    """Exactly these AWS_* variables (no ~/.aws profile either) for the duration."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in AWS_NAMES:
+            patch.delenv(name, raising=False)
+        patch.setenv("AWS_CONFIG_FILE", os.devnull)
+        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        yield

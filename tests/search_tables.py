@@ -24,12 +24,9 @@ from operators.schema import (
     embeddings_schema,
 )
 from operators.table_meta import TableMeta, with_meta
+from operators.vectors import normalize_rows
 
 VOCAB = 60
-
-
-def unit(matrix: np.ndarray) -> np.ndarray:
-    return (matrix / np.linalg.norm(matrix, axis=-1, keepdims=True)).astype(np.float32)
 
 
 def random_rows(rng: np.random.Generator, n: int, dim: int = 32, dims=(16, 8), colbert_dim: int = 16,
@@ -40,10 +37,10 @@ def random_rows(rng: np.random.Generator, n: int, dim: int = 32, dims=(16, 8), c
         ID: [f"doc{start + i:05d}" for i in range(n)],
         TEXT_HASH: ["h"] * n,
         MODEL: ["fake"] * n,
-        DENSE: unit(raw),
+        DENSE: normalize_rows(raw),
     }
     for d in dims:
-        columns[dense_column(d)] = unit(raw[:, :d])
+        columns[dense_column(d)] = normalize_rows(raw[:, :d])
     if sparse:
         rows = []
         for _ in range(n):
@@ -53,7 +50,7 @@ def random_rows(rng: np.random.Generator, n: int, dim: int = 32, dims=(16, 8), c
             rows.append({"indices": tokens.tolist(), "values": weights.tolist()})
         columns[SPARSE] = rows
     if colbert:
-        columns[COLBERT] = [unit(rng.normal(size=(int(rng.integers(1, 9)), colbert_dim))).astype(np.float16)
+        columns[COLBERT] = [normalize_rows(rng.normal(size=(int(rng.integers(1, 9)), colbert_dim))).astype(np.float16)
                             for _ in range(n)]
     return columns
 

@@ -12,7 +12,7 @@ from benchmarks.report import Result, table
 
 
 def test_flops_per_token_match_the_anchor_for_bge_m3():
-    # shared/docs/performance.md: ~0.6 GFLOP per token (24 layers x 12 x 1024^2 x 2) plus attention
+    # docs/encoders.md: ~0.6 GFLOP per token (24 layers x 12 x 1024^2 x 2) plus attention
     per_token = encoder_flops(1024, 4096, 24, np.array([1])) / 1
     assert per_token == pytest.approx(24 * 12 * 1024**2 * 2, rel=1e-3)
     assert encoder_flops(1024, 4096, 24, np.array([100, 100])) > 200 * per_token  # attention grows with length

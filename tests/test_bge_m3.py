@@ -7,10 +7,6 @@ batching, and store it in the table contract's types.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -35,43 +31,6 @@ TEXTS = [
 ]
 WHOLE = 2048  # the tiny checkpoint's position limit: every text above is kept whole
 CUT = 16  # short enough that most texts above are truncated
-
-
-def _stub_attn_mask_utils() -> types.ModuleType:
-    """FlagEmbedding 1.4.2's reranker modules import names from transformers.modeling_attn_mask_utils,
-    removed in transformers 5; the embedder we compare against never calls them."""
-    stub = types.ModuleType("transformers.modeling_attn_mask_utils")
-
-    class AttentionMaskConverter:  # only referenced by the rerankers
-        def __init__(self, *args, **kwargs) -> None:
-            msg = "stub: transformers 5 has no modeling_attn_mask_utils"
-            raise NotImplementedError(msg)
-
-    def unavailable(*args, **kwargs):
-        msg = "stub: transformers 5 has no modeling_attn_mask_utils"
-        raise NotImplementedError(msg)
-
-    stub.AttentionMaskConverter = AttentionMaskConverter
-    for name in (
-        "_prepare_4d_attention_mask",
-        "_prepare_4d_causal_attention_mask",
-        "_prepare_4d_causal_attention_mask_for_sdpa",
-    ):
-        setattr(stub, name, unavailable)
-    return stub
-
-
-@pytest.fixture(scope="module")
-def flag_model(tiny_bge_m3_path):
-    """FlagEmbedding's own BGE-M3 on CPU in fp32, the reference we must match."""
-    if importlib.util.find_spec("FlagEmbedding") is None:
-        pytest.skip("FlagEmbedding is not installed (pip install -e .[test])")
-    with pytest.MonkeyPatch.context() as patch:
-        if importlib.util.find_spec("transformers.modeling_attn_mask_utils") is None:
-            patch.setitem(sys.modules, "transformers.modeling_attn_mask_utils", _stub_attn_mask_utils())
-        from FlagEmbedding import BGEM3FlagModel
-
-        return BGEM3FlagModel(tiny_bge_m3_path, use_fp16=False, devices="cpu")
 
 
 def _encoder(path: str, **spec) -> BgeM3Encoder:
@@ -391,8 +350,13 @@ def test_sparse_scores_accept_every_form():
     np.testing.assert_allclose(scoring.sparse_scores(q, pa.chunked_array([column[:2], column[2:]])), expected)
     np.testing.assert_allclose(scoring.sparse_scores(q, column.slice(2)), expected[2:])
     np.testing.assert_allclose(scoring.sparse_scores(q, docs[:3]), expected[:3])
-    with pytest.raises(ValueError, match="repeat"):
-        scoring.sparse_score({"indices": [1, 1], "values": [1.0, 2.0]}, p)
+    # a repeated token id keeps its max weight, as FlagEmbedding's _process_token_weights builds them
+    assert scoring.sparse_score({"indices": [9, 7, 9], "values": [1.0, 2.0, 3.0]}, p) == pytest.approx(
+        2.0 * 0.25 + 3.0 * 4.0)
+    repeated = pa.array([{"indices": [9, 9, 7], "values": [0.5, 4.0, 1.0]}], type=SPARSE_TYPE)
+    np.testing.assert_allclose(scoring.sparse_scores(q, repeated), [2.0 * 1.0 + 1.0 * 4.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="as many values as ids"):
+        scoring.sparse_score({"indices": [1, 2], "values": [1.0]}, p)
 
 
 def test_colbert_scores():
@@ -413,7 +377,8 @@ def test_hybrid_scores():
         [(0.4 * 0.5 + 0.2 * 0.2 + 0.4 * 0.9) / 1.0, (0.4 * 1.0 + 0.4 * 0.3) / 1.0],
         rtol=1e-6,
     )
-    np.testing.assert_allclose(scoring.hybrid_scores(dense, sparse, colbert), (dense + sparse + colbert) / 3)
+    # FlagEmbedding's compute_score default weights (1, 1, 1)
+    np.testing.assert_allclose(scoring.hybrid_scores(dense, sparse, colbert, (1, 1, 1)), (dense + sparse + colbert) / 3)
     np.testing.assert_allclose(scoring.hybrid_scores(dense, None, None, (1, 0, 0)), dense)
     with pytest.raises(ValueError, match="no sparse scores"):
         scoring.hybrid_scores(dense, None, colbert, (1, 1, 1))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -13,23 +12,22 @@ from operators.schema import DENSE, DUPLICATE_OF, ID, TEXT_HASH
 from operators.storage import resolve_storage
 from operators.tables import connect
 from operators.vectors import normalize_rows, to_vector_array
-from pipelines.cli import main
+from tests.cli_runs import cli_result
+from tests.object_store_server import aws_environment
 
 pytestmark = pytest.mark.ray
 
 BUCKET = "embedlake-downstream"
-AWS_NAMES = ("AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE")
 
 
 @pytest.fixture
-def s3_lake(s3_server, monkeypatch) -> str:
+def s3_lake(s3_server) -> str:
     """300 rows of 32-d vectors in 3 directions, rows 0-9 copied with tiny noise: a table in the bucket."""
-    for name in AWS_NAMES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
+    with aws_environment(s3_server.env()):
+        yield make_s3_lake(s3_server)
+
+
+def make_s3_lake(s3_server):
     s3_server.create_bucket(BUCKET)
     rng = np.random.default_rng(0)
     centres = normalize_rows(rng.normal(size=(3, 32)))
@@ -42,16 +40,10 @@ def s3_lake(s3_server, monkeypatch) -> str:
     return uri
 
 
-def last_json(capsys) -> dict:
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-
-def test_cluster_and_dedup_read_and_write_the_bucket(ray_session, s3_lake, tmp_path, capsys):
+def test_cluster_and_dedup_read_and_write_the_bucket(ray_session, s3_lake, tmp_path):
     args = ["--table", "docs", "--json"]
-    assert main(["cluster", s3_lake, *args, "--k", "3", "--plot-dir", str(tmp_path / "report")]) == 0
-    assert last_json(capsys)["rows"] == 300
-    assert main(["dedup", s3_lake, *args, "--work-dir", str(tmp_path / "work")]) == 0
-    assert last_json(capsys)["duplicates"] == 10
+    assert cli_result("cluster", s3_lake, *args, "--k", "3", "--plot-dir", str(tmp_path / "report"))["rows"] == 300
+    assert cli_result("dedup", s3_lake, *args, "--work-dir", str(tmp_path / "work"))["duplicates"] == 10
 
     db = connect(s3_lake, resolve_storage(None, os.environ))
     assert db.open_table("docs_clusters").count_rows() == 300

@@ -12,9 +12,9 @@ import pytest
 from operators.cluster import assign, label_metrics
 from operators.schema import CENTROID, CLUSTER, DISTANCE, ID, SIZE
 from operators.vectors import as_matrix
-from pipelines.cli import main
 from pipelines.cluster import ClusterJob, run_cluster
-from tests.corpus import NESTED_DIM, build_corpus, column
+from tests.cli_runs import cli_error, cli_result
+from tests.corpus import NESTED_DIM, column
 
 pytestmark = pytest.mark.ray
 
@@ -22,24 +22,12 @@ INTERFACE_KEYS = {"k", "rows", "silhouette", "davies_bouldin", "sizes"}
 LABEL_KEYS = {"nmi", "ari", "v_measure"}
 
 
-@pytest.fixture(scope="module")
-def corpus(sample_dir, minilm_path):
-    return build_corpus(str(sample_dir), minilm_path)
-
-
-@pytest.fixture(scope="module")
-def lake(tmp_path_factory, corpus) -> str:
-    uri = str(tmp_path_factory.mktemp("lake"))
-    lancedb.connect(uri).create_table("docs", corpus.table)
-    return uri
-
-
-def test_every_row_assigned_in_parallel_and_scored(ray_session, lake, corpus):
-    result = run_cluster(ClusterJob(uri=lake, table="docs", k=4, labels_column="section", nredo=5))
-    db = lancedb.connect(lake)
+def test_every_row_assigned_in_parallel_and_scored(ray_session, sections_lake, sections):
+    result = run_cluster(ClusterJob(uri=sections_lake, table="docs", k=4, labels_column="section", nredo=5))
+    db = lancedb.connect(sections_lake)
     clusters = db.open_table("docs_clusters").to_arrow().sort_by(ID)
     centroids = db.open_table("docs_centroids").to_arrow().sort_by(CLUSTER)
-    docs = corpus.table.sort_by(ID)
+    docs = sections.table.sort_by(ID)
 
     assert column(clusters, ID) == column(docs, ID)
     # The Ray Data pass gives what the in-process operator gives with the stored centroids.
@@ -58,7 +46,7 @@ def test_every_row_assigned_in_parallel_and_scored(ray_session, lake, corpus):
     assert -1 <= result["silhouette"] <= 1 and result["davies_bouldin"] > 0
     assert result["metrics_sample_rows"] == docs.num_rows  # small table: the metrics cover every row
 
-    report = os.path.join(lake, "docs_cluster_report")
+    report = os.path.join(sections_lake, "docs_cluster_report")
     assert result["plots"] == {
         "sizes": os.path.join(report, "cluster_sizes.png"),
         "projection": os.path.join(report, "projection.png"),
@@ -69,14 +57,10 @@ def test_every_row_assigned_in_parallel_and_scored(ray_session, lake, corpus):
         assert json.load(handle)["sizes"] == result["sizes"]
 
 
-def test_cli_clusters_a_nested_column(ray_session, lake, tmp_path, capsys):
+def test_cli_clusters_a_nested_column(ray_session, sections_lake, tmp_path):
     column_name = f"dense_{NESTED_DIM}"
-    code = main(
-        ["cluster", lake, "--table", "docs", "--k", "4", "--column", column_name,
-         "--labels-column", "section", "--plot-dir", str(tmp_path), "--json"]
-    )  # fmt: skip
-    assert code == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = cli_result("cluster", sections_lake, "--table", "docs", "--k", "4", "--column", column_name,
+                        "--labels-column", "section", "--plot-dir", str(tmp_path), "--json")
     assert INTERFACE_KEYS | LABEL_KEYS <= set(result)
     assert result["column"] == column_name and sum(result["sizes"]) == result["rows"]
     assert result["nmi"] > 0.5
@@ -96,7 +80,5 @@ def test_cli_clusters_a_nested_column(ray_session, lake, tmp_path, capsys):
         (["--table", "docs", "--k", "100000"], "fewer than k=100000"),
     ],
 )
-def test_cli_errors_are_one_line(lake, capsys, args, message):
-    assert main(["cluster", lake, *args, "--json"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
+def test_cli_errors_are_one_line(sections_lake, args, message):
+    assert message in cli_error("cluster", sections_lake, *args, "--json", alone=True)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import lancedb
 import pytest
 
 from operators.schema import ID, SIMILARITY
-from pipelines.cli import main
 from pipelines.dedup import DedupJob, run_dedup
-from tests.corpus import build_corpus, check_found_and_nothing_unrelated, column
+from tests.cli_runs import cli_error, cli_result
+from tests.corpus import check_found_and_nothing_unrelated, column
 
 pytestmark = pytest.mark.ray
 
@@ -19,50 +18,37 @@ INTERFACE_KEYS = {"rows", "duplicates", "groups", "removed_fraction"}
 SMALL_EDIT_EPS = 0.03
 
 
-@pytest.fixture(scope="module")
-def corpus(sample_dir, minilm_path):
-    return build_corpus(str(sample_dir), minilm_path)
-
-
-@pytest.fixture(scope="module")
-def lake(tmp_path_factory, corpus) -> str:
-    uri = str(tmp_path_factory.mktemp("lake"))
-    lancedb.connect(uri).create_table("docs", corpus.table)
-    return uri
-
-
 def read_duplicates(uri: str):
     return lancedb.connect(uri).open_table("docs_duplicates").to_arrow()
 
 
-def test_semantic_dedup_finds_every_planted_copy(ray_session, lake, corpus):
+def test_semantic_dedup_finds_every_planted_copy(ray_session, sections_lake, sections):
     """k=8 clusters over 3 buckets: pairs are only compared inside a cluster, and still all are found."""
-    result = run_dedup(DedupJob(uri=lake, table="docs", eps=SMALL_EDIT_EPS, k=8, rows_per_bucket=100))
-    duplicates = read_duplicates(lake)
-    expected = {**corpus.planted, **corpus.exact}
-    assert check_found_and_nothing_unrelated(corpus, duplicates, expected) == len(expected)
+    result = run_dedup(DedupJob(uri=sections_lake, table="docs", eps=SMALL_EDIT_EPS, k=8, rows_per_bucket=100))
+    duplicates = read_duplicates(sections_lake)
+    expected = {**sections.planted, **sections.exact}
+    assert check_found_and_nothing_unrelated(sections, duplicates, expected) == len(expected)
 
     assert INTERFACE_KEYS <= set(result)
-    assert result["rows"] == corpus.table.num_rows
+    assert result["rows"] == sections.table.num_rows
     assert result["k"] == 8 and result["buckets"] == 3
     assert result["duplicates"] == duplicates.num_rows
-    assert result["exact_duplicates"] == len(corpus.exact)
+    assert result["exact_duplicates"] == len(sections.exact)
     assert result["groups"] == len(set(column(duplicates, "duplicate_of")))
-    assert result["removed_fraction"] == pytest.approx(duplicates.num_rows / corpus.table.num_rows)
+    assert result["removed_fraction"] == pytest.approx(duplicates.num_rows / sections.table.num_rows)
     assert result["removed_at_eps"]["0.03"] == result["near_duplicates"]
     assert len(set(column(duplicates, ID))) == duplicates.num_rows
     assert min(column(duplicates, SIMILARITY)) >= 1 - SMALL_EDIT_EPS - 0.05
-    assert not os.listdir(os.path.join(lake, ".embedlake_work"))  # scratch files removed
+    assert not os.listdir(os.path.join(sections_lake, ".embedlake_work"))  # scratch files removed
 
 
-def test_cli_dedup_default_eps(ray_session, lake, corpus, capsys):
-    assert main(["dedup", lake, "--table", "docs", "--keep", "min-id", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+def test_cli_dedup_default_eps(ray_session, sections_lake, sections):
+    result = cli_result("dedup", sections_lake, "--table", "docs", "--keep", "min-id", "--json")
     assert INTERFACE_KEYS <= set(result)
     assert result["eps"] == 0.01 and result["keep"] == "min-id"
-    duplicates = read_duplicates(lake)
-    must = {**corpus.exact, **{p: o for p, o in corpus.planted.items() if p.endswith("~case")}}
-    assert check_found_and_nothing_unrelated(corpus, duplicates, must) == len(must)
+    duplicates = read_duplicates(sections_lake)
+    must = {**sections.exact, **{p: o for p, o in sections.planted.items() if p.endswith("~case")}}
+    assert check_found_and_nothing_unrelated(sections, duplicates, must) == len(must)
     kept = set(column(duplicates, "duplicate_of"))
     assert all(
         keeper < dup
@@ -71,12 +57,11 @@ def test_cli_dedup_default_eps(ray_session, lake, corpus, capsys):
     assert not kept & set(column(duplicates, ID))
 
 
-def test_cli_minhash_finds_planted_edits(ray_session, lake, corpus, capsys):
-    assert main(["dedup", lake, "--table", "docs", "--method", "minhash", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+def test_cli_minhash_finds_planted_edits(ray_session, sections_lake, sections):
+    result = cli_result("dedup", sections_lake, "--table", "docs", "--method", "minhash", "--json")
     assert INTERFACE_KEYS <= set(result) and result["method"] == "minhash"
-    expected = {**corpus.planted, **corpus.exact}
-    assert check_found_and_nothing_unrelated(corpus, read_duplicates(lake), expected) == len(expected)
+    expected = {**sections.planted, **sections.exact}
+    assert check_found_and_nothing_unrelated(sections, read_duplicates(sections_lake), expected) == len(expected)
 
 
 @pytest.mark.parametrize(
@@ -91,7 +76,5 @@ def test_cli_minhash_finds_planted_edits(ray_session, lake, corpus, capsys):
         (["--table", "docs", "--eps", "-1"], "eps must be in [0, 2)"),
     ],
 )
-def test_cli_errors_are_one_line(lake, capsys, args, message):
-    assert main(["dedup", lake, *args, "--json"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
+def test_cli_errors_are_one_line(sections_lake, args, message):
+    assert message in cli_error("dedup", sections_lake, *args, "--json", alone=True)

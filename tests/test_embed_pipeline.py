@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-
 import lancedb
 import numpy as np
 import pyarrow as pa
@@ -13,7 +9,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.cli import main
+from tests.cli_runs import cli_result, run_cli
+from tests.sample_lakes import write_shards
 
 pytestmark = pytest.mark.ray
 
@@ -26,9 +23,7 @@ def sample_rows(sample_dir) -> pa.Table:
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory, sample_rows) -> str:
     """Three shards of real text plus one shard of rows that must be quarantined."""
-    folder = tmp_path_factory.mktemp("lake")
-    for shard in range(3):
-        pq.write_table(sample_rows.slice(shard * 30, 30), folder / f"part-{shard}.parquet")
+    folder = write_shards(sample_rows, tmp_path_factory.mktemp("lake"), 3)
     bad = pa.table({
         "id": ["bad-null", "bad-empty", "bad-space", None],
         "text": [None, "", "  \t ", "text without id"],
@@ -39,24 +34,13 @@ def lake(tmp_path_factory, sample_rows) -> str:
     return str(folder)
 
 
-def run_cli(capsys, *argv: str) -> tuple[int, dict | None, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    lines = captured.out.strip().splitlines()
-    return code, (json.loads(lines[-1]) if code == 0 and lines else None), captured.err
-
-
 @pytest.fixture(scope="module")
 def embedded(ray_session, lake, tmp_path_factory):
     output = str(tmp_path_factory.mktemp("out"))
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = main([
-            "embed", lake, output, "--table", "docs", "--dims", "128,64", "--keep-columns", "section",
-            "--actors", "2", "--threads-per-actor", "1", "--rows-per-batch", "16", "--no-progress", "--json",
-        ])
-    assert code == 0
-    return output, json.loads(stdout.getvalue().strip().splitlines()[-1])
+    return output, cli_result(
+        "embed", lake, output, "--table", "docs", "--dims", "128,64", "--keep-columns", "section",
+        "--actors", "2", "--threads-per-actor", "1", "--rows-per-batch", "16", "--no-progress", "--json",
+    )
 
 
 def test_summary_accounts_for_every_row(embedded):
@@ -110,8 +94,8 @@ def test_bad_rows_are_quarantined_with_reasons(embedded, lake):
     assert all(row["source"].startswith(f"{lake}/part-9-bad.parquet#") for row in quarantine)
 
 
-def test_missing_column_fails_before_any_work(ray_session, lake, tmp_path, capsys):
-    code, _, err = run_cli(capsys, "embed", lake, str(tmp_path / "out"), "--text-column", "body", "--json")
+def test_missing_column_fails_before_any_work(ray_session, lake, tmp_path):
+    code, _, err = run_cli("embed", lake, str(tmp_path / "out"), "--text-column", "body", "--json")
     assert code == 1
     assert err.strip().splitlines()[-1].startswith("embedlake: error: input")
     assert "'body'" in err and "columns found: id, text, title, section" in err
@@ -123,12 +107,8 @@ def test_bge_m3_pipeline_writes_all_three_vector_types(ray_session, lake, tiny_b
     from operators.encoders.loader import load_encoder
 
     output = str(tmp_path / "m3")
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = main(["embed", lake, output, "--model", tiny_bge_m3_path, "--max-length", "256", "--actors", "1",
-                     "--no-progress", "--json"])
-    assert code == 0
-    summary = json.loads(stdout.getvalue().strip().splitlines()[-1])
+    summary = cli_result("embed", lake, output, "--model", tiny_bge_m3_path, "--max-length", "256", "--actors", "1",
+                         "--no-progress", "--json")
     assert (summary["rows_written"], summary["rows_quarantined"]) == (90, 4)
     assert set(summary["bytes_per_doc"]) == {"dense", "sparse", "colbert"}
     assert summary["bytes_per_doc"]["colbert"] > summary["bytes_per_doc"]["dense"]

@@ -10,13 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from search_tables import brute_lexical, brute_maxsim, brute_ranking, make_table, random_rows, to_arrow
 
-from operators import evaluation
 from operators.encoders.base import EncodedBatch
 from operators.metrics import evaluate_run
 from operators.schema import COLBERT, DENSE, SPARSE
-from operators.search.scores import SparseVector
+from operators.scoring import SparseVector
+from pipelines.evaluate import EvaluateJob, run_evaluate
+from tests.search_tables import brute_lexical, brute_maxsim, brute_ranking, make_table, random_rows, to_arrow
 
 N = 300
 QUERIES = 24
@@ -79,9 +79,9 @@ def result(setup, tmp_path_factory):
     path, _columns, queries, _targets, _ids, _qrels, folder = setup
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("operators.search.queries.load_query_encoder", lambda store, model=None: KnownEncoder(queries))
-        return evaluation.evaluate(path, "docs", str(folder / "queries.parquet"), str(folder / "qrels.parquet"),
-                                   k=K, shortlist=SHORTLIST, funnel_shortlist=SHORTLIST, tune_weights=True,
-                                   report_path=str(tmp_path_factory.mktemp("report") / "r.json"))
+        return run_evaluate(EvaluateJob(path, str(folder / "queries.parquet"), str(folder / "qrels.parquet"),
+                                        k=K, shortlist=SHORTLIST, funnel_shortlist=SHORTLIST, tune_weights=True,
+                                        report=str(tmp_path_factory.mktemp("report") / "r.json")))
 
 
 def check(entry: dict, run: dict, query_ids, qrels) -> None:
@@ -160,7 +160,7 @@ def test_missing_columns_in_label_files_are_reported(setup, tmp_path):
     path = setup[0]
     pq.write_table(pa.table({"qid": ["a"], "text": ["x"]}), tmp_path / "q.parquet")
     with pytest.raises(ValueError, match="has no column 'query_id' \\(needs query_id, text; columns found: qid"):
-        evaluation.evaluate(path, "docs", str(tmp_path / "q.parquet"), str(tmp_path / "q.parquet"))
+        run_evaluate(EvaluateJob(path, str(tmp_path / "q.parquet"), str(tmp_path / "q.parquet")))
 
 
 def test_search_path_gives_the_same_report_as_the_batched_exact_path(setup, result, tmp_path):
@@ -169,10 +169,10 @@ def test_search_path_gives_the_same_report_as_the_batched_exact_path(setup, resu
     path, _columns, queries, _targets, _ids, _qrels, folder = setup
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("operators.search.queries.load_query_encoder", lambda store, model=None: KnownEncoder(queries))
-        through_search = evaluation.evaluate(path, "docs", str(folder / "queries.parquet"),
-                                             str(folder / "qrels.parquet"), k=K, shortlist=SHORTLIST,
-                                             funnel_shortlist=SHORTLIST, use_index=True,
-                                             report_path=str(tmp_path / "r.json"), plot=False)
+        through_search = run_evaluate(EvaluateJob(path, str(folder / "queries.parquet"),
+                                                  str(folder / "qrels.parquet"), k=K, shortlist=SHORTLIST,
+                                                  funnel_shortlist=SHORTLIST, use_index=True,
+                                                  report=str(tmp_path / "r.json"), plot=False))
     for entry in ("dense", "dense_16", "dense_8", "funnel_16", "funnel_8", "sparse", "colbert", "hybrid"):
         for metric in (f"recall@{K}", f"mrr@{K}", f"ndcg@{K}"):
             assert through_search[entry][metric] == pytest.approx(result[entry][metric], abs=1e-9), (entry, metric)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import lance
@@ -13,17 +11,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.cli import main
+from tests.cli_runs import cli_result, run_cli
 
 pytestmark = pytest.mark.ray
 
 
 def embed(*argv: str) -> dict:
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = main(["embed", *argv, "--no-progress", "--json", "--rows-per-batch", "32"])
-    assert code == 0
-    return json.loads(stdout.getvalue().strip().splitlines()[-1])
+    return cli_result("embed", *argv, "--no-progress", "--json", "--rows-per-batch", "32")
 
 
 def table_rows(output: str, table: str = "docs") -> dict[str, dict]:
@@ -115,13 +109,13 @@ def test_bad_input_is_quarantined_with_reasons(ray_session, corpus, tmp_path):
     assert counts["rows_quarantined"] == 5 and json.loads(runs[0]["command"])[0] == "embedlake"
 
 
-def test_corrupt_shard_fails_naming_it_or_is_skipped(ray_session, corpus, tmp_path, capsys):
+def test_corrupt_shard_fails_naming_it_or_is_skipped(ray_session, corpus, tmp_path):
     lake, output = tmp_path / "lake", str(tmp_path / "out")
     lake.mkdir()
     pq.write_table(corpus.slice(0, 5), lake / "good.parquet")
     (lake / "broken.parquet").write_bytes(b"PAR1 this is not parquet at all")
-    assert main(["embed", str(lake), output, "--json"]) == 1
-    assert "broken.parquet" in capsys.readouterr().err
+    code, _, err = run_cli("embed", str(lake), output, "--json")
+    assert code == 1 and "broken.parquet" in err
     summary = embed(str(lake), output, "--skip-bad-files")
     assert (summary["rows_written"], summary["files_quarantined"]) == (5, 1)
     quarantine = lance.dataset(f"{output}/docs_quarantine.lance").to_table().to_pylist()

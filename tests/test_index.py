@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from search_tables import make_table
 
 from operators.schema import DENSE
-from operators.search.ann import build_indexes
+from operators.scoring import QueryVectors
 from operators.search.index_plan import IndexType, plan_index
 from operators.search.retriever import Retriever
-from operators.search.scores import QueryVectors
 from operators.search.store import TableStore
-from pipelines.cli import main
+from pipelines.index import IndexJob, run_index
+from tests.cli_runs import cli_result
+from tests.search_tables import make_table
 
 
 def test_plans_follow_table_size():
@@ -28,12 +28,9 @@ def test_plans_follow_table_size():
         plan_index(DENSE, 10, 8, "LSH")
 
 
-def test_small_tables_are_skipped_with_a_reason(tmp_path, capsys):
+def test_small_tables_are_skipped_with_a_reason(tmp_path):
     make_table(str(tmp_path), n=50)
-    assert main(["index", str(tmp_path), "--table", "docs", "--json"]) == 0
-    import json
-
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = cli_result("index", str(tmp_path), "--table", "docs", "--json")
     assert "exact search is fast" in result["columns"][DENSE]["skipped"]
     assert result["sparse_index"]["rows"] == 50
 
@@ -41,7 +38,7 @@ def test_small_tables_are_skipped_with_a_reason(tmp_path, capsys):
 def test_index_recall_and_search_through_it(tmp_path):
     path = str(tmp_path)
     _table, columns = make_table(path, n=3000, seed=1, sparse=False, colbert=False)
-    result = build_indexes(path, "docs", columns=[DENSE, "dense_8"], min_rows=1000, sample=40)
+    result = run_index(IndexJob(path, "docs", columns=[DENSE, "dense_8"], min_rows=1000, sample=40))
     for column in (DENSE, "dense_8"):
         entry = result["columns"][column]
         assert entry["index_type"] == IndexType.IVF_HNSW_SQ
@@ -64,4 +61,4 @@ def test_index_recall_and_search_through_it(tmp_path):
 def test_index_rejects_non_dense_columns(tmp_path):
     make_table(str(tmp_path), n=20)
     with pytest.raises(ValueError, match="not a dense vector column"):
-        build_indexes(str(tmp_path), "docs", columns=["sparse"])
+        run_index(IndexJob(str(tmp_path), "docs", columns=["sparse"]))

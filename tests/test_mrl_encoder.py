@@ -69,7 +69,8 @@ def test_out_of_memory_splits_the_batch(encoder, texts, monkeypatch):
 
     def fail_when_big(input_ids, attention_mask):
         if input_ids.shape[0] > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            msg = "CUDA out of memory (simulated)"
+            raise torch.OutOfMemoryError(msg)
         return original(input_ids, attention_mask)
 
     monkeypatch.setattr(encoder, "_forward", fail_when_big)
@@ -109,10 +110,62 @@ def test_prompts_cls_pooling_and_dense_head(tmp_path, minilm_path, sentence_tran
     folder = tmp_path / "custom"
     model.save(str(folder))
     layout = read_layout(str(folder))
-    assert layout.pooling_modes == ("cls",) and layout.dense_paths and not layout.normalize
+    assert layout.kinds == ["Pooling", "Dense"]  # no Normalize: encode() without normalize_embeddings is not unit
+    assert layout.module_config(0)["pooling_mode"] == "cls"
     ours = MatryoshkaEncoder(str(folder), dims=[32], device=torch.device("cpu"))
     for prompt_name in ("query", "document"):
         mine = vectors(ours.encode(texts[:10], prompt_name=prompt_name).columns["dense"])
         theirs = model.encode(texts[:10], prompt_name=prompt_name, normalize_embeddings=True)
         assert (mine * theirs).sum(axis=1).min() >= 0.9999
     assert json.loads((folder / "config_sentence_transformers.json").read_text())["prompts"]["query"] == "query: "
+
+
+def test_sentence_embedding_honours_the_folders_normalize(tmp_path, minilm_path, sentence_transformer, texts):
+    """`embed` is sentence-transformers' `encode` without normalize_embeddings: unit length exactly when the
+    folder has a Normalize module (MiniLM's does; a Pooling + Dense folder does not)."""
+    from sentence_transformers import SentenceTransformer, models
+
+    torch.manual_seed(1)
+    unnormalised = SentenceTransformer(modules=[sentence_transformer[0], models.Pooling(384), models.Dense(384, 48)],
+                                       device="cpu")
+    folder = tmp_path / "dense-head"
+    unnormalised.save(str(folder))
+    for model, path in ((sentence_transformer, minilm_path), (unnormalised, str(folder))):
+        ours = MatryoshkaEncoder(path, device=torch.device("cpu"))
+        features = model.preprocess(texts[:8])
+        mine = ours.embed(features["input_ids"], features["attention_mask"]).numpy()
+        theirs = model.encode(texts[:8], batch_size=8)
+        np.testing.assert_allclose(mine, theirs, atol=1e-5)
+    assert not np.allclose(np.linalg.norm(mine, axis=1), 1.0, atol=1e-3)
+
+
+def test_prompts_left_out_of_pooling_as_sentence_transformers_does(tmp_path, sentence_transformer, texts):
+    """A folder whose Pooling says `include_prompt: false` (INSTRUCTOR-style) pools the text's tokens only,
+    the prompt's left out exactly as sentence-transformers measures and masks them: every pooling mode at
+    once (concatenated, as a Pooling module may declare), so each mode's masking is checked."""
+    from sentence_transformers import SentenceTransformer, models
+
+    modes = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+    prompts = {"query": "Represent this question for retrieving answers: ", "document": "passage: "}
+    model = SentenceTransformer(
+        modules=[sentence_transformer[0], models.Pooling(384, pooling_mode=modes, include_prompt=False)],
+        device="cpu", prompts=prompts, default_prompt_name="document",
+    )
+    folder = tmp_path / "no-prompt-pooling"
+    model.save(str(folder))
+    assert json.loads((folder / "1_Pooling" / "config.json").read_text())["include_prompt"] is False
+    ours = MatryoshkaEncoder(str(folder), dims=[64], device=torch.device("cpu"))
+    assert ours.dimension == 384 * len(modes)
+    dense = {}
+    for prompt_name, prompt in prompts.items():
+        features = model.preprocess(texts[:8], prompt=prompt)
+        assert ours.prompt_length(prompt) == features["prompt_length"]
+        mine = ours.embed(features["input_ids"], features["attention_mask"], features["prompt_length"]).numpy()
+        np.testing.assert_allclose(mine, model.encode(texts[:8], prompt_name=prompt_name), atol=1e-5)
+        dense[prompt_name] = vectors(ours.encode(texts[:8], prompt_name=prompt_name).columns["dense"])
+        reference = model.encode(texts[:8], prompt_name=prompt_name, normalize_embeddings=True)
+        assert (dense[prompt_name] * reference).sum(axis=1).min() >= 0.9999
+    with_prompt = SentenceTransformer(modules=[sentence_transformer[0], models.Pooling(384, pooling_mode=modes)],
+                                      device="cpu", prompts=prompts)
+    pooled_prompt = with_prompt.encode(texts[:8], prompt_name="query", normalize_embeddings=True)
+    assert (dense["query"] * pooled_prompt).sum(axis=1).max() < 0.9999  # leaving the prompt out changes vectors

@@ -13,7 +13,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +24,11 @@ import pytest
 from operators.sources import ShardReader, find_shards, plan_reads
 from operators.storage import resolve_storage
 from operators.tables import connect
-from pipelines.cli import main
-from tests.object_store_server import TEST_ACCESS_KEY, TEST_SECRET_KEY
+from tests.cli_runs import run_cli
+from tests.object_store_server import TEST_ACCESS_KEY, TEST_SECRET_KEY, aws_environment
+from tests.sample_lakes import write_shards
 
 BUCKET = "embedlake-lake"
-AWS_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
-             "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE")
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +42,6 @@ def s3fs_client(s3_server):
 
     return s3fs.S3FileSystem(key=s3_server.access_key, secret=s3_server.secret_key, endpoint_url=s3_server.endpoint,
                              client_kwargs={"region_name": "us-east-1"}, skip_instance_cache=True)
-
-
-@contextlib.contextmanager
-def aws_environment(env: dict[str, str]):
-    """Exactly these AWS_* variables (no ~/.aws profile either) for the duration."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in AWS_NAMES:
-            patch.delenv(name, raising=False)
-        patch.setenv("AWS_CONFIG_FILE", os.devnull)
-        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-        for name, value in env.items():
-            patch.setenv(name, value)
-        yield
 
 
 @contextlib.contextmanager
@@ -161,24 +146,18 @@ def sample_rows(sample_dir) -> pa.Table:
 def s3_embedded(ray_session, s3_server, bucket, s3fs_client, sample_rows, tmp_path_factory):
     """60 sample rows as 4 shards in `batch=<n>/` partitions (plus a _SUCCESS marker) in the bucket,
     embedded into s3://bucket/lance with the AWS_* variables only."""
-    local = tmp_path_factory.mktemp("s3lake")
-    for shard in range(4):
-        folder = local / f"batch={shard}"
-        folder.mkdir()
-        pq.write_table(sample_rows.slice(shard * 15, 15), folder / "part-0.parquet")
+    local = write_shards(sample_rows, tmp_path_factory.mktemp("s3lake"), 4, "batch={shard}/part-0.parquet")
     (local / "_SUCCESS").write_text("")
     s3fs_client.put(str(local), f"{BUCKET}/lake", recursive=True)
 
     stdout, stderr = io.StringIO(), io.StringIO()
-    with aws_environment(s3_server.env()), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
-            debug_logging_to(stderr):
-        code = main([
+    with aws_environment(s3_server.env()), debug_logging_to(stderr):
+        code, summary, _ = run_cli(
             "embed", f"s3://{bucket}/lake/", f"s3://{bucket}/lance", "--table", "docs",
             "--keep-columns", "section,batch", "--actors", "2", "--threads-per-actor", "1",
-            "--rows-per-batch", "16", "--no-progress", "--verbose", "--json",
-        ])
+            "--rows-per-batch", "16", "--no-progress", "--verbose", "--json", stdout=stdout, stderr=stderr,
+        )
     assert code == 0, stderr.getvalue()[-3000:]
-    summary = json.loads(stdout.getvalue().strip().splitlines()[-1])
     return summary, stdout.getvalue(), stderr.getvalue()
 
 
@@ -250,15 +229,16 @@ def test_credentials_never_appear_in_output_logs_or_tables(s3_embedded, s3_serve
 
 
 @pytest.mark.ray
-def test_wrong_credentials_fail_in_one_line_without_echoing_them(s3_embedded, s3_server, bucket, capsys):
+def test_wrong_credentials_fail_in_one_line_without_echoing_them(s3_embedded, s3_server, bucket):
     if not s3_server.checks_auth:
         pytest.skip(f"{s3_server.kind} accepts any credentials")
     wrong = "wrong-secret-Kd83jfQ0pLx"
+    stdout = io.StringIO()
     with aws_environment({**s3_server.env(), "AWS_SECRET_ACCESS_KEY": wrong}):
-        code = main(["embed", f"s3://{bucket}/lake/", f"s3://{bucket}/lance2", "--verbose", "--json"])
-    captured = capsys.readouterr()
+        code, _, err = run_cli("embed", f"s3://{bucket}/lake/", f"s3://{bucket}/lance2", "--verbose", "--json",
+                               stdout=stdout)
     assert code == 1
-    reason = captured.err.strip().splitlines()[-1]
+    reason = err.strip().splitlines()[-1]
     assert reason.startswith("embedlake: error:") and "signature" in reason.lower()
     for secret in (wrong, TEST_ACCESS_KEY, TEST_SECRET_KEY):
-        assert secret not in captured.out + captured.err
+        assert secret not in stdout.getvalue() + err

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from operators.encoders.base import EncoderSpec
+from operators.encoders.int8 import Int8Linear
 from operators.encoders.loader import describe_encoder, load_encoder
-from operators.encoders.precision import Int8Linear, check_precision, compute_dtype
+from operators.encoders.precision import check_precision, compute_dtype
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,25 @@ import os
 
 import numpy as np
 import pytest
-from search_tables import brute_lexical, brute_maxsim, brute_ranking, make_table, random_rows, unit
 
 from operators import scoring
 from operators.schema import COLBERT, DENSE, SPARSE
+from operators.scoring import (
+    QueryVectors,
+    SparseVector,
+    colbert_scores,
+    mode_weights,
+    parse_weights,
+    rrf_scores,
+    sparse_scores,
+    top_k,
+    weight_grid,
+)
 from operators.search.dense import exact_topn, funnel_topn, scan_topn
-from operators.search.hybrid import mode_weights, parse_weights, rrf_scores, weight_grid
 from operators.search.retriever import Retriever
-from operators.search.scores import QueryVectors, SparseVector, colbert_scores, sparse_scores, top_k
 from operators.search.sparse_index import SparseIndex, open_sparse_index, stored_versions
 from operators.search.store import TableStore
+from tests.search_tables import brute_lexical, brute_maxsim, brute_ranking, make_table, random_rows
 
 N = 300
 
@@ -111,7 +120,7 @@ def test_sparse_index_scores_equal_brute_force(lake, queries):
         np.testing.assert_allclose(scores, [s for _, s in ranking], atol=1e-6)
         # the vectorised scorer used for candidates agrees too
         table = store.take(np.arange(N), [SPARSE])
-        np.testing.assert_allclose(sparse_scores(table.column(SPARSE), query.sparse), expected, atol=1e-6)
+        np.testing.assert_allclose(sparse_scores(query.sparse, table.column(SPARSE)), expected, atol=1e-6)
         singles = [scoring.sparse_score((query.sparse.indices, query.sparse.values), row) for row in columns[SPARSE]]
         np.testing.assert_allclose(singles, expected, atol=1e-6)
 
@@ -167,7 +176,7 @@ def test_colbert_scores_equal_brute_maxsim(lake, queries):
     rows = store.take(np.arange(N), [COLBERT])
     for query in queries:
         expected = [brute_maxsim(query.colbert, passage) for passage in columns[COLBERT]]
-        np.testing.assert_allclose(colbert_scores(rows.column(COLBERT), query.colbert), expected, atol=1e-5)
+        np.testing.assert_allclose(colbert_scores(query.colbert, rows.column(COLBERT)), expected, atol=1e-5)
         # and the single-pair reference of operators.scoring, row by row
         singles = [scoring.colbert_score(query.colbert, passage) for passage in columns[COLBERT]]
         np.testing.assert_allclose(singles, expected, atol=1e-5)
@@ -262,11 +271,6 @@ def test_index_folder_is_not_mistaken_for_a_table(lake):
     Retriever(path, "docs").sparse_index  # noqa: B018 - builds and persists it
     assert os.path.isdir(os.path.join(path, "docs.sparse_index"))
     assert list(lancedb.connect(path).list_tables().tables) == ["docs"]
-
-
-def test_unit_helper_is_unit():
-    matrix = unit(np.random.default_rng(0).normal(size=(4, 3)))
-    np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1, rtol=1e-6)
 
 
 def test_thresholded_selection_is_exact_on_wide_blocks():

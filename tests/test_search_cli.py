@@ -3,8 +3,6 @@ checked against brute force over the stored vectors with queries encoded indepen
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 
@@ -18,20 +16,14 @@ import pytest
 from operators.encoders.base import EncoderSpec
 from operators.metrics import evaluate_run, qrels_from_rows
 from operators.schema import DENSE, ID
-from operators.search.scores import fixed_vectors
+from operators.vectors import as_matrix
 from pipelines.cli import main
+from tests.cli_runs import cli_error, cli_result, run_cli
 
 pytestmark = pytest.mark.ray
 
 DOCS = 50
 DIMS = "128,64"
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, object, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    lines = captured.out.strip().splitlines()
-    return code, (json.loads(lines[-1]) if code == 0 and lines else None), captured.err
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +37,8 @@ def embedded(ray_session, corpus, tmp_path_factory) -> str:
     source = tmp_path_factory.mktemp("source")
     pq.write_table(corpus, source / "part-0.parquet")
     output = str(tmp_path_factory.mktemp("lake"))
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = main(["embed", str(source), output, "--table", "docs", "--dims", DIMS, "--actors", "1",
-                     "--threads-per-actor", "2", "--no-progress", "--json"])
-    assert code == 0
+    cli_result("embed", str(source), output, "--table", "docs", "--dims", DIMS, "--actors", "1",
+               "--threads-per-actor", "2", "--no-progress", "--json")
     return output
 
 
@@ -57,7 +46,7 @@ def embedded(ray_session, corpus, tmp_path_factory) -> str:
 def stored(embedded) -> dict:
     table = lancedb.connect(embedded).open_table("docs").to_arrow()
     return {"ids": np.array(table.column(ID).to_pylist(), dtype=object),
-            **{name: fixed_vectors(table.column(name)) for name in (DENSE, "dense_128", "dense_64")}}
+            **{name: as_matrix(table.column(name)) for name in (DENSE, "dense_128", "dense_64")}}
 
 
 @pytest.fixture(scope="module")
@@ -90,25 +79,23 @@ def brute(stored, query_vector, column, k):
 
 
 @pytest.mark.parametrize("column", [None, "dense_128", "dense_64"])
-def test_search_cli_equals_brute_force(embedded, stored, query_encoder, capsys, column):
+def test_search_cli_equals_brute_force(embedded, stored, query_encoder, column):
     query = "command line tool to compress files"
     column_args = ["--column", column] if column else []
-    code, hits, err = run_cli(capsys, "search", embedded, "--table", "docs", "--query", query, "--k", "5",
+    code, hits, err = run_cli("search", embedded, "--table", "docs", "--query", query, "--k", "5",
                               *column_args, "--json")
     assert code == 0, err
     name = column or DENSE
     vector = query_encoder.encode([query], prompt_name="query").columns[name]
-    expected = brute(stored, fixed_vectors(vector)[0], name, 5)
+    expected = brute(stored, as_matrix(vector)[0], name, 5)
     assert [hit["id"] for hit in hits] == [doc for doc, _ in expected]
     np.testing.assert_allclose([hit["score"] for hit in hits], [s for _, s in expected], atol=1e-5)
 
 
 def test_search_cli_funnel_and_text_output(embedded, stored, capsys):
-    code, funnel, _ = run_cli(capsys, "search", embedded, "--table", "docs", "--query", "music player",
-                              "--funnel", "64", "--funnel-shortlist", str(DOCS), "--k", "3", "--json")
-    assert code == 0
-    _, exact, _ = run_cli(capsys, "search", embedded, "--table", "docs", "--query", "music player", "--k", "3",
-                          "--json")
+    funnel = cli_result("search", embedded, "--table", "docs", "--query", "music player",
+                        "--funnel", "64", "--funnel-shortlist", str(DOCS), "--k", "3", "--json")
+    exact = cli_result("search", embedded, "--table", "docs", "--query", "music player", "--k", "3", "--json")
     # a shortlist covering the table re-ranks everything: same ids, same scores (to float rounding)
     assert [hit["id"] for hit in funnel] == [hit["id"] for hit in exact]
     np.testing.assert_allclose([h["score"] for h in funnel], [h["score"] for h in exact], atol=1e-6)
@@ -117,21 +104,18 @@ def test_search_cli_funnel_and_text_output(embedded, stored, capsys):
     assert len(lines) == 2 and lines[0].startswith("id=")
 
 
-def test_search_cli_errors_are_one_line(embedded, capsys):
-    code, _, err = run_cli(capsys, "search", embedded, "--table", "docs", "--query", "x", "--mode", "sparse")
-    assert code == 1
-    assert err.strip().count("\n") == 0 and "sparse search needs column(s) sparse" in err
-    code, _, err = run_cli(capsys, "search", embedded, "--table", "nope", "--query", "x")
-    assert code == 1 and "no table 'nope'" in err
-    code, _, err = run_cli(capsys, "search", embedded, "--table", "docs", "--query", "x", "--column", "dense_32")
-    assert code == 1 and "no column 'dense_32'" in err
+def test_search_cli_errors_are_one_line(embedded):
+    search = ("search", embedded, "--query", "x")
+    assert "sparse search needs column(s) sparse" in cli_error(*search, "--table", "docs", "--mode", "sparse",
+                                                              alone=True)
+    assert "no table 'nope'" in cli_error(*search, "--table", "nope")
+    assert "no column 'dense_32'" in cli_error(*search, "--table", "docs", "--column", "dense_32")
 
 
-def test_evaluate_cli_matches_metrics_over_brute_force(embedded, stored, query_encoder, labelled, capsys,
-                                                       tmp_path):
+def test_evaluate_cli_matches_metrics_over_brute_force(embedded, stored, query_encoder, labelled, tmp_path):
     queries, qrels, query_ids, texts = labelled
     report = str(tmp_path / "report" / "eval.json")
-    code, result, err = run_cli(capsys, "evaluate", embedded, "--table", "docs", "--queries", queries, "--qrels",
+    code, result, err = run_cli("evaluate", embedded, "--table", "docs", "--queries", queries, "--qrels",
                                 qrels, "--k", "5", "--report", report, "--tune-weights", "--json")
     assert code == 0, err
     assert {"dense", "dense_128", "dense_64", "funnel_128", "funnel_64"} <= set(result)
@@ -146,7 +130,7 @@ def test_evaluate_cli_matches_metrics_over_brute_force(embedded, stored, query_e
                              table.column("relevance").to_pylist())
     encoded = query_encoder.encode(texts, prompt_name="query").columns
     for column in ("dense", "dense_128", "dense_64"):
-        vectors = fixed_vectors(encoded[column])
+        vectors = as_matrix(encoded[column])
         run = {qid: brute(stored, vector, column, 5) for qid, vector in zip(query_ids, vectors, strict=True)}
         expected = evaluate_run(run, judged, query_ids, 5).means
         for name, value in expected.items():
@@ -156,8 +140,7 @@ def test_evaluate_cli_matches_metrics_over_brute_force(embedded, stored, query_e
     assert result["dense"]["recall@5"] > 0.6
 
 
-def test_index_cli_on_a_small_table_reports_the_skip(embedded, capsys):
-    code, result, _ = run_cli(capsys, "index", embedded, "--table", "docs", "--json")
-    assert code == 0
+def test_index_cli_on_a_small_table_reports_the_skip(embedded):
+    result = cli_result("index", embedded, "--table", "docs", "--json")
     assert set(result["columns"]) == {"dense", "dense_128", "dense_64"}
     assert all("skipped" in entry for entry in result["columns"].values())

@@ -3,34 +3,32 @@ variables only: the sparse index is persisted in the bucket next to the table an
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 import pytest
-from search_tables import brute_lexical, brute_ranking, random_rows, to_arrow
 
 from operators.schema import COLBERT, DENSE, SPARSE
+from operators.scoring import QueryVectors, SparseVector
 from operators.search.retriever import Retriever
-from operators.search.scores import QueryVectors, SparseVector
 from operators.search.sparse_index import stored_versions
 from operators.storage import resolve_storage
 from operators.table_meta import TableMeta
 from operators.tables import connect
-from pipelines.cli import main
+from tests.cli_runs import cli_result
+from tests.object_store_server import aws_environment
+from tests.search_tables import brute_lexical, brute_ranking, random_rows, to_arrow
 
 BUCKET = "embedlake-search"
-AWS_NAMES = ("AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE")
 
 
 @pytest.fixture
-def s3_lake(s3_server, monkeypatch) -> tuple[str, dict]:
-    for name in AWS_NAMES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
+def s3_lake(s3_server) -> tuple[str, dict]:
+    with aws_environment(s3_server.env()):
+        yield make_s3_lake(s3_server)
+
+
+def make_s3_lake(s3_server):
     s3_server.create_bucket(BUCKET)
     columns = random_rows(np.random.default_rng(21), 150)
     meta = TableMeta(model="fake", model_id="fake:1", kind="bge-m3", dims=[16, 8], outputs=["dense", "sparse"])
@@ -39,7 +37,7 @@ def s3_lake(s3_server, monkeypatch) -> tuple[str, dict]:
     return uri, columns
 
 
-def test_sparse_and_hybrid_search_on_s3_persist_the_index_in_the_bucket(s3_lake, capsys):
+def test_sparse_and_hybrid_search_on_s3_persist_the_index_in_the_bucket(s3_lake):
     uri, columns = s3_lake
     rng = np.random.default_rng(5)
     sparse = SparseVector.from_pairs(rng.choice(60, 8, replace=False), rng.uniform(0.1, 0.5, 8))
@@ -55,6 +53,5 @@ def test_sparse_and_hybrid_search_on_s3_persist_the_index_in_the_bucket(s3_lake,
 
     version = retriever.store.version
     assert stored_versions(f"{uri}/docs.sparse_index", resolve_storage(None)) == [version]
-    assert main(["index", uri, "--table", "docs", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = cli_result("index", uri, "--table", "docs", "--json")
     assert result["sparse_index"]["action"] == "loaded" and result["sparse_index"]["rows"] == 150

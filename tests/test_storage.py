@@ -94,15 +94,17 @@ def test_secrets_never_show_in_repr_and_are_scrubbed_from_errors():
 
     def leak():
         with redacted_errors(settings):
-            raise PermissionError(f"SignatureDoesNotMatch <AWSAccessKeyId>{KEY}</AWSAccessKeyId>")
+            msg = f"SignatureDoesNotMatch <AWSAccessKeyId>{KEY}</AWSAccessKeyId>"
+            raise PermissionError(msg)
 
     with pytest.raises(StorageError) as caught:
         leak()
     assert KEY not in str(caught.value) and "SignatureDoesNotMatch" in str(caught.value)
     assert KEY not in "".join(traceback.format_exception(caught.value))
     assert KEY not in str(pickle.loads(pickle.dumps(caught.value)).__context__)
-    with pytest.raises(ValueError, match="plain failure"), redacted_errors(settings):
-        raise ValueError("plain failure")  # nothing secret: the original error passes unchanged
+    plain = "plain failure"  # nothing secret: the original error passes unchanged
+    with pytest.raises(ValueError, match=plain), redacted_errors(settings):
+        raise ValueError(plain)
 
 
 def test_config_storage_section_and_storage_option(tmp_path, monkeypatch):

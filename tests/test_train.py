@@ -8,13 +8,7 @@ resume it from its last epoch checkpoint, and get a one-line error for bad input
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,21 +18,11 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.cli import main
+from tests.cli_runs import run_cli, sigkill_cli_when
 
 pytestmark = pytest.mark.ray
-REPO = Path(__file__).resolve().parent.parent
 PROMPTS = {"query": "query: ", "document": "passage: "}
 TINY_DIMS = "48,16,8"
-
-
-def run_cli(*argv: str) -> tuple[int, dict | None, str]:
-    """(exit status, the JSON result line, stderr) of one in-process CLI call."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main(list(argv))
-    lines = stdout.getvalue().strip().splitlines()
-    return code, (json.loads(lines[-1]) if code == 0 and lines else None), stderr.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +85,7 @@ def test_model_out_loads_in_sentence_transformers_and_our_encoder_identically(tr
     from sentence_transformers import SentenceTransformer
 
     from operators.encoders.mrl import MatryoshkaEncoder
-    from operators.search.scores import fixed_vectors
+    from operators.vectors import as_matrix
 
     out, _, _ = trained
     reference = SentenceTransformer(out, device="cpu", local_files_only=True)
@@ -111,9 +95,9 @@ def test_model_out_loads_in_sentence_transformers_and_our_encoder_identically(tr
     for prompt_name in ("query", "document"):
         expected = reference.encode(texts, prompt_name=prompt_name, normalize_embeddings=True)
         columns = ours.encode(texts, prompt_name=prompt_name).columns
-        np.testing.assert_allclose(fixed_vectors(columns["dense"]), expected, atol=2e-6)
+        np.testing.assert_allclose(as_matrix(columns["dense"]), expected, atol=2e-6)
         small = expected[:, :8] / np.linalg.norm(expected[:, :8], axis=1, keepdims=True)
-        np.testing.assert_allclose(fixed_vectors(columns["dense_8"]), small, atol=2e-6)
+        np.testing.assert_allclose(as_matrix(columns["dense_8"]), small, atol=2e-6)
     as_query = reference.encode(texts[:2], prompt_name="query")
     as_document = reference.encode(texts[:2], prompt_name="document")
     assert not np.allclose(as_query, as_document), "the two prompts must give different vectors"
@@ -166,20 +150,7 @@ def test_sigkilled_run_resumes_from_its_last_epoch_checkpoint(ray_session, pairs
     out = tmp_path / "model"
     argv = train_argv(pairs, str(out), tiny_model, "--epochs", "8")
     address = ray_session.get_runtime_context().gcs_address
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *argv, "--address", address], cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    try:
-        while not checkpoint_taken(out):
-            assert proc.poll() is None, "the run ended before its first checkpoint"
-            assert time.time() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    sigkill_cli_when([*argv, "--address", address], lambda: checkpoint_taken(out), 240, "its first checkpoint")
     assert not (out / "training_report.json").exists(), "killed before it finished"
     time.sleep(3)  # Ray reaps the dead driver's Train controller and workers
     code, summary, err = run_cli(*argv)
@@ -250,7 +221,7 @@ def test_train_reads_and_writes_an_object_store(ray_session, s3_server, docs, ti
 
     from operators.encoders.loader import resolve_model_path
     from operators.encoders.mrl import MatryoshkaEncoder
-    from operators.search.scores import fixed_vectors
+    from operators.vectors import as_matrix
 
     for name in ("AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
@@ -276,4 +247,4 @@ def test_train_reads_and_writes_an_object_store(ray_session, s3_server, docs, ti
     expected = SentenceTransformer(folder, device="cpu", local_files_only=True).encode(
         texts, prompt_name="query", normalize_embeddings=True)
     ours = MatryoshkaEncoder(folder).encode(texts, prompt_name="query").columns["dense"]
-    np.testing.assert_allclose(fixed_vectors(ours), expected, atol=2e-6)
+    np.testing.assert_allclose(as_matrix(ours), expected, atol=2e-6)

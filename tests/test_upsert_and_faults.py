@@ -44,7 +44,8 @@ def test_encoder_error_is_retried_then_isolated_to_its_rows(embed_rows, monkeypa
     def flaky(texts, prompt_name=None):
         calls.append(len(texts))
         if any("poison" in text for text in texts):
-            raise RuntimeError("tokenizer exploded")
+            msg = "tokenizer exploded"
+            raise RuntimeError(msg)
         return original(texts, prompt_name=prompt_name)
 
     monkeypatch.setattr(embed_rows.encoder, "encode", flaky)

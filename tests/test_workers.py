@@ -41,7 +41,7 @@ def test_object_store_sizes_read_like_people_write_them():
 
     import pytest
 
-    from pipelines.commands.embed import object_store_size
+    from pipelines.commands.options import object_store_size
 
     assert object_store_size("2GB") == 2 * 10**9
     assert object_store_size("512MiB") == 512 * 2**20

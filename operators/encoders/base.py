@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -21,7 +21,7 @@ import torch
 
 from operators.encoders.batching import FlatTokens, pad_rows, plan_batches, run_splitting_on_oom
 from operators.encoders.limits import ROWS_PER_BATCH, TOKENS_PER_BATCH
-from operators.encoders.precision import compute_dtype
+from operators.encoders.precision import Precision, compute_dtype
 
 # A fast tokenizer still tokenises a whole 1 MB text before truncating it; no token covers more
 # than this many characters per allowed token, so cutting the text first changes nothing we keep.
@@ -75,7 +75,7 @@ def default_device() -> torch.device:
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU (bf16 there is an explicit choice:
     fast only on CPUs with AVX512-BF16/AMX, and its vectors differ slightly; see precision.py)."""
-    return compute_dtype("auto", device)
+    return compute_dtype(Precision.AUTO, device)
 
 
 def folder_name(folder: str) -> str:
@@ -164,6 +164,10 @@ class TransformerEncoder(Encoder):
         """Hook for prompts and lower-casing; identity by default."""
         return list(texts)
 
+    def _forward_for(self, prompt_name: str | None) -> Callable[[torch.Tensor, torch.Tensor], dict]:
+        """The forward pass for texts encoded with this prompt (a model may pool them differently)."""
+        return self._forward
+
     # -- the shared loop ---------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
         """Token ids per text, truncated to max_length, and whether each text was truncated."""
@@ -206,10 +210,11 @@ class TransformerEncoder(Encoder):
         lengths = tokens.lengths
         outputs: dict[str, list | np.ndarray] = {}
         stats = _LoopStats()
+        forward = self._forward_for(prompt_name)
         with self._compute_lock:
             plan = plan_batches(lengths, self.limits.max_tokens, self.limits.max_rows)
             for batch, staged in self._staged(plan, tokens):
-                run = partial(self._run_rows, tokens, staged, stats)
+                run = partial(self._run_rows, forward, tokens, staged, stats)
                 for indices, result in run_splitting_on_oom(run, batch, stats.count_split):
                     _scatter(outputs, result, indices, len(texts))
         return EncodedBatch(
@@ -221,14 +226,14 @@ class TransformerEncoder(Encoder):
         )
 
     def _run_rows(
-        self, tokens: FlatTokens, staged: dict[int, tuple[torch.Tensor, torch.Tensor]], stats: _LoopStats,
-        indices: np.ndarray,
+        self, forward: Callable, tokens: FlatTokens, staged: dict[int, tuple[torch.Tensor, torch.Tensor]],
+        stats: _LoopStats, indices: np.ndarray,
     ) -> list[tuple[np.ndarray, dict[str, list | np.ndarray]]]:
         """Forward one batch (or, after an OOM split, part of it). The staged tensors fit only the whole
         batch, so they are keyed by its row count: halves of it pad their own."""
         ready = staged.pop(len(indices), None)
         input_ids, mask = ready if ready is not None else self._device_batch(tokens, indices)
-        result = self._forward(input_ids, mask)
+        result = forward(input_ids, mask)
         stats.padded_tokens += input_ids.numel()
         return [(indices, result)]
 
@@ -302,6 +307,6 @@ class EncoderSpec:
     max_tokens_per_batch: int | None = None  # None: the device's default (BatchLimits)
     max_rows_per_batch: int | None = None
     device: str | None = None  # None: cuda when available, else cpu
-    precision: str = "auto"  # auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16, fp16, int8 (CPU)
+    precision: Precision = Precision.AUTO  # operators/encoders/precision.py
     prompt_name: str | None = "document"
     storage: dict = field(default_factory=dict, repr=False)  # settings to fetch a model folder on an object store

@@ -2,7 +2,7 @@
 
 Fixed row-count batches waste most of their compute on padding when text lengths vary; sorting by
 length and cutting batches by a budget of padded tokens keeps padding small and the work per batch
-even (shared/docs/performance.md).
+even (docs/encoders.md).
 """
 
 from __future__ import annotations

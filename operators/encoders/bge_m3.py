@@ -3,7 +3,7 @@
 Reproduces FlagEmbedding's `BGEM3FlagModel.encode` (inference/embedder/encoder_only/m3.py and
 finetune/embedder/encoder_only/m3/modeling.py) on a folder in BAAI/bge-m3's layout, but inside the
 shared token-budget batching loop and with the per-token post-processing done on whole batches in
-torch instead of a Python loop per token. Semantics: shared/docs/bge_m3_and_mrl.md.
+torch instead of a Python loop per token. Semantics: docs/encoders.md.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 
 from operators.encoders.base import (
     BatchLimits,
@@ -26,6 +25,7 @@ from operators.encoders.base import (
     folder_name,
     weights_fingerprint,
 )
+from operators.encoders.modules import unit
 from operators.encoders.precision import compute_dtype
 from operators.schema import COLBERT, DENSE, SPARSE, SPARSE_TYPE, colbert_type, dense_type
 
@@ -33,8 +33,14 @@ OUTPUTS = (DENSE, SPARSE, COLBERT)
 DEFAULT_MAX_LENGTH = 8192  # what BAAI/bge-m3 was trained for; capped by a smaller checkpoint's positions
 COLBERT_HEAD = "colbert_linear.pt"
 SPARSE_HEAD = "sparse_linear.pt"
+HEAD_FILES = (COLBERT_HEAD, SPARSE_HEAD)  # beside the backbone, they make a folder BGE-M3
 
 SparseRow = tuple[np.ndarray, np.ndarray]  # (token ids int32 ascending, weights float32)
+
+
+def is_bge_m3_folder(path: str) -> bool:
+    """A folder in BAAI/bge-m3's layout carries both head files next to the backbone."""
+    return all(os.path.isfile(os.path.join(path, name)) for name in HEAD_FILES)
 
 
 def requested_outputs(outputs: Sequence[str]) -> list[str]:
@@ -163,7 +169,7 @@ class BgeM3Encoder(TransformerEncoder):
         hidden = hidden.float()  # heads and normalisation in fp32 whatever the backbone's dtype
         result: dict[str, list | np.ndarray] = {}
         if DENSE in self.outputs:
-            result[DENSE] = F.normalize(hidden[:, 0], dim=-1).cpu().numpy()
+            result[DENSE] = unit(hidden[:, 0]).cpu().numpy()
         if SPARSE in self.outputs:
             result[SPARSE] = self._lexical_weights(hidden, input_ids, attention_mask)
         if COLBERT in self.outputs:
@@ -195,7 +201,7 @@ class BgeM3Encoder(TransformerEncoder):
         """colbert_linear(h[:, 1:]) on the unpadded positions (CLS dropped, trailing </s> kept),
         L2-normalised, float16 per row."""
         mask = attention_mask[:, 1:].bool()
-        vectors = F.normalize(self.colbert_linear(hidden[:, 1:][mask]), dim=-1)
+        vectors = unit(self.colbert_linear(hidden[:, 1:][mask]))
         flat = vectors.to(torch.float16).cpu().numpy()
         counts = mask.sum(dim=1).cpu().tolist()
         bounds = np.cumsum([0, *counts])

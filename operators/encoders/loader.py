@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 from operators.encoders.base import Encoder, EncoderDescription, EncoderSpec
-from operators.encoders.precision import check_precision, model_id_suffix, quantize_linears
+from operators.encoders.bge_m3 import is_bge_m3_folder
+from operators.encoders.int8 import quantize_linears
+from operators.encoders.precision import Precision, check_precision, model_id_suffix
 
 MINILM = "minilm"
-BGE_M3_HEAD_FILES = ("colbert_linear.pt", "sparse_linear.pt")
 
 
 def resolve_model_path(model: str, storage: dict | None = None) -> str:
@@ -35,11 +36,6 @@ def resolve_model_path(model: str, storage: dict | None = None) -> str:
     return path
 
 
-def is_bge_m3_folder(path: str) -> bool:
-    """A folder in BAAI/bge-m3's layout carries both head files next to the backbone."""
-    return all(os.path.isfile(os.path.join(path, name)) for name in BGE_M3_HEAD_FILES)
-
-
 def model_kind(model: str, storage: dict | None = None) -> str:
     """ "bge-m3" or "mrl" for a model argument."""
     return "bge-m3" if is_bge_m3_folder(resolve_model_path(model, storage)) else "mrl"
@@ -64,7 +60,7 @@ def apply_precision(encoder: Encoder, precision: str) -> Encoder:
     """What a precision needs beyond the load dtype (which each encoder picks from the spec): int8
     swaps the backbone's Linear layers, and an explicit precision marks the model id, in one place
     for every encoder so the driver's id (describe_encoder) and the workers' agree."""
-    if precision == "int8":
+    if precision == Precision.INT8:
         check_precision(precision, getattr(encoder, "device", None))
         quantize_linears(encoder.model)  # type: ignore[attr-defined]
     encoder.model_id += model_id_suffix(precision)

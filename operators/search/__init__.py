@@ -1,5 +1,5 @@
 """Search over embedlake tables: dense (with the Matryoshka funnel), sparse, ColBERT and hybrid."""
 
-from operators.search.retriever import SEARCH_MODES, Retriever, search
+from operators.search.retriever import Retriever, SearchMode
 
-__all__ = ["SEARCH_MODES", "Retriever", "search"]
+__all__ = ["Retriever", "SearchMode"]

@@ -15,8 +15,9 @@ import pyarrow as pa
 
 from operators.encoders.base import Encoder, EncoderSpec
 from operators.schema import COLBERT, SPARSE, nested_dim
-from operators.search.scores import QueryVectors, SparseVector, fixed_vectors, sparse_children
+from operators.scoring import QueryVectors, SparseVector
 from operators.search.store import TableStore
+from operators.vectors import as_matrix, sparse_children
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def vectors_from_columns(columns: dict[str, pa.Array], count: int) -> list[Query
     queries = [QueryVectors() for _ in range(count)]
     for name, array in columns.items():
         if pa.types.is_fixed_size_list(array.type):
-            matrix = fixed_vectors(array)
+            matrix = as_matrix(array)
             for query, row in zip(queries, matrix, strict=True):
                 query.dense[name] = row
         elif name == SPARSE:

@@ -15,22 +15,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 import pyarrow as pa
 
+from operators import scoring
 from operators.errors import UsageError
 from operators.schema import COLBERT, DENSE, ID, SPARSE, dense_column, is_blank, is_dense_column
-from operators.search import hybrid as fusion_ops
-from operators.search.scores import QueryVectors, colbert_scores, dense_scores, fixed_vectors, sparse_scores, top_k
+from operators.scoring import COLBERT_MODE, DENSE_MODE, SPARSE_MODE, Fusion, QueryVectors, top_k
 from operators.search.sparse_index import SparseIndex, open_sparse_index
 from operators.search.store import TableStore
+from operators.vectors import as_matrix
 
-DENSE_MODE = fusion_ops.DENSE_MODE
-SPARSE_MODE = fusion_ops.SPARSE_MODE
-COLBERT_MODE = fusion_ops.COLBERT_MODE
-HYBRID_MODE = "hybrid"
-SEARCH_MODES = (DENSE_MODE, SPARSE_MODE, COLBERT_MODE, HYBRID_MODE)
+
+class SearchMode(StrEnum):
+    DENSE = DENSE_MODE
+    SPARSE = SPARSE_MODE
+    COLBERT = COLBERT_MODE
+    HYBRID = "hybrid"
+
+
 DEFAULT_SHORTLIST = 100  # per first stage (dense, sparse) before ColBERT / hybrid re-ranking
 # The funnel re-ranks a shortlist of the small column alone, so it needs a longer one: on the 1M-vector benchmark
 # with a hard spectrum (39% of the variance in the first 64 of 384 dims) 400 kept 0.995 of exact top-10.
@@ -122,19 +127,19 @@ class Retriever:
     def search(
         self,
         query: str | QueryVectors,
-        mode: str = DENSE_MODE,
+        mode: str = SearchMode.DENSE,
         column: str | None = None,
         k: int = 10,
         weights: Sequence[float] | None = None,
-        fusion: str = fusion_ops.WEIGHTED,
+        fusion: str = Fusion.WEIGHTED,
         funnel: str | int | None = None,
     ) -> list[dict]:
         """The k best rows for one query: [{"id", "score"}], best first, ties broken by id."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             msg = f"--k must be at least 1, got {k!r}"
             raise UsageError(msg)
-        if mode not in SEARCH_MODES:
-            msg = f"unknown mode {mode!r} (choose from {', '.join(SEARCH_MODES)})"
+        if mode not in list(SearchMode):
+            msg = f"unknown mode {mode!r} (choose from {', '.join(SearchMode)})"
             raise UsageError(msg)
         for option, value in (("--column", column), ("--funnel", funnel)):
             if value is not None and mode != DENSE_MODE:
@@ -155,13 +160,13 @@ class Retriever:
         candidates = self.candidates(vectors)
         if mode == COLBERT_MODE:
             return hits(candidates.ids, candidates.scores[COLBERT_MODE], k)
-        weights_by_mode = fusion_ops.mode_weights(weights, self.available_modes())
-        return hits(candidates.ids, fusion_ops.fuse(candidates.ids, candidates.scores, weights_by_mode, fusion), k)
+        weights_by_mode = scoring.mode_weights(weights, self.available_modes())
+        return hits(candidates.ids, scoring.fuse(candidates.ids, candidates.scores, weights_by_mode, fusion), k)
 
     def _check_mode(self, mode: str) -> None:
-        needed = {SPARSE_MODE: [SPARSE], COLBERT_MODE: [COLBERT, DENSE], HYBRID_MODE: [DENSE]}.get(mode, [])
+        needed = {SPARSE_MODE: [SPARSE], COLBERT_MODE: [COLBERT, DENSE], SearchMode.HYBRID: [DENSE]}.get(mode, [])
         missing = [column for column in needed if not self.store.has(column)]
-        if mode == HYBRID_MODE and not (self.store.has(SPARSE) or self.store.has(COLBERT)):
+        if mode == SearchMode.HYBRID and not (self.store.has(SPARSE) or self.store.has(COLBERT)):
             missing.append("sparse or colbert")
         if missing:
             msg = (f"{mode} search needs column(s) {', '.join(missing)}, which table {self.store.name!r} lacks "
@@ -174,7 +179,7 @@ class Retriever:
         self.store.require(column)
         rows = self._vector_search(column, query, k, [ID, column])
         ids = np.asarray(rows.column(ID).to_pylist(), dtype=object)
-        return hits(ids, dense_scores(fixed_vectors(rows.column(column)), query.dense[column]), k)
+        return hits(ids, scoring.dense_scores(query.dense[column], as_matrix(rows.column(column))), k)
 
     def funnel(self, query: QueryVectors, small: str, k: int, full: str = DENSE) -> list[dict]:
         """Shortlist `self.funnel_shortlist` rows by the small nested column, return the k best by the full one."""
@@ -182,7 +187,7 @@ class Retriever:
         self.store.require(full)
         rows = self._vector_search(small, query, max(self.funnel_shortlist, k), [ID, full])
         ids = np.asarray(rows.column(ID).to_pylist(), dtype=object)
-        return hits(ids, dense_scores(fixed_vectors(rows.column(full)), query.dense[full]), k)
+        return hits(ids, scoring.dense_scores(query.dense[full], as_matrix(rows.column(full))), k)
 
     def sparse(self, query: QueryVectors, k: int) -> list[dict]:
         index = self.sparse_index
@@ -204,11 +209,11 @@ class Retriever:
             parts.append(self.store.take(positions, columns))
         rows = _unique_rows(pa.concat_tables([part.select(columns) for part in parts]))
         ids = np.asarray(rows.column(ID).to_pylist(), dtype=object)
-        scores = {DENSE_MODE: dense_scores(fixed_vectors(rows.column(DENSE)), query.dense[DENSE])}
+        scores = {DENSE_MODE: scoring.dense_scores(query.dense[DENSE], as_matrix(rows.column(DENSE)))}
         if self.store.has(SPARSE) and query.sparse is not None:
-            scores[SPARSE_MODE] = sparse_scores(rows.column(SPARSE), query.sparse)
+            scores[SPARSE_MODE] = scoring.sparse_scores(query.sparse, rows.column(SPARSE))
         if self.store.has(COLBERT) and query.colbert is not None:
-            scores[COLBERT_MODE] = colbert_scores(rows.column(COLBERT), query.colbert)
+            scores[COLBERT_MODE] = scoring.colbert_scores(query.colbert, rows.column(COLBERT))
         return Candidates(ids, scores)
 
     def _vector_search(self, column: str, query: QueryVectors, limit: int, columns: list[str]) -> pa.Table:
@@ -230,26 +235,3 @@ def _unique_rows(rows: pa.Table) -> pa.Table:
             keep.append(i)
     return rows.take(keep)
 
-
-def search(
-    uri: str,
-    table: str,
-    query: str,
-    mode: str = DENSE_MODE,
-    column: str | None = None,
-    k: int = 10,
-    weights: Sequence[float] | str | None = None,
-    fusion: str = fusion_ops.WEIGHTED,
-    funnel: str | int | None = None,
-    shortlist: int = DEFAULT_SHORTLIST,
-    exact: bool = False,
-    model: str | None = None,
-    funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST,
-    storage: dict | None = None,
-) -> list[dict]:
-    """Python API behind `embedlake search`: the k best rows of `table` for the text `query`. `storage`:
-    object-store settings (operators.storage.resolve_storage; the environment's by default)."""
-    retriever = Retriever(uri, table, model=model, shortlist=shortlist, exact=exact,
-                          funnel_shortlist=funnel_shortlist, storage=storage)
-    return retriever.search(query, mode=mode, column=column, k=k, weights=fusion_ops.parse_weights(weights)
-                            if isinstance(weights, str) else weights, fusion=fusion, funnel=funnel)

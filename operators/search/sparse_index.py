@@ -25,7 +25,8 @@ import numpy as np
 import pyarrow as pa
 
 from operators.schema import ID, SPARSE
-from operators.search.scores import SparseVector, ragged_lengths, sparse_children, top_k
+from operators.scoring import SparseVector, top_k
+from operators.vectors import ragged_lengths, sparse_children
 
 log = logging.getLogger(__name__)
 

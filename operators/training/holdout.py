@@ -14,8 +14,9 @@ import pyarrow as pa
 
 from operators.metrics import evaluate_run
 from operators.schema import DENSE
-from operators.search.scores import fixed_vectors, top_k
+from operators.scoring import top_k
 from operators.training.pairs import ANCHOR, POSITIVE
+from operators.vectors import as_matrix
 
 K = 10
 MAX_HOLDOUT_EVAL = 10_000  # held-out pairs scored (the first ones, in file order): bounded report cost
@@ -47,7 +48,7 @@ def evaluate_model(folder: str, pairs: pa.Table, dims: Sequence[int], max_length
     doc_columns = encoder.encode(documents, prompt_name="document").columns
     results = {}
     for column in [DENSE, *[f"{DENSE}_{d}" for d in encoder.dims]]:
-        run = ranked(fixed_vectors(query_columns[column]), fixed_vectors(doc_columns[column]), query_ids, k)
+        run = ranked(as_matrix(query_columns[column]), as_matrix(doc_columns[column]), query_ids, k)
         results[column] = evaluate_run(run, qrels, query_ids, k).as_dict()
     return results
 

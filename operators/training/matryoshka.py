@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
+from operators.encoders.mrl import check_nested_sizes
 from operators.training.pairs import ANCHOR, NEGATIVE, POSITIVE
 
 QUERY, DOCUMENT = "query", "document"
@@ -66,10 +67,7 @@ def check_dims(dims: Sequence[int], weights: Sequence[float], dimension: int) ->
     if len(weights) != len(dims):
         msg = f"--dim-weights has {len(weights)} value(s) for {len(dims)} nested size(s)"
         raise ValueError(msg)
-    bad = [d for d in dims if not 0 < d <= dimension]
-    if bad:
-        msg = f"nested sizes {bad} must be between 1 and the model's dimension {dimension}"
-        raise ValueError(msg)
+    check_nested_sizes(dims, dimension)
     if len(set(dims)) != len(dims):
         msg = f"nested sizes repeat: {list(dims)}"
         raise ValueError(msg)

@@ -5,29 +5,26 @@ from __future__ import annotations
 
 import argparse
 
-from operators.evaluation import evaluate
-from operators.search.hybrid import parse_weights
-from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST
-from operators.storage import redacted_errors
-from pipelines.storage_cli import add_storage_option, storage_from_args
+from pipelines.commands.options import add_table_arguments, job_from_args, weights_list
+from pipelines.storage_cli import add_storage_option
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "evaluate", help="retrieval quality of every column and mode on labelled queries",
+        "evaluate", job="pipelines.evaluate:EvaluateJob",
+        help="retrieval quality of every column and mode on labelled queries",
         description="Recall@k, MRR@k and nDCG@k of every stored vector column (dense, dense_<d>, sparse, "
                     "colbert), the funnel at each nested size and the hybrid, on queries with relevance labels.")
-    parser.add_argument("output", help="LanceDB URI the table lives in")
-    parser.add_argument("--table", default="docs")
+    add_table_arguments(parser)
     parser.add_argument("--queries", required=True, help="Parquet with query_id, text")
     parser.add_argument("--qrels", required=True, help="Parquet with query_id, doc_id, relevance (>0 relevant)")
-    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--k", type=int, help="cut-off of Recall@k, MRR@k and nDCG@k")
     parser.add_argument("--tune-weights", action="store_true",
                         help="grid-search hybrid weights on the qrels (with a 2-fold held-out estimate)")
-    parser.add_argument("--weights", help="hybrid weights dense,sparse[,colbert] (default 0.4,0.2,0.4)")
-    parser.add_argument("--shortlist", type=int, default=DEFAULT_SHORTLIST,
+    parser.add_argument("--weights", type=weights_list, help="hybrid weights dense,sparse[,colbert]")
+    parser.add_argument("--shortlist", type=int,
                         help="first-stage candidates for colbert and hybrid (each of dense and sparse)")
-    parser.add_argument("--funnel-shortlist", type=int, default=DEFAULT_FUNNEL_SHORTLIST,
+    parser.add_argument("--funnel-shortlist", type=int,
                         help="rows the funnel's small nested column shortlists for re-ranking with the full vector")
     parser.add_argument("--report", help="JSON report path (default OUTPUT/<table>.evaluation.json); "
                                          "the plot is written next to it as .png")
@@ -40,25 +37,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    storage = storage_from_args(args)
-    with redacted_errors(storage):
-        return _evaluate(args, storage)
+    from pipelines.evaluate import EvaluateJob, run_evaluate
 
-
-def _evaluate(args: argparse.Namespace, storage: dict) -> dict:
-    return evaluate(
-        args.output,
-        args.table,
-        args.queries,
-        args.qrels,
-        k=args.k,
-        tune_weights=args.tune_weights,
-        weights=parse_weights(args.weights),
-        shortlist=args.shortlist,
-        funnel_shortlist=args.funnel_shortlist,
-        model=args.model,
-        report_path=args.report,
-        use_index=args.use_index,
-        limit=args.limit,
-        storage=storage,
-    )
+    return run_evaluate(job_from_args(EvaluateJob, args))

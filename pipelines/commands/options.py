@@ -41,7 +41,8 @@ class JobHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if not action.option_strings or default in (None, False, argparse.SUPPRESS) or "default" in text:
+        hidden = default is None or default is False or default == argparse.SUPPRESS
+        if not action.option_strings or hidden or "default" in text:
             return text
         if isinstance(default, list | tuple | dict):
             if not default:
@@ -67,7 +68,8 @@ class JobParser(argparse.ArgumentParser):
         a usage block followed by the message."""
         from operators.errors import UsageError
 
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+        msg = f"{self.prog}: {message} (see {self.prog} --help)"
+        raise UsageError(msg)
 
     def job_type(self) -> type:
         module, _, name = self.job.partition(":")
@@ -102,17 +104,46 @@ def job_from_args(job_type: type[Job], args: argparse.Namespace, **values: objec
     return job_type(**given, **values)
 
 
+def add_table_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    """OUTPUT (the job's `uri`) and --table, for the commands that read a table embed wrote."""
+    parser.add_argument("uri", metavar="OUTPUT", help="LanceDB URI the table lives in: a local folder or s3://...")
+    parser.add_argument("--table", required=required, help="the table embed wrote")
+
+
+def add_address_option(parser: argparse.ArgumentParser) -> None:
+    """--address, for the commands that run on Ray."""
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+
+
 # -- value types -------------------------------------------------------------------------------
 def int_list(value: str) -> list[int]:
+    return _number_list(value, int, "integers")
+
+
+def float_list(value: str) -> list[float]:
+    return _number_list(value, float, "numbers")
+
+
+def _number_list(value: str, kind: type, what: str) -> list:
     try:
-        return [int(part) for part in value.split(",") if part.strip()]
+        return [kind(part) for part in value.split(",") if part.strip()]
     except ValueError as error:
-        msg = f"expected comma-separated integers, got {value!r}"
+        msg = f"expected comma-separated {what}, got {value!r}"
         raise argparse.ArgumentTypeError(msg) from error
 
 
 def name_list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def weights_list(value: str) -> tuple[float, ...]:
+    """Hybrid weights `dense,sparse[,colbert]` (operators/scoring.py parse_weights)."""
+    from operators.scoring import parse_weights
+
+    try:
+        return parse_weights(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def resource_amounts(value: str) -> dict[str, float]:

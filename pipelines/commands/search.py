@@ -4,30 +4,30 @@ from __future__ import annotations
 
 import argparse
 
-from operators.search.hybrid import FUSIONS, WEIGHTED, parse_weights
-from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, SEARCH_MODES, search
-from operators.storage import redacted_errors
-from pipelines.storage_cli import add_storage_option, storage_from_args
+from operators.scoring import Fusion
+from operators.search.retriever import SearchMode
+from pipelines.commands.options import add_table_arguments, job_from_args, weights_list
+from pipelines.storage_cli import add_storage_option
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("search", help="query a table written by embed",
+    parser = subparsers.add_parser("search", job="pipelines.search:SearchJob", help="query a table written by embed",
                                    description="Query a table: dense (any nested column, optional Matryoshka "
                                                "funnel), sparse, colbert or hybrid. Prints {id, score}, best first.")
-    parser.add_argument("output", help="LanceDB URI the table lives in")
-    parser.add_argument("--table", default="docs")
+    add_table_arguments(parser)
     parser.add_argument("--query", required=True, help="query text (encoded with the model's query prompt)")
-    parser.add_argument("--mode", choices=SEARCH_MODES, default="dense")
+    parser.add_argument("--mode", choices=list(SearchMode),
+                        help="colbert and hybrid re-rank the dense and sparse shortlists")
     parser.add_argument("--column", help="dense mode: vector column, dense (default) or dense_<d>")
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--weights", help="hybrid weights dense,sparse[,colbert] (default 0.4,0.2,0.4)")
-    parser.add_argument("--fusion", choices=FUSIONS, default=WEIGHTED,
-                        help="hybrid: BGE-M3's weighted sum (default) or reciprocal-rank fusion")
+    parser.add_argument("--k", type=int, help="rows to return")
+    parser.add_argument("--weights", type=weights_list, help="hybrid weights dense,sparse[,colbert]")
+    parser.add_argument("--fusion", choices=list(Fusion),
+                        help="hybrid: BGE-M3's weighted sum or reciprocal-rank fusion")
     parser.add_argument("--funnel", help="dense mode: shortlist with this nested column (dense_64 or 64), "
                                          "re-rank with --column")
-    parser.add_argument("--shortlist", type=int, default=DEFAULT_SHORTLIST,
+    parser.add_argument("--shortlist", type=int,
                         help="first-stage candidates for colbert and hybrid (each of dense and sparse)")
-    parser.add_argument("--funnel-shortlist", type=int, default=DEFAULT_FUNNEL_SHORTLIST,
+    parser.add_argument("--funnel-shortlist", type=int,
                         help="rows the funnel's small nested column shortlists for re-ranking with the full vector")
     parser.add_argument("--exact", action="store_true", help="exact scan even where an ANN index exists")
     parser.add_argument("--model", help="encoder for the queries when the table carries no metadata")
@@ -36,25 +36,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    storage = storage_from_args(args)
-    with redacted_errors(storage):
-        return _search(args, storage)
+    from pipelines.search import SearchJob, run_search
 
-
-def _search(args: argparse.Namespace, storage: dict) -> list[dict]:
-    return search(
-        args.output,
-        args.table,
-        args.query,
-        mode=args.mode,
-        column=args.column,
-        k=args.k,
-        weights=parse_weights(args.weights),
-        fusion=args.fusion,
-        funnel=args.funnel,
-        shortlist=args.shortlist,
-        funnel_shortlist=args.funnel_shortlist,
-        exact=args.exact,
-        model=args.model,
-        storage=storage,
-    )
+    return run_search(job_from_args(SearchJob, args))

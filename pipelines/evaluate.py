@@ -1,0 +1,104 @@
+"""The evaluate job: Recall/MRR/nDCG@k of every stored column and mode of a table on labelled queries
+(operators/evaluation.py), written as a JSON report with a PNG plot next to it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from operators.errors import check_positive, check_range
+from operators.evaluation import Evaluator, bytes_per_vector, load_labelled_queries
+from operators.metrics import evaluate_run, json_safe
+from operators.schema import COLBERT, DENSE, SPARSE
+from operators.scoring import DEFAULT_WEIGHTS
+from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, Retriever
+from operators.storage import local_path
+from operators.tables import check_table_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluateJob:
+    """One evaluation's options (pipelines/commands/evaluate.py says what each means)."""
+
+    uri: str
+    queries: str  # Parquet: query_id, text
+    qrels: str  # Parquet: query_id, doc_id, relevance
+    table: str = "docs"
+    k: int = 10
+    tune_weights: bool = False
+    weights: Sequence[float] = DEFAULT_WEIGHTS
+    shortlist: int = DEFAULT_SHORTLIST
+    funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST
+    model: str | None = None
+    report: str | None = None  # JSON report path; default report_path()
+    use_index: bool = False
+    limit: int | None = None
+    plot: bool = True
+    storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
+
+    def __post_init__(self) -> None:
+        check_table_name(self.table)
+        for name in ("k", "shortlist", "funnel_shortlist"):
+            check_range(name, getattr(self, name), 1)
+        check_positive(self, "limit")
+
+
+def report_path(job: EvaluateJob) -> str:
+    """--report, else `<uri>/<T>.evaluation.json` for a local database, else `./<T>.evaluation.json`."""
+    name = f"{job.table}.evaluation.json"
+    if job.report:
+        return job.report
+    folder = local_path(job.uri)
+    return os.path.join(folder, name) if folder is not None else os.path.abspath(name)
+
+
+def run_evaluate(job: EvaluateJob) -> dict:
+    """{"<column or mode>": {"recall@k", "mrr@k", "ndcg@k", "bytes_per_vector", ...}, ..., "k", "queries",
+    "queries_without_relevant", "seconds", "report", "plot"}."""
+    started = time.perf_counter()
+    labelled = load_labelled_queries(job.queries, job.qrels, job.limit)
+    if not labelled.ids:
+        msg = f"{job.queries} has no queries"
+        raise ValueError(msg)
+    retriever = Retriever(job.uri, job.table, model=job.model, shortlist=max(job.shortlist, job.k),
+                          exact=not job.use_index, funnel_shortlist=max(job.funnel_shortlist, job.k),
+                          storage=job.storage)
+    store = retriever.store
+    judged_docs = {doc for judged in labelled.qrels.values() for doc, rel in judged.items() if rel > 0}
+    missing_docs = len(judged_docs - set(store.ids().tolist()))
+    if missing_docs:
+        log.warning("%d relevant doc ids in %s are not in table %s; they count as not retrieved",
+                    missing_docs, job.qrels, job.table)
+    evaluator = Evaluator(retriever, labelled, job.k, use_index=job.use_index)
+    results, dense_positions = evaluator.dense_entries()
+    if store.has(SPARSE):
+        results[SPARSE] = {**evaluator.score(evaluator.sparse_run()),
+                           "bytes_per_vector": bytes_per_vector(store, SPARSE)}
+    if store.has(DENSE) and (store.has(SPARSE) or store.has(COLBERT)):
+        results.update(evaluator.multi_mode_entries(dense_positions, job.weights, job.tune_weights, results))
+    elif job.tune_weights:
+        log.warning("--tune-weights needs a table with BGE-M3 sparse or colbert outputs; skipped")
+    summary = evaluate_run({}, labelled.qrels, labelled.ids, job.k)
+    output = {
+        **results,
+        "k": job.k,
+        "queries": summary.queries,
+        "queries_without_relevant": summary.queries_without_relevant,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    path = report_path(job)
+    output["report"] = path
+    if job.plot:
+        from operators.evaluation_plot import plot_quality
+
+        output["plot"] = plot_quality(results, job.k, os.path.splitext(path)[0] + ".png", title=job.table)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(json_safe(output), handle, indent=2, allow_nan=False)  # an undefined mean is null, never NaN
+    return output
