@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ import lance
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.cli import main
+from tests import cli_runs
 
 
 @dataclass
@@ -36,11 +35,10 @@ class Outcome:
 
 
 def run_cli(*argv: str) -> Outcome:
-    """`embedlake ARGV` in this process; stdout and stderr captured."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return Outcome(code, out.getvalue(), err.getvalue())
+    """`embedlake ARGV` in this process (tests/cli_runs.py); stdout and stderr captured."""
+    out = io.StringIO()
+    code, _, err = cli_runs.run_cli(*argv, stdout=out)
+    return Outcome(code, out.getvalue(), err)
 
 
 def snapshot(folder: str | Path) -> dict[str, tuple[int, int]]:
