@@ -111,7 +111,7 @@ CASES = [
     ("options", (*S, "--query", " \t "), 2, "--query is empty"),
     ("options", (*S, "--query", "\u200b\u2060"), 2, "--query is empty"),
     ("options", (*S, "--query", "x", "--mode", "telepathy"), 2, "invalid choice: 'telepathy'"),
-    ("options", (*EV, *Q, "--k", "0"), 2, "--k must be at least 1, got 0"),
+    ("options", (*EV, *Q, "--k", "0"), 2, "--k must be an integer at least 1, got 0"),
     ("options", (*EV, *Q, "--limit", "0"), 2, "--limit must be a positive integer, got 0"),
     ("options", (*IX, "--sample", "0"), 2, "--sample must be an integer at least 1"),
     ("options", (*IX, "--min-rows", "-1"), 2, "--min-rows must be an integer at least 0"),
