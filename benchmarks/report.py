@@ -82,6 +82,29 @@ def table(results: list[Result], peak_flops: float | None) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
+def as_dict(result: Result, peak_flops: float | None) -> dict:
+    """One row for a JSON results file: the raw timings and every derived figure of the table."""
+    return {
+        "case": result.case,
+        "docs": result.docs,
+        "tokens": result.tokens,
+        "seconds": [round(value, 4) for value in result.seconds],
+        "median_seconds": round(result.median_seconds, 4),
+        "docs_per_s": round(result.docs_per_s, 2),
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "padded_tokens": result.padded_tokens,
+        "padding_waste": result.padding_waste,
+        "flops": result.flops,
+        "mfu": result.mfu(peak_flops),
+        "peak_memory_bytes": result.peak_memory,
+        "memory_kind": result.memory_kind,
+        "peer": result.peer.case if result.peer else None,
+        "vs_peer": result.ratio,
+        "cosine": result.cosine,
+        "cosine_to": result.cosine_to or None,
+    }
+
+
 def _is_peer(result: Result, results: list[Result]) -> bool:
     return any(other.peer is result for other in results)
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from operators.vectors import normalize_rows
+
 FLOAT16 = "float16"
 INT8 = "int8"
 BINARY = "binary"
@@ -102,8 +104,7 @@ def pool_tokens(vectors: np.ndarray, pool_factor: float) -> np.ndarray:
         sums = np.zeros((inverse.max() + 1, vectors.shape[1]), dtype=np.float32)
         np.add.at(sums, inverse, vectors)
         vectors = sums / np.bincount(inverse)[:, None].astype(np.float32)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return normalize_rows(vectors)
 
 
 # -- Arrow columns ---------------------------------------------------------------------------

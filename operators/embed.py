@@ -37,6 +37,7 @@ from operators.exchange import (
     encoded_row_schema,
 )
 from operators.schema import MODEL
+from operators.stored_vectors import VectorStorage
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,16 @@ class EmbedRows:
     """
 
     def __init__(self, spec: EncoderSpec, keep_fields: list[pa.Field] | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, storage: VectorStorage | None = None) -> None:
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         self.spec = spec
         self.encoder: Encoder = load_encoder(spec)
-        self.schema = encoded_row_schema(self.encoder.output_fields(), list(keep_fields or []))
+        self.storage = storage or VectorStorage()  # quantised copies, ColBERT precision (stored_vectors.py)
+        self.fields = self.storage.fields(self.encoder.output_fields())
+        self.schema = encoded_row_schema(self.fields, list(keep_fields or []))
         self.worker = worker_identity()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -77,6 +80,7 @@ class EmbedRows:
         texts = batch.column(TEXT_COL).take(pa.array(todo)).to_pylist()
         ids = batch.column("id").take(pa.array(todo)).to_pylist()
         encoded, failures = self.encode_isolating_failures(texts, ids)
+        encoded.columns = self.storage.apply(encoded.columns)
         status_list = status.to_pylist()
         reasons = batch.column(REASON_COL).to_pylist()
         for position, error in failures.items():
@@ -88,7 +92,7 @@ class EmbedRows:
         self, texts: Sequence[str], ids: Sequence[str]
     ) -> tuple[EncodedBatch, dict[int, str]]:
         """Encode texts; on an error (not OOM, which the encoder splits itself) retry, then bisect to
-        the failing rows. Returns the encoding of every text (failed ones zero) and {position: error}."""
+        the failing rows. Returns the encoding of every text (failed ones null) and {position: error}."""
         failures: dict[int, str] = {}
 
         def attempt(positions: np.ndarray) -> EncodedBatch | None:
@@ -134,7 +138,7 @@ class EmbedRows:
         columns = {name: batch.column(name) for name in self.schema.names if name in batch.column_names}
         columns.pop(TEXT_COL, None)
         columns[MODEL] = pa.array([self.encoder.model_id if ok else None for ok in embedded], pa.string())
-        for f in self.encoder.output_fields():
+        for f in self.fields:
             columns[f.name] = encoded.columns[f.name].take(take)
         tokens = np.zeros(rows, dtype=np.int32)
         truncated = np.zeros(rows, dtype=bool)

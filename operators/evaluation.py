@@ -1,6 +1,7 @@
 """Retrieval evaluation of one table on labelled queries: every stored column and mode, the funnel at
-each nested size, the hybrid (optionally with weights tuned on the qrels), and a plot of quality against
-nested size and bytes per vector.
+each nested size, every quantised copy (`embed --quantize`: `<col>_int8`, `<col>_bin`) alone and as a
+funnel's first stage, the hybrid (optionally with weights tuned on the qrels), a plot of quality against
+nested size and bytes per vector, and the smallest setting within 1% of `dense`'s nDCG@k.
 
 Queries are encoded once with the table's encoder (query prompt). Dense columns are ranked by an exact
 scan (the representation's own quality, independent of any ANN index) unless `use_index`; sparse by the
@@ -21,11 +22,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from operators import scoring
+from operators.colbert_codec import BINARY, bytes_per_token, precision_of
 from operators.errors import UsageError
 from operators.metrics import evaluate_run, metric_name, qrels_from_rows
+from operators.quantize import quantized_columns, split_quantized_name
 from operators.schema import COLBERT, DENSE, SPARSE, nested_dim, require_columns
 from operators.scoring import Fusion, top_k
-from operators.search.dense import scan_topn
+from operators.search.dense import TopN, exact_topn, scan_topn
+from operators.search.quantized import table_searcher
 from operators.search.retriever import Retriever, SearchMode, hits
 from operators.vectors import as_matrix, ragged_lengths, sparse_children
 
@@ -37,6 +41,7 @@ DOC_ID = "doc_id"
 RELEVANCE = "relevance"
 BYTES_SAMPLE_ROWS = 2000
 TUNE_STEP = 0.1
+WITHIN = 0.01  # the report names the smallest setting whose nDCG@k is within 1% of full-precision `dense`
 
 
 @dataclass
@@ -114,24 +119,30 @@ class Evaluator:
         return np.stack([query.dense[column] for query in self.vectors])
 
     # -- modes ---------------------------------------------------------------------------------
+    def scan(self, column: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-n of every query on a dense column, float or quantised (float queries)."""
+        search: TopN = exact_topn if split_quantized_name(column)[1] is None else table_searcher(self.store, column)
+        return scan_topn(self.store, column, self.query_matrix(split_quantized_name(column)[0]), n, search=search)
+
     def dense_run(self, column: str, n: int) -> tuple[dict, np.ndarray]:
-        """Top-n per query on one dense column: the run, and the positions (exact scan)."""
+        """Top-n per query on one dense column (float or quantised): the run, and the positions (exact scan)."""
         if self.use_index:
             run = {qid: [(h["id"], h["score"]) for h in self.retriever.dense(query, column, n)]
                    for qid, query in zip(self.labelled.ids, self.vectors, strict=True)}
             return run, np.zeros((0, 0), dtype=np.int64)
-        positions, scores = scan_topn(self.store, column, self.query_matrix(column), n)
+        positions, scores = self.scan(column, n)
         ids = self.store.ids()
         run = {qid: list(zip(ids[positions[i]].tolist(), scores[i].tolist(), strict=True))
                for i, qid in enumerate(self.labelled.ids)}
         return run, positions
 
     def funnel_run(self, small: str) -> dict:
-        """Shortlist by the exact scan of `small` (the index with `use_index`), re-rank the shortlist by `dense`."""
+        """Shortlist by the exact scan of `small` (nested or quantised; the index with `use_index`), re-rank
+        the shortlist by `dense`."""
         if self.use_index:
             return {qid: [(h["id"], h["score"]) for h in self.retriever.funnel(query, small, self.k)]
                     for qid, query in zip(self.labelled.ids, self.vectors, strict=True)}
-        positions, _ = scan_topn(self.store, small, self.query_matrix(small), self.retriever.funnel_shortlist)
+        positions, _ = self.scan(small, self.retriever.funnel_shortlist_for(small, self.k))
         unique, inverse = np.unique(positions, return_inverse=True)
         full = as_matrix(self.store.take(unique, [DENSE]).column(DENSE))
         ids = self.store.ids()
@@ -166,7 +177,8 @@ class Evaluator:
 
     # -- entries of the report ----------------------------------------------------------------
     def dense_entries(self) -> tuple[dict[str, dict], np.ndarray | None]:
-        """One entry per dense column, then the funnel at each nested size; also the exact `dense`
+        """One entry per dense column, then the funnel at each nested size, then each quantised column
+        alone and as a funnel's first stage (`funnel_<col>`, re-ranked by `dense`); also the exact `dense`
         shortlist positions, the first stage the ColBERT and hybrid entries re-rank."""
         results: dict[str, dict] = {}
         dense_positions = None
@@ -182,7 +194,16 @@ class Evaluator:
                 results[f"funnel_{nested_dim(column)}"] = {
                     **self.score(self.funnel_run(column)),
                     "bytes_per_vector": bytes_per_vector(self.store, column),  # what the first stage scans
-                    "shortlist": self.retriever.funnel_shortlist,
+                    "shortlist": self.retriever.funnel_shortlist_for(column, self.k),
+                }
+        for column in quantized_columns(self.store.schema.names):
+            results[column] = {**self.score(self.dense_run(column, self.k)[0]),
+                               "bytes_per_vector": bytes_per_vector(self.store, column)}
+            if self.store.has(DENSE):
+                results[f"funnel_{column}"] = {
+                    **self.score(self.funnel_run(column)),
+                    "bytes_per_vector": bytes_per_vector(self.store, column),  # what the first stage scans
+                    "shortlist": self.retriever.funnel_shortlist_for(column, self.k),
                 }
         return results, dense_positions
 
@@ -247,9 +268,25 @@ def _finite(value: float) -> float:
     return value if math.isfinite(value) else -1.0
 
 
+def smallest_within(results: dict[str, dict], k: int, within: float = WITHIN) -> dict | None:
+    """The entry with the fewest bytes per row whose nDCG@k is at least (1 - within) x `dense`'s."""
+    key = metric_name("ndcg", k)
+    full = results.get(DENSE, {}).get(key)
+    if full is None or not math.isfinite(full):
+        return None
+    kept = [(entry["bytes_per_vector"], name, entry[key]) for name, entry in results.items()
+            if entry.get("bytes_per_vector") and math.isfinite(entry.get(key, math.nan))
+            and entry[key] >= (1 - within) * full]
+    size, name, value = min(kept)
+    return {"name": name, "bytes_per_vector": size, key: value, "of_dense": value / full if full else 1.0,
+            "dense_bytes_per_vector": results[DENSE]["bytes_per_vector"], "within": within}
+
+
 def bytes_per_vector(store, column: str) -> float:
-    """Storage of one row's vector(s): 4 bytes per float32 dim; sparse (int32 id + float32 weight) per
-    token; ColBERT 2 bytes per float16 dim per token. Ragged columns are averaged over a sample of rows."""
+    """Storage of one row's vector(s): 4 bytes per float32 dim, 1 per int8 dim, 1 bit per binary dim;
+    sparse (int32 id + float32 weight) per token; ColBERT per token at its stored precision
+    (operators/colbert_codec.py: 2 bytes a dim in float16, 1 + a scale in int8, 1 bit in binary). Ragged
+    columns are averaged over a sample of rows."""
     if column == SPARSE or column == COLBERT:
         rows = store.rows
         if rows == 0:
@@ -258,6 +295,9 @@ def bytes_per_vector(store, column: str) -> float:
         array = store.take(np.sort(sample), [column]).column(column).combine_chunks()
         if column == SPARSE:
             return float(ragged_lengths(sparse_children(array)[0]).mean() * 8)
-        return float(ragged_lengths(array).mean() * store.schema.field(column).type.value_type.list_size * 2)
-    return float(store.dim(column) * 4)
+        token_type = store.schema.field(column).type.value_type
+        precision = precision_of(token_type.value_type)
+        dim = token_type.list_size * (8 if precision == BINARY else 1)
+        return float(ragged_lengths(array).mean() * bytes_per_token(dim, precision))
+    return float(store.dim(column) * store.schema.field(column).type.value_type.bit_width // 8)
 

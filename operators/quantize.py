@@ -24,7 +24,7 @@ INT8 = "int8"
 BINARY = "binary"
 PRECISIONS = (INT8, BINARY)
 SUFFIXES = {INT8: "_int8", BINARY: "_bin"}
-CALIBRATION_ROWS = 10_000  # embeddings a table's int8 ranges are calibrated from (at most)
+CALIBRATION_ROWS = 1000  # embeddings a table's int8 ranges are calibrated from (at most)
 
 
 def parse_precisions(value: str | Sequence[str] | None) -> list[str]:
@@ -51,13 +51,25 @@ def split_quantized_name(name: str) -> tuple[str, str | None]:
     return name, None
 
 
+def quantized_columns(names: Sequence[str]) -> list[str]:
+    """The quantised copies of dense columns among a table's column names, in table order."""
+    from operators.schema import is_dense_column
+
+    result = []
+    for name in names:
+        base, precision = split_quantized_name(name)
+        if precision is not None and is_dense_column(base):
+            result.append(name)
+    return result
+
+
 # -- int8 ----------------------------------------------------------------------------------------
 def calibrate_ranges(sample: np.ndarray) -> np.ndarray:
     """Per-dimension (min, max) of a sample of embeddings: a (2, d) float32 array (sentence-transformers'
-    `ranges`)."""
+    `ranges`; a dimension with min = max gets step 1, as there)."""
     sample = np.asarray(sample, dtype=np.float32)
-    if sample.ndim != 2 or sample.shape[0] < 2:
-        msg = f"int8 calibration needs at least 2 embeddings, got an array of shape {sample.shape}"
+    if sample.ndim != 2 or sample.shape[0] < 1:
+        msg = f"int8 calibration needs embeddings, got an array of shape {sample.shape}"
         raise ValueError(msg)
     return np.vstack((sample.min(axis=0), sample.max(axis=0))).astype(np.float32)
 
@@ -183,10 +195,10 @@ def quantize_columns(columns: Mapping[str, pa.Array], precisions: Sequence[str],
         valid = np.asarray(array.is_valid()) if array.null_count else None
         for precision in precisions:
             if precision == INT8:
-                if name not in ranges:
+                if name not in ranges and len(array) > array.null_count:
                     msg = f"no int8 ranges for column {name!r}; calibrate the table first"
                     raise ValueError(msg)
-                codes = quantize_int8(matrix, ranges[name])
+                codes = quantize_int8(matrix, ranges[name]) if name in ranges else matrix.astype(np.int8)
             else:
                 codes = pack_bits(matrix)
             result[quantized_name(name, precision)] = fixed_list_array(codes, valid)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import platform
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 
 import pyarrow as pa
 
+from operators.errors import one_line
 from operators.schema import RUN_ID
 from operators.sinks.lance_sink import ensure_table, upsert
 from operators.storage import redact_argv, redact_config
@@ -72,6 +74,17 @@ class RunLog:
     def finish(self, counts: dict, error: str | None = None) -> None:
         self._write("failed" if error else "succeeded", counts, error, datetime.now(UTC))
 
+    def record(self, action: Callable[[], dict], storage: Mapping | None = None) -> dict:
+        """Run `action` as this run: logged as running, then with its result or its error (one line)."""
+        self.start()
+        try:
+            result = action()
+        except BaseException as error:
+            self.finish({}, error=one_line(error, 1000, storage))
+            raise
+        self.finish(result)
+        return result
+
     def _write(self, status: str, counts: dict, error: str | None, finished_at: datetime | None) -> None:
         row = {
             RUN_ID: self.run_id,
@@ -87,3 +100,17 @@ class RunLog:
             "error": error,
         }
         upsert(pa.Table.from_pylist([row], schema=RUNS_SCHEMA), self.target, RUNS_SCHEMA, RUN_ID)
+
+
+def read_runs(lake: Lake, table: str, job: str | None = None) -> list[dict]:
+    """The run log of `table`, oldest first (an empty list for a table without one); `job` keeps one kind.
+    `counts` is decoded: a finished run's JSON summary."""
+    target = lake.table(f"{table}{RUNS_SUFFIX}")
+    if not target.exists():
+        return []
+    columns = [RUN_ID, "job", "status", "started_at", "finished_at", "model", "counts", "error"]
+    rows = target.dataset().to_table(columns=columns).to_pylist()
+    rows = [row for row in rows if job is None or row["job"] == job]
+    for row in rows:
+        row["counts"] = json.loads(row["counts"]) if row["counts"] else {}
+    return sorted(rows, key=lambda row: row["started_at"])

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 import pyarrow as pa
 
+from operators.schema import MODEL
+
 METADATA_KEY = b"embedlake"
 
 
@@ -23,6 +25,12 @@ class TableMeta:
     outputs: list[str] = field(default_factory=list)
     max_length: int | None = None
     precision: str = "auto"  # the --precision the vectors were computed with (operators/encoders/precision.py)
+    # How the vectors are stored beyond float (operators/stored_vectors.py): quantised copies of the dense
+    # columns, their int8 ranges (calibrated once per table: {column: [mins, maxs]}), ColBERT's precision.
+    quantize: list[str] = field(default_factory=list)
+    int8_ranges: dict[str, list[list[float]]] = field(default_factory=dict)
+    colbert_precision: str = "float16"
+    colbert_pool_factor: float = 1.0
 
     def encoder_spec(self, **overrides):
         """An EncoderSpec that rebuilds the table's encoder (e.g. to encode queries)."""
@@ -35,8 +43,12 @@ class TableMeta:
         return spec
 
 
+def meta_json(meta: TableMeta) -> str:
+    return json.dumps(asdict(meta))
+
+
 def with_meta(schema: pa.Schema, meta: TableMeta) -> pa.Schema:
-    return schema.with_metadata({**(schema.metadata or {}), METADATA_KEY: json.dumps(asdict(meta)).encode()})
+    return schema.with_metadata({**(schema.metadata or {}), METADATA_KEY: meta_json(meta).encode()})
 
 
 def read_meta(schema: pa.Schema) -> TableMeta | None:
@@ -54,3 +66,22 @@ def write_meta(target, meta: TableMeta) -> None:
     if read_meta(dataset.schema) == meta:
         return
     dataset.update_schema_metadata({METADATA_KEY.decode(): json.dumps(asdict(meta))})
+
+
+def check_one_model(dataset, where: str) -> None:
+    """Refuse a table version whose rows hold vectors of a model other than the one its metadata names:
+    queries are encoded by the metadata's model, so scoring them against such rows gives wrong answers
+    without any sign. A run that finished leaves one model; a run in progress or killed (seen only
+    when pinned, or in a table written before serving versions) can leave two. Counted through the
+    `model` column's bitmap index where the table has one."""
+    meta = read_meta(dataset.schema)
+    if meta is None or MODEL not in dataset.schema.names:
+        return
+    quoted = meta.model_id.replace("'", "''")
+    others = dataset.count_rows(filter=f"{MODEL} != '{quoted}'")
+    if others:
+        msg = (f"{where} holds {others} of {dataset.count_rows()} rows embedded by another model than its "
+               f"metadata's {meta.model_id}: queries would be scored against vectors of another model. Read "
+               "the serving version (no --version/--tag), pin a finished run's (embedlake versions), or re-run "
+               "the embed command to finish")
+        raise ValueError(msg)

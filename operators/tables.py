@@ -10,6 +10,12 @@ clustering, dedup) opens tables through these, so a missing table reads the same
 A table name is checked where a `TableRef` is made, before anything touches storage: it becomes a folder
 name (`<name>.lance`, `<name>_quarantine.lance`, ...) under the database, so a name with a slash, a leading
 dot (`..`), quotes or spaces could reach outside OUTPUT or leave a folder no command can open again.
+
+Writers work on a table's latest version (its main line); readers read a snapshot (`TableRef.snapshot`):
+the version tagged `serving`, which an embed run moves only once it has finished and its row accounting
+holds (operators/serving.py), or a version or tag the user pins. A table written before serving tags is
+read at its latest version. A snapshot is checked to hold the vectors of one model, the one its metadata
+names, so no reader scores queries of one model against vectors of another.
 """
 
 from __future__ import annotations
@@ -28,6 +34,30 @@ from operators.storage import LOCAL, as_settings, lance_options, protocol_of
 
 # What lance and lancedb raise for a table that is not there (a missing folder, an empty prefix).
 MISSING_TABLE_ERRORS = (ValueError, FileNotFoundError)
+# The tag readers read by default: the last version a successful embed run published.
+SERVING = "serving"
+
+
+@dataclass(frozen=True)
+class Pin:
+    """Which version a reader reads: a version number or a tag (`--version N`, `--tag NAME`), or, with
+    neither, the serving version."""
+
+    version: int | None = None
+    tag: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.version is not None and self.tag is not None:
+            msg = "give --version or --tag, not both"
+            raise ValueError(msg)
+        if self.version is not None and self.version < 1:
+            msg = f"--version must be a table version (1 or more), got {self.version}"
+            raise ValueError(msg)
+
+    def describe(self) -> str:
+        if self.version is not None:
+            return f"version {self.version}"
+        return f"tag {self.tag!r}" if self.tag else SERVING
 
 # LanceDB's own rule (letters, digits, _ - .) without a leading dot, and short enough that the longest derived
 # folder name (`<name>_quarantine.lance`, `<name>.sparse_index`) stays within a file system's 255 bytes.
@@ -150,11 +180,55 @@ class TableRef:
             return False
         return True
 
-    def dataset(self, version: int | None = None):
-        """The table as a Lance dataset (scans, takes, deletes, compaction)."""
+    def dataset(self, version: int | str | None = None):
+        """The table as a Lance dataset (scans, takes, deletes, compaction): the latest version, or a version
+        number or tag. Writers use this; readers use `snapshot`."""
         import lance
 
         return lance.dataset(self.dataset_uri, version=version, storage_options=self.lake.lance_options())
+
+    def snapshot(self, pin: Pin | None = None, check_model: bool = True):
+        """The table as readers see it (a Lance dataset at one version): the pinned version or tag, else the
+        serving version, else (a table written before serving tags) the latest. With `check_model`, refuses
+        a version whose rows hold vectors of a model other than the one its metadata names. One open of the
+        version read; the latest is opened only to explain an error or for a table without a serving tag."""
+        from operators.table_meta import check_one_model
+
+        pin = pin or Pin()
+        wanted = pin.tag if pin.tag is not None else pin.version if pin.version is not None else SERVING
+        try:
+            dataset = self.dataset(wanted)
+        except (*MISSING_TABLE_ERRORS, OSError) as error:
+            dataset = self._snapshot_fallback(pin, error)
+        if check_model:
+            check_one_model(dataset, f"table {self.name!r} at version {dataset.version}")
+        return dataset
+
+    def _snapshot_fallback(self, pin: Pin, error: Exception):
+        """After the pinned or serving version failed to open: the latest version of a table written before
+        serving tags, or a one-line error that says why."""
+        try:
+            latest = self.dataset()
+        except MISSING_TABLE_ERRORS as missing:
+            msg = f"no table {self.name!r} in {self.lake.uri}"
+            raise ValueError(msg) from missing
+        tags = latest.tags.list()
+        if pin.tag is None and pin.version is None:
+            if SERVING in tags:  # the tag is there: its version failed to open, say so
+                raise error
+            return latest
+        if pin.tag is not None:
+            if pin.tag not in tags:
+                known = ", ".join(sorted(tags)) or "none"
+                msg = f"table {self.name!r} has no tag {pin.tag!r} (tags: {known})"
+                raise ValueError(msg) from None
+            raise error
+        if pin.version > latest.version:
+            msg = f"table {self.name!r} has no version {pin.version} (latest: {latest.version})"
+            raise ValueError(msg) from None
+        msg = (f"table {self.name!r} no longer holds version {pin.version} (removed by maintain; "
+               "`embedlake versions` lists what is kept)")
+        raise ValueError(msg) from error
 
     def open(self):
         """The table as a LanceDB table (vector search, indexes, merge_insert), or a one-line ValueError."""
@@ -166,3 +240,32 @@ class TableRef:
         except MISSING_TABLE_ERRORS as error:
             msg = f"no table {self.name!r} in {self.lake.uri}"
             raise ValueError(msg) from error
+
+    # -- a derived table written by many workers, published in one commit ---------------------------
+    def write_fragments(self, data: pa.Table, schema: pa.Schema) -> list[str]:
+        """Write rows as data files of this table without committing them (any process, e.g. a Ray
+        worker); returns the fragments' metadata as JSON for `commit_fragments`. Files nobody commits
+        are invisible to readers."""
+        import json
+
+        from lance.fragment import write_fragments
+
+        table = data.select(schema.names).cast(schema)
+        if table.num_rows == 0:
+            return []
+        fragments = write_fragments(table, self.dataset_uri, schema=schema,
+                                    storage_options=self.lake.lance_options())
+        return [json.dumps(fragment.to_json()) for fragment in fragments]
+
+    def commit_fragments(self, schema: pa.Schema, fragments: Iterable[str]) -> int:
+        """Create or replace the table with exactly these fragments, as one new version: readers see the
+        old table or the new one, never a mix. Returns the version."""
+        import lance
+        from lance.fragment import FragmentMetadata
+
+        metadata = [FragmentMetadata.from_json(item) for item in fragments]
+        operation = lance.LanceOperation.Overwrite(schema, metadata)
+        read_version = self.dataset().version if self.exists() else None
+        dataset = lance.LanceDataset.commit(self.dataset_uri, operation, read_version=read_version,
+                                            storage_options=self.lake.lance_options())
+        return int(dataset.version)

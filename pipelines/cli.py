@@ -24,7 +24,8 @@ from pipelines.storage_cli import storage_from_args
 
 # Each name is a module in pipelines.commands with add_parser(subparsers) and run(args) -> result
 # (pipelines/commands/__init__.py).
-COMMANDS = ("embed", "train", "search", "evaluate", "index", "cluster", "dedup", "submit")
+COMMANDS = ("embed", "train", "search", "evaluate", "index", "cluster", "dedup", "classify", "neighbors", "versions",
+            "rollback", "maintain", "submit")
 
 
 __all__ = ["COMMANDS", "UsageError", "build_parser", "main", "parse_args"]
@@ -131,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"embedlake: error: {one_line(error)}", file=sys.stderr)
         code = getattr(error, "exit_code", None)  # e.g. a submitted job's own exit status
         return code if isinstance(code, int) and code > 0 else 1
-    emit(result, as_json=args.json)
+    emit(result, as_json=args.json, describe=_describer(modules[args.command], args), full=args.verbose)
     return 0
 
 
@@ -143,14 +144,29 @@ def interrupted(stop: BaseException | None = None) -> int:
     return 130
 
 
-def emit(result: object, as_json: bool) -> None:
-    """Print the result: one JSON line for --json, readable text otherwise."""
+def _describer(module: object, args: argparse.Namespace):
+    """The command's own readable text (its `describe(result, args)`), if it has one; with --verbose the
+    full result follows it."""
+    describe = getattr(module, "describe", None)
+    if describe is None:
+        return None
+    return lambda result: describe(result, args)
+
+
+def emit(result: object, as_json: bool, describe=None, full: bool = False) -> None:
+    """Print the result: one JSON line for --json, the command's readable text otherwise (followed by the
+    full result with --verbose), else the plain key/value dump."""
     from operators.metrics import json_safe
 
+    if describe is not None and not as_json:
+        print(describe(result))
+        if not full:
+            return
     result = json_safe(result)  # NaN and infinities as null: the line stays valid JSON
     if as_json:
         print(json.dumps(result, default=_json_default, allow_nan=False))
-    elif isinstance(result, list):
+        return
+    if isinstance(result, list):
         for row in result:
             print("\t".join(f"{key}={value}" for key, value in row.items()))
     elif isinstance(result, dict):

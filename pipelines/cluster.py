@@ -47,7 +47,7 @@ from operators.schema import (
     require_columns,
     vector_dim,
 )
-from operators.tables import Lake, check_table_name
+from operators.tables import Lake, Pin, check_table_name
 from operators.vectors import as_matrix, to_vector_array
 from pipelines.downstream import Stopwatch, is_local_uri, local_path, read_ray_dataset, sample_rows, using_ray
 
@@ -73,6 +73,8 @@ class ClusterJob:
     silhouette_sample: int = DEFAULT_SILHOUETTE_SAMPLE
     plot_dir: str | None = None
     address: str | None = None
+    version: int | None = None  # read this table version instead of the serving one
+    tag: str | None = None  # or the version with this tag
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
 
     def __post_init__(self) -> None:
@@ -99,7 +101,7 @@ def run_cluster(job: ClusterJob) -> dict:
         max_points_per_centroid=job.max_points_per_centroid,
     )
     lake = Lake(job.uri, job.storage)
-    dataset = lake.table(job.table).open().to_lance()
+    dataset = lake.table(job.table).snapshot(Pin(job.version, job.tag))
     where = f"table {job.table!r}"
     dim = vector_dim(dataset.schema, job.column, where)
     if job.labels_column:
@@ -135,6 +137,7 @@ def run_cluster(job: ClusterJob) -> dict:
     result = {
         "table": job.table,
         "uri": job.uri,
+        "table_version": dataset.version,
         "column": job.column,
         "k": job.k,
         "rows": int(sizes.sum()),

@@ -62,7 +62,7 @@ from operators.schema import (
     require_columns,
     vector_dim,
 )
-from operators.tables import Lake, check_table_name
+from operators.tables import Lake, Pin, check_table_name
 from operators.vectors import as_matrix
 from pipelines.buckets import BUCKET, bucket_folders, read_bucket, write_buckets
 from pipelines.downstream import Stopwatch, is_local_uri, local_path, read_ray_dataset, sample_rows, using_ray
@@ -107,6 +107,8 @@ class DedupJob:
     ngram: int = DEFAULT_NGRAM
     rows_per_bucket: int = ROWS_PER_BUCKET
     address: str | None = None
+    version: int | None = None  # read this table version instead of the serving one
+    tag: str | None = None  # or the version with this tag
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
 
     def __post_init__(self) -> None:
@@ -129,7 +131,7 @@ def run_dedup(job: DedupJob) -> dict:
         raise ValueError(msg)
     config = SemDedupConfig(eps=job.eps, rank=job.rank, keep=job.keep, block=job.block, seed=job.seed)
     lake = Lake(job.uri, job.storage)
-    dataset = lake.table(job.table).open().to_lance()
+    dataset = lake.table(job.table).snapshot(Pin(job.version, job.tag))
     where = f"table {job.table!r}"
     schema = dataset.schema
     if job.method == Method.MINHASH or job.keep == Keep.LONGEST:
@@ -159,6 +161,7 @@ def run_dedup(job: DedupJob) -> dict:
     return {
         "table": job.table,
         "uri": job.uri,
+        "table_version": dataset.version,
         "rows": rows,
         "duplicates": count,
         "groups": len(pc.unique(duplicates.column(DUPLICATE_OF))) if count else 0,

@@ -81,14 +81,16 @@ def using_ray(address: str | None, watch: Stopwatch | None = None):
 
 
 def read_ray_dataset(lake: Lake, dataset, columns: list[str], dim: int):
-    """The table as a Ray Data dataset of `columns`, in blocks sized for vectors of `dim`."""
+    """The table as a Ray Data dataset of `columns`, at the version `dataset` was opened at (the one the job
+    sampled and checked), in blocks sized for vectors of `dim`."""
     import ray
 
     from pipelines.ray_runtime import cluster_cpus
 
     blocks = num_blocks(dataset.count_rows(), dim, cluster_cpus())
     return ray.data.read_lance(
-        dataset.uri, columns=columns, storage_options=lake.lance_options(), override_num_blocks=blocks
+        dataset.uri, version=dataset.version, columns=columns, storage_options=lake.lance_options(),
+        override_num_blocks=blocks,
     )
 
 
@@ -98,3 +100,42 @@ def is_local_uri(uri: str) -> bool:
 
 def local_path(uri: str) -> str:
     return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+# Rows per data file of a table written by Ray workers: few, big fragments (one commit lists them all).
+ROWS_PER_FRAGMENT = 1_048_576
+
+
+class FragmentWriter:
+    """Ray Data batch transform: writes its rows as uncommitted data files of one table and returns their
+    fragment metadata (JSON) and row counts, so no row passes through the driver."""
+
+    def __init__(self, ref, schema: pa.Schema) -> None:
+        self.ref = ref
+        self.schema = schema
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import json
+
+        fragments = self.ref.write_fragments(batch, self.schema)
+        return pa.table({"fragment": pa.array(fragments, type=pa.string()),
+                         "rows": pa.array([json.loads(f)["physical_rows"] for f in fragments], type=pa.int64())})
+
+
+def write_table_from_ray(ref, schema: pa.Schema, dataset, rows_per_fragment: int = ROWS_PER_FRAGMENT,
+                         total: int | None = None, desc: str = "rows written") -> tuple[int, int]:
+    """Write a Ray dataset as table `ref` (created or replaced) in one commit: workers write the data
+    files, the driver collects only their metadata and commits. Returns (rows, version)."""
+    from tqdm import tqdm
+
+    written = dataset.map_batches(FragmentWriter(ref, schema), batch_format="pyarrow",
+                                  batch_size=rows_per_fragment)
+    fragments: list[str] = []
+    rows = 0
+    with tqdm(total=total, desc=desc, unit="row", disable=None, leave=False) as progress:
+        for batch in written.iter_batches(batch_format="pyarrow", batch_size=None):
+            fragments.extend(batch.column("fragment").to_pylist())
+            counted = int(sum(batch.column("rows").to_pylist()))
+            rows += counted
+            progress.update(counted)
+    return rows, ref.commit_fragments(schema, fragments)

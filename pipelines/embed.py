@@ -4,13 +4,15 @@
     LakeSource (read tasks planned from Parquet footers) ┐
     table keys (looked up by id, or TableKeysSource)     ┴─> repartition(keys=[id]) ─> decide
       ─> map_batches(EmbedRows, ActorPoolStrategy) ─> write_datasink(EmbedSink)
-    the driver: counts ─> accounting check ─> deletes of vanished shards, indexes, manifest ─> run log
+    the driver: counts ─> accounting check ─> indexes, manifest ─> publish (move `serving`) ─> maintain ─> run log
 
 Nothing that grows with the corpus lives in one process: duplicate ids, unchanged rows and deleted
 ids are found per hash partition of ids by Ray Data tasks (operators/incremental.py), encoder actors
 hold the model only, and the driver sees footers, file lists and counts. Writers upsert batch by
 batch, so a killed run resumes where its commits stopped; the manifest is written only after the
-accounting check, so a shard counts as done only once every row of it is.
+accounting check, so a shard counts as done only once every row of it is. Readers see none of it
+until the end: they read the table's `serving` version, which the run moves to its own last version
+only when everything above holds (operators/serving.py); a model upgrade goes the same way.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from operators.encoders.precision import Precision
 from operators.errors import UsageError, check_choices, check_positive, one_line, option_name
 from operators.exchange import decided_row_schema, key_row_schema
 from operators.incremental import Decision, TableKeys, decide
+from operators.maintenance import DEFAULT_KEEP_RUNS, Retention, bytes_on_disk, parse_age, refresh, retain
 from operators.manifest import FILES_SCHEMA, FileManifest, unchanged_files
+from operators.quantize import CALIBRATION_ROWS, ranges_to_json
 from operators.run_log import RUNS_SCHEMA, RUNS_SUFFIX, RunLog
 from operators.schema import (
     ID,
@@ -44,11 +48,14 @@ from operators.schema import (
     quarantine_table_name,
     require_columns,
 )
-from operators.sinks.lance_sink import check_columns, compact, ensure_table, refresh_indexes, upsert
+from operators.serving import RunBase, begin_run, mark_building, publish
+from operators.sinks.lance_sink import check_columns, ensure_table, upsert
 from operators.sources import Footers, ReadPlan, ShardReader, ShardSet, find_shards, read_footers, read_schema
 from operators.storage import as_settings
-from operators.table_meta import TableMeta, with_meta, write_meta
+from operators.stored_vectors import VectorStorage
+from operators.table_meta import TableMeta, with_meta
 from operators.tables import Lake, TableRef, check_table_name
+from pipelines.calibrate import requested_storage, settle_existing, settle_new
 from pipelines.embed_writer import EmbedSink, RunCounts, Tables, clear_quarantined
 from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
 from pipelines.workers import (
@@ -91,6 +98,15 @@ class EmbedJob:
     rows_per_write: int | None = None  # rows per upsert commit; default: pipelines/workers.py plan_rows_per_write
     max_tokens_per_batch: int | None = None  # default per device (operators/encoders/base.py)
     precision: Precision = Precision.AUTO  # operators/encoders/precision.py
+    # Stored vectors beyond float (operators/stored_vectors.py); a table keeps what it was first written with.
+    quantize: list[str] = field(default_factory=list)  # int8, binary: `<col>_int8` / `<col>_bin` per dense column
+    recalibrate: bool = False  # new int8 ranges from a sample of the table, every stored row re-quantised
+    calibration_rows: int = CALIBRATION_ROWS  # rows the int8 ranges are calibrated from
+    colbert_precision: str | None = None  # float16, int8, binary (None: the table's, else float16)
+    colbert_pool_factor: float | None = None  # ColBERT token pooling (None: the table's, else 1 = none)
+    maintain: bool = True  # compact and remove versions no retained run needs, after publishing
+    keep_runs: int = DEFAULT_KEEP_RUNS  # runs whose versions maintain keeps (operators/maintenance.py)
+    older_than: str = "0"  # maintain removes only versions older than this (7d, 12h; 0: any age)
     progress: bool = True
     command: list[str] = field(default_factory=list)  # argv, for the run log
 
@@ -151,6 +167,13 @@ def run_embed(job: EmbedJob) -> dict:
         msg = (f"--outputs {','.join(job.outputs)} applies to BGE-M3 models; {job.model} is a Matryoshka (MRL) model, "
                "whose outputs are dense and the --dims nested sizes")
         raise UsageError(msg)
+    lake = Lake(job.output, job.storage)
+    lake.check_writable()
+    storage = requested_storage(job.quantize, job.colbert_precision, job.colbert_pool_factor, lake.table(job.table),
+                                description.model_id, job.overwrite, job.recalibrate)
+    if not job.overwrite:
+        storage = settle_existing(lake.table(job.table), storage, description.fields, description.model_id,
+                                  job.calibration_rows)
     meta = TableMeta(
         model=job.model,
         model_id=description.model_id,
@@ -159,21 +182,37 @@ def run_embed(job: EmbedJob) -> dict:
         outputs=[f.name for f in description.fields],
         max_length=description.max_length,
         precision=job.precision,
+        quantize=list(storage.quantize),
+        int8_ranges=ranges_to_json(storage.int8_ranges),
+        colbert_precision=storage.colbert_precision,
+        colbert_pool_factor=storage.colbert_pool_factor,
     )
     keep_fields = [input_schema.field(name) for name in job.keep_columns]
-    schema = with_meta(embeddings_schema(description.fields, keep_fields), meta)
-    lake = Lake(job.output, job.storage)
-    lake.check_writable()
+    schema = with_meta(embeddings_schema(storage.fields(description.fields), keep_fields), meta)
     tables = Tables(main=lake.table(job.table), quarantine=lake.table(quarantine_table_name(job.table)), schema=schema)
+    retention = Retention(job.keep_runs, parse_age(job.older_than))
     manifest = FileManifest(lake, job.table)
     _check_tables(job, tables, manifest, lake.table(f"{job.table}{RUNS_SUFFIX}"))
     state = _input_state(job, shards, required, manifest, description.model_id)
+    base = _prepare_tables(job, tables, manifest)
     config = {k: v for k, v in asdict(job).items() if k != "command"}
     run_log = RunLog.for_table(lake, job.table, job="embed",
                                command=job.command or sys.argv, config=config, model=description.model_id)
     run_log.start()
     try:
-        summary = _run(job, shards, state, spec, tables, manifest, description.model_id, run_log.run_id, started)
+        summary = _run(job, shards, state, spec, storage, tables, manifest, description.model_id,
+                       run_log.run_id, started, base)
+        # Every row is accounted for and committed and the manifest is current: indexes for this version,
+        # then readers switch to it (metadata, vectors and indexes together), then old versions go.
+        finishing = time.time()
+        summary["refresh"] = refresh(tables.main, compact=job.maintain, retrain=base.model_change)
+        summary.update(base.summary())
+        summary.update(publish(tables.main, manifest.target, run_log.run_id, base.serving).summary())
+        if job.maintain:
+            before = bytes_on_disk(lake, job.table)
+            summary["maintain"] = {**retain(lake, job.table, retention), "bytes_before": before,
+                                   "bytes_after": bytes_on_disk(lake, job.table)}
+        summary["finish_seconds"] = round(time.time() - finishing, 3)
     except BaseException as error:
         try:
             run_log.finish({}, error=one_line(error, 1000, job.storage))
@@ -181,10 +220,6 @@ def run_embed(job: EmbedJob) -> dict:
             log.warning("could not record the failed run in %s: %s", run_log.target.name, one_line(unrecorded, 300))
         raise
     summary["run_id"] = run_log.run_id
-    if summary["rows_written"]:
-        write_meta(tables.main, meta)
-    # The run's last step: every row is accounted for and committed, the manifest and indexes are
-    # current. Whatever readers should see only after a complete run (a serving tag) moves here.
     run_log.finish(summary)
     return summary
 
@@ -202,13 +237,15 @@ def _check_tables(job: EmbedJob, tables: Tables, manifest: FileManifest, runs: T
         check_columns(target, schema, hint=not_ours.format(what, job.table))
 
 
-def _prepare_tables(job: EmbedJob, tables: Tables, manifest: FileManifest) -> None:
+def _prepare_tables(job: EmbedJob, tables: Tables, manifest: FileManifest) -> RunBase:
     """Create the tables, or replace them with --overwrite: only once the input has passed every check that
     can fail before encoding (listing, schema, every shard's footer and columns, the model), so a bad input
-    never leaves a replaced table empty. (Lance keeps the replaced version: `lance.dataset(..., version=)`.)"""
-    ensure_table(tables.main, tables.schema, primary_key=ID, overwrite=job.overwrite)
+    never leaves a replaced table empty. Readers keep the serving version until this run publishes its own
+    (operators/serving.py), and Lance keeps the replaced version (`lance.dataset(..., version=)`)."""
+    manifest.ensure()  # begin_run empties it when it rebuilds the table
+    base = begin_run(tables.main, manifest.target, tables.schema, ID, overwrite=job.overwrite)
     ensure_table(tables.quarantine, QUARANTINE_SCHEMA, primary_key=SOURCE, overwrite=job.overwrite)
-    manifest.ensure(overwrite=job.overwrite)
+    return base
 
 
 @dataclass
@@ -236,13 +273,16 @@ def _input_state(job: EmbedJob, shards: ShardSet, required: list[str], manifest:
     return InputState(skipped, vanished, read_footers(shards, to_read, required, job.skip_bad_files))
 
 
-def _run(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, tables: Tables,
-         manifest: FileManifest, model_id: str, run_id: str, started: float) -> dict:
+def _run(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, storage: VectorStorage,
+         tables: Tables, manifest: FileManifest, model_id: str, run_id: str, started: float, base: RunBase) -> dict:
     skipped, vanished = state.skipped, state.vanished
     counts = RunCounts()
     shutdown_seconds = 0.0  # stopping the Ray we started: wall time, not embedding time
-    _prepare_tables(job, tables, manifest)
     if state.footers.files or (job.sync_deletes and vanished):
+        if not job.rescan:
+            # Before the first commit, so that a killed run can be resumed. A rescan usually writes nothing (and
+            # must leave the table's version as it was); unmarked, a killed one restarts from the serving version.
+            mark_building(tables.main, base.serving)
         we_started_ray = start_ray(job.address, num_cpus=os.cpu_count(), object_store_memory=job.object_store_memory)
         try:
             workers = plan_workers(cluster_cpus(), cluster_gpus(), job.actors, job.threads_per_actor,
@@ -252,7 +292,7 @@ def _run(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, 
             log.info("embedding %d rows from %d shard(s) (%d unchanged shards of %d rows skipped, %d bad files) "
                      "with %s", state.plan.rows_in, len(state.plan.rows), len(skipped), sum(skipped.values()),
                      len(state.plan.bad_files), model_id)
-            counts = _execute(job, shards, state, spec, tables, workers, model_id, run_id)
+            counts = _execute(job, shards, state, spec, storage, tables, workers, model_id, run_id)
         finally:
             if we_started_ray:
                 import ray
@@ -264,9 +304,6 @@ def _run(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, 
         msg = (f"row accounting failed: {state.plan.rows_in} rows read, {counts.rows_read} written, unchanged or "
                "quarantined; the table holds what was committed, re-run the same command to finish")
         raise RuntimeError(msg)
-    if counts.rows_written or counts.rows_deleted:
-        refresh_indexes(tables.main)
-        compact(tables.main)
     retry = {shards.files[index] for index in counts.files_to_retry}
     manifest.record({path: (shards.versions.get(path, ""), rows) for path, rows in state.plan.rows.items()
                      if path not in retry}, model_id, run_id)
@@ -320,8 +357,8 @@ def _quarantine_bad_files(plan: ReadPlan, tables: Tables, run_id: str) -> None:
         upsert(pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA), tables.quarantine, QUARANTINE_SCHEMA, SOURCE)
 
 
-def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, tables: Tables, workers,
-             model_id: str, run_id: str) -> RunCounts:
+def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, storage: VectorStorage,
+             tables: Tables, workers, model_id: str, run_id: str) -> RunCounts:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -340,6 +377,8 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
     key_schema = key_row_schema(keep_fields)
     reader = ShardReader(job.id_column, job.text_column, job.keep_columns, job.storage,
                          keep_types={f.name: f.type for f in keep_fields})
+    storage = settle_new(tables.main, storage, describe_encoder(spec).fields, spec, reader, list(state.plan.rows),
+                         job.calibration_rows, num_gpus=workers.actor_gpus, resources=job.actor_resources)
     files = pa.array(shards.files, pa.string())
     table = tables.main.dataset()
     table_rows = 0 if job.overwrite else table.count_rows()
@@ -364,7 +403,8 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
         .repartition(target_num_rows_per_block=workers.rows_per_batch)
         .map_batches(
             EmbedRows,
-            fn_constructor_kwargs={"spec": spec, "keep_fields": keep_fields, "threads": workers.threads},
+            fn_constructor_kwargs={"spec": spec, "keep_fields": keep_fields, "threads": workers.threads,
+                                   "storage": storage},
             batch_size=workers.rows_per_batch,
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=workers.actors, max_concurrent_calls_per_actor=workers.concurrent_calls,

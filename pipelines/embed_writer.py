@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data import Datasink
 
+from operators.colbert_codec import scale_column
 from operators.exchange import (
     ENCODER_ERROR,
     OOM_SPLITS_COL,
@@ -36,6 +37,7 @@ from operators.exchange import (
     row_of,
 )
 from operators.incremental import DUPLICATE
+from operators.quantize import split_quantized_name
 from operators.schema import (
     COLBERT,
     ID,
@@ -51,7 +53,13 @@ from operators.sinks.lance_sink import delete_keys, upsert
 from operators.tables import TableRef
 
 log = logging.getLogger(__name__)
-VECTOR_OUTPUTS = (SPARSE, COLBERT)
+VECTOR_OUTPUTS = (SPARSE, COLBERT, scale_column(COLBERT))
+
+
+def is_vector_column(name: str) -> bool:
+    """Vector columns, for the bytes-per-document report: dense ones and their quantised copies, sparse,
+    ColBERT and its int8 scales."""
+    return name in VECTOR_OUTPUTS or is_dense_column(split_quantized_name(name)[0])
 
 
 @dataclass
@@ -129,7 +137,7 @@ def write_batch(batch: pa.Table, tables: Tables, run_id: str, files: pa.Array) -
     clear_quarantined(tables.quarantine, source_of(embedded, files))
     deleted = delete_keys(tables.main, ID, gone) if gone else 0
     seconds = time.perf_counter() - started
-    vector_columns = [name for name in tables.schema.names if name in VECTOR_OUTPUTS or is_dense_column(name)]
+    vector_columns = [name for name in tables.schema.names if is_vector_column(name)]
     unchanged = pc.filter(batch.column(ROWS_COL), pc.equal(status, Status.UNCHANGED.value))
     return RunCounts(
         rows_written=embedded.num_rows,

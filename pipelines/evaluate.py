@@ -1,5 +1,7 @@
 """The evaluate job: Recall/MRR/nDCG@k of every stored column and mode of a table on labelled queries
-(operators/evaluation.py), written as a JSON report with a PNG plot next to it."""
+(operators/evaluation.py), per (query language, document language) pair when they carry languages
+(operators/crosslingual.py), and STS correlations on scored pairs (operators/similarity.py), written as a JSON
+report with PNG plots next to it."""
 
 from __future__ import annotations
 
@@ -10,14 +12,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from operators.errors import check_positive, check_range
-from operators.evaluation import Evaluator, bytes_per_vector, load_labelled_queries
+from operators.errors import UsageError, check_positive, check_range
+from operators.evaluation import Evaluator, bytes_per_vector, load_labelled_queries, smallest_within
 from operators.metrics import evaluate_run, json_safe
 from operators.schema import COLBERT, DENSE, SPARSE
 from operators.scoring import DEFAULT_WEIGHTS
 from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, Retriever
 from operators.storage import local_path
-from operators.tables import check_table_name
+from operators.tables import Pin, check_table_name
 
 log = logging.getLogger(__name__)
 
@@ -27,26 +29,34 @@ class EvaluateJob:
     """One evaluation's options (pipelines/commands/evaluate.py says what each means)."""
 
     uri: str
-    queries: str  # Parquet: query_id, text
-    qrels: str  # Parquet: query_id, doc_id, relevance
+    queries: str | None = None  # Parquet: query_id, text (and language); with qrels
+    qrels: str | None = None  # Parquet: query_id, doc_id, relevance
+    pairs: str | None = None  # Parquet: text_a, text_b, score (STS)
+    language_column: str | None = None  # the table's document languages (default: `language` when it has one)
     table: str = "docs"
     k: int = 10
     tune_weights: bool = False
     weights: Sequence[float] = DEFAULT_WEIGHTS
     shortlist: int = DEFAULT_SHORTLIST
     funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST
+    rescore_multiplier: int | None = None  # quantised funnels shortlist k x this (None: 100 binary, 10 int8)
     model: str | None = None
     report: str | None = None  # JSON report path; default report_path()
     use_index: bool = False
     limit: int | None = None
     plot: bool = True
+    version: int | None = None  # read this table version instead of the serving one
+    tag: str | None = None  # or the version with this tag
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
 
     def __post_init__(self) -> None:
         check_table_name(self.table)
         for name in ("k", "shortlist", "funnel_shortlist"):
             check_range(name, getattr(self, name), 1)
-        check_positive(self, "limit")
+        check_positive(self, "limit", "rescore_multiplier")
+        if (self.queries is None) != (self.qrels is None) or (self.queries is None and self.pairs is None):
+            msg = "evaluate needs --queries with --qrels (retrieval), --pairs (similarity), or both"
+            raise UsageError(msg)
 
 
 def report_path(job: EvaluateJob) -> str:
@@ -60,15 +70,21 @@ def report_path(job: EvaluateJob) -> str:
 
 def run_evaluate(job: EvaluateJob) -> dict:
     """{"<column or mode>": {"recall@k", "mrr@k", "ndcg@k", "bytes_per_vector", ...}, ..., "k", "queries",
-    "queries_without_relevant", "seconds", "report", "plot"}."""
+    "queries_without_relevant", "smallest_within_1pct", "table_version", "seconds", "report", "plot"}, at the serving
+    version of the table (or the one pinned), with "languages" when queries or documents carry a language and "sts"
+    for `pairs` (only "sts" without queries)."""
     started = time.perf_counter()
+    if job.queries is None:
+        retriever = Retriever(job.uri, job.table, model=job.model, storage=job.storage, pin=Pin(job.version, job.tag))
+        return _write_report(job, {**_extra_entries(job, retriever, None), "report": report_path(job),
+                                   "seconds": round(time.perf_counter() - started, 3)})
     labelled = load_labelled_queries(job.queries, job.qrels, job.limit)
     if not labelled.ids:
         msg = f"{job.queries} has no queries"
         raise ValueError(msg)
     retriever = Retriever(job.uri, job.table, model=job.model, shortlist=max(job.shortlist, job.k),
                           exact=not job.use_index, funnel_shortlist=max(job.funnel_shortlist, job.k),
-                          storage=job.storage)
+                          storage=job.storage, pin=Pin(job.version, job.tag), rescore_multiplier=job.rescore_multiplier)
     store = retriever.store
     judged_docs = {doc for judged in labelled.qrels.values() for doc, rel in judged.items() if rel > 0}
     missing_docs = len(judged_docs - set(store.ids().tolist()))
@@ -90,6 +106,8 @@ def run_evaluate(job: EvaluateJob) -> dict:
         "k": job.k,
         "queries": summary.queries,
         "queries_without_relevant": summary.queries_without_relevant,
+        "smallest_within_1pct": smallest_within(results, job.k),
+        "table_version": store.version,
         "seconds": round(time.perf_counter() - started, 3),
     }
     path = report_path(job)
@@ -98,6 +116,31 @@ def run_evaluate(job: EvaluateJob) -> dict:
         from operators.evaluation_plot import plot_quality
 
         output["plot"] = plot_quality(results, job.k, os.path.splitext(path)[0] + ".png", title=job.table)
+    output.update(_extra_entries(job, retriever, evaluator))
+    output["seconds"] = round(time.perf_counter() - started, 3)
+    return _write_report(job, output)
+
+
+def _extra_entries(job: EvaluateJob, retriever: Retriever, evaluator: Evaluator | None) -> dict:
+    """Per-language-pair metrics (with labelled queries) and STS figures, each with its own PNG next to the
+    report."""
+    from operators.crosslingual import cross_lingual_report
+    from operators.similarity import sts_report
+
+    stem = os.path.splitext(report_path(job))[0]
+    extra = {}
+    if evaluator is not None:
+        languages = cross_lingual_report(evaluator, job.queries, job.language_column,
+                                         f"{stem}.languages.png" if job.plot else None, job.table)
+        if languages is not None:
+            extra["languages"] = languages
+    if job.pairs:
+        extra["sts"] = sts_report(retriever, job.pairs, f"{stem}.sts.png" if job.plot else None, job.table)
+    return extra
+
+
+def _write_report(job: EvaluateJob, output: dict) -> dict:
+    path = report_path(job)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as handle:
         json.dump(json_safe(output), handle, indent=2, allow_nan=False)  # an undefined mean is null, never NaN

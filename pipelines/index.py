@@ -1,8 +1,9 @@
 """The index job: an ANN index per dense column with parameters from the table's size (index_plan.py), each
 index's recall against exact search (ann.py), and the sparse inverted index brought up to date.
 
-Indexes are written through a writable handle on the latest version; recall is measured on a store opened
-afterwards, so every read sees the version that holds the indexes.
+Indexes are written through a writable handle on the latest version, which must be the serving one; the
+`serving` tag then moves to the version that holds the indexes (same rows), and recall is measured on a store
+opened afterwards, so every read sees that version.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from operators.search.ann import create_index, measure_recall
 from operators.search.index_plan import MIN_ROWS, IndexType, plan_index
 from operators.search.sparse_index import open_sparse_index
 from operators.search.store import TableStore
+from operators.serving import advance_serving
 from operators.tables import check_table_name
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,12 @@ def run_index(job: IndexJob) -> dict:
     """Build the indexes and report them: {"table", "rows", "columns": {column: plan, build_seconds, recall@k,
     ...} or {"skipped": why}, "sparse_index": {...}}."""
     store = TableStore(job.uri, job.table, job.storage)
+    latest = store.ref.dataset().version
+    if latest != store.version:
+        msg = (f"table {job.table!r} has versions after its serving version {store.version} (latest {latest}: an "
+               "unfinished run, or one rolled back): indexes are built for the serving version only when it is the "
+               "latest; re-run the embed command, which finishes or sets them aside and keeps ANN indexes current")
+        raise ValueError(msg)
     rows = store.rows
     chosen = list(job.columns) or store.dense_columns()
     for column in chosen:
@@ -70,6 +78,8 @@ def run_index(job: IndexJob) -> dict:
             **{key: value for key, value in asdict(plan).items() if value is not None and key != "column"},
             "build_seconds": round(seconds, 3)}
         plans.append(plan)
+    if plans:  # readers switch to the version that has the indexes (same rows)
+        advance_serving(store.ref, store.version)
     indexed = TableStore(job.uri, job.table, job.storage) if plans else store  # the version with the indexes
     for plan in plans:
         result["columns"][plan.column].update(measure_recall(indexed, plan, job.sample, job.k))

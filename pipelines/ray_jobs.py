@@ -16,7 +16,7 @@ import re
 import shlex
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -193,6 +193,42 @@ def follow_job(client, job_id: str, stream: TextIO, poll_seconds: float = 1.0) -
         result=follower.last_json,
         seconds=round(time.monotonic() - started, 3),
     )
+
+
+# A head answers this (HTTP 500) between its dashboard coming up and its job agent registering: right after
+# `ray start --head`, for seconds to a minute on a loaded machine. Before that, the dashboard may not answer at all.
+AGENT_NOT_READY = "No available agent"
+AGENT_WAIT_SECONDS = 60.0
+
+
+def submit_job(connect: Callable[[], object], address: str, wait_seconds: float = AGENT_WAIT_SECONDS,
+               sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+               **job) -> tuple[object, str]:
+    """Connect (`connect()` makes a JobSubmissionClient) and `client.submit_job(**job)`; while the head's dashboard
+    does not answer yet or it has no job agent yet, try again for at most `wait_seconds`, then fail in one line.
+    Any other refusal fails at once. Returns the client and the job id."""
+    deadline = clock() + wait_seconds
+    delay = 1.0
+    client = None
+    while True:
+        try:
+            client = client or connect()
+            return client, client.submit_job(**job)
+        except ConnectionError as error:
+            waiting_for, last = "answer", error
+        except RuntimeError as error:
+            if AGENT_NOT_READY not in str(error):
+                raise
+            waiting_for, last = "have a job agent", error
+        left = deadline - clock()
+        if left <= 0:
+            msg = (f"the Ray head at {address} did not {waiting_for} within {wait_seconds:.0f} s "
+                   f"({' '.join(str(last).split())[:200]}); a head just started takes a while, longer when loaded: "
+                   "try again, or raise --agent-wait")
+            raise RuntimeError(msg) from None
+        log.info("the Ray head at %s does not %s yet; trying again for %.0f s more", address, waiting_for, left)
+        sleep(min(delay, left))
+        delay = min(delay * 2, 5.0)
 
 
 def job_client(address: str, environ: Mapping[str, str] | None = None):

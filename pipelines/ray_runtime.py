@@ -37,6 +37,29 @@ SPARE_WORKERS = 4
 START_ATTEMPTS = 3
 
 
+# Ray's notices that name no risk for a private local Ray and no step for the user: token authentication
+# being on by default (it is what we want) is logged as a WARNING at every start. --verbose keeps them.
+QUIET_NOTICES = {"ray._private.authentication.authentication_token_setup": ("Token authentication is enabled",)}
+
+
+class _DropNotices(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+        return verbose or not record.getMessage().startswith(self.prefixes)
+
+
+def quiet_ray_notices() -> None:
+    """Deliberately drop the notices in QUIET_NOTICES (once per process)."""
+    for name, prefixes in QUIET_NOTICES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotices) for f in logger.filters):
+            logger.addFilter(_DropNotices(prefixes))
+
+
 def project_root() -> str:
     """The folder holding the `operators` and `pipelines` packages."""
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,6 +76,7 @@ def start_ray(
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return False
+    quiet_ray_notices()
     address = address or os.environ.get("RAY_ADDRESS") or None
     # Workers import our packages from the same path as this driver even when it is not pip-installed.
     runtime_env = {"env_vars": {**QUIET_ENV, "PYTHONPATH": _worker_pythonpath()}}

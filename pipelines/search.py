@@ -1,13 +1,17 @@
-"""The search job: the k best rows of a table for one query text, in any mode (operators/search/retriever.py)."""
+"""The search job: the k best rows of a table for one query text, or the rows nearest a stored item (`like`,
+operators/search/like.py), in any mode (operators/search/retriever.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
+from operators.schema import ID, MODEL, SOURCE_FILE, TEXT_HASH
 from operators.scoring import DEFAULT_WEIGHTS, Fusion
 from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, Retriever, SearchMode
-from operators.tables import check_table_name
+from operators.tables import Pin, check_table_name
 
 
 @dataclass(frozen=True)
@@ -15,7 +19,8 @@ class SearchJob:
     """One query's options (pipelines/commands/search.py says what each means)."""
 
     uri: str
-    query: str
+    query: str | None = None  # one of query and like
+    like: str | None = None  # a stored item's id: its nearest rows, itself excluded
     table: str = "docs"
     mode: SearchMode = SearchMode.DENSE
     column: str | None = None
@@ -25,8 +30,11 @@ class SearchJob:
     funnel: str | int | None = None
     shortlist: int = DEFAULT_SHORTLIST
     funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST
+    rescore_multiplier: int | None = None  # quantised funnel: shortlist k x this (None: 100 binary, 10 int8)
     exact: bool = False
     model: str | None = None
+    version: int | None = None  # read this table version instead of the serving one
+    tag: str | None = None  # or the version with this tag
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
 
     def __post_init__(self) -> None:
@@ -34,8 +42,52 @@ class SearchJob:
 
 
 def run_search(job: SearchJob) -> list[dict]:
-    """[{"id", "score"}], best first, ties broken by id."""
+    """[{"id", "score"}], best first, ties broken by id, at the serving version (or the one pinned); for `like`,
+    without the item itself."""
     retriever = Retriever(job.uri, job.table, model=job.model, shortlist=job.shortlist, exact=job.exact,
-                          funnel_shortlist=job.funnel_shortlist, storage=job.storage)
-    return retriever.search(job.query, mode=job.mode, column=job.column, k=job.k, weights=job.weights,
-                            fusion=job.fusion, funnel=job.funnel)
+                          funnel_shortlist=job.funnel_shortlist, storage=job.storage, pin=Pin(job.version, job.tag),
+                          rescore_multiplier=job.rescore_multiplier)
+    options = {"mode": job.mode, "column": job.column, "k": job.k, "weights": job.weights, "fusion": job.fusion,
+               "funnel": job.funnel}
+    if (job.query is None) == (job.like is None):
+        msg = "search needs a query or an item to search like, not both"
+        raise ValueError(msg)
+    if job.like is not None:
+        from operators.search.like import search_like
+
+        return search_like(retriever, job.like, **options)
+    return retriever.search(job.query, **options)
+
+
+# Shown per hit in text output: the first kept string column (a title, say), cut to this many characters.
+SHOWN_CHARS = 70
+
+
+def kept_text(job: SearchJob, ids: Sequence[str]) -> dict[str, str]:
+    """id -> the hit's first kept string column (input columns copied by `embed --keep-columns`), for
+    readable output; empty when the table keeps none."""
+    from operators.tables import Lake
+
+    dataset = Lake(job.uri, job.storage).table(job.table).snapshot(Pin(job.version, job.tag))  # the version searched
+    internal = {ID, TEXT_HASH, MODEL, SOURCE_FILE}
+    shown = [f.name for f in dataset.schema if f.name not in internal
+             and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
+    if not ids or not shown:
+        return {}
+    quoted = ", ".join("'" + str(i).replace("'", "''") + "'" for i in ids)
+    rows = dataset.to_table(columns=[ID, shown[0]], filter=f"{ID} IN ({quoted})").to_pylist()
+    return {row[ID]: " ".join(str(row[shown[0]] or "").split()) for row in rows}
+
+
+def format_hits(hits: list[dict], shown: dict[str, str]) -> str:
+    """Rank, score (3 decimals), id and the kept text, aligned for a terminal."""
+    if not hits:
+        return "no rows matched"
+    width = max(len(str(hit["id"])) for hit in hits)
+    lines = []
+    for rank, hit in enumerate(hits, 1):
+        text = shown.get(hit["id"], "")
+        if len(text) > SHOWN_CHARS:
+            text = text[: SHOWN_CHARS - 1] + "…"
+        lines.append(f"{rank:>3}  {hit['score']:.3f}  {str(hit['id']):<{width}}  {text}".rstrip())
+    return "\n".join(lines)

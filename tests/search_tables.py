@@ -27,6 +27,7 @@ from operators.table_meta import TableMeta, with_meta
 from operators.vectors import normalize_rows
 
 VOCAB = 60
+FAKE_MODEL_ID = "fake:1"  # every row's model and the metadata's model_id agree, as in a table embed wrote
 
 
 def random_rows(rng: np.random.Generator, n: int, dim: int = 32, dims=(16, 8), colbert_dim: int = 16,
@@ -36,7 +37,7 @@ def random_rows(rng: np.random.Generator, n: int, dim: int = 32, dims=(16, 8), c
     columns = {
         ID: [f"doc{start + i:05d}" for i in range(n)],
         TEXT_HASH: ["h"] * n,
-        MODEL: ["fake"] * n,
+        MODEL: [FAKE_MODEL_ID] * n,
         DENSE: normalize_rows(raw),
     }
     for d in dims:
@@ -87,7 +88,7 @@ def to_arrow(columns: dict, dim: int = 32, dims=(16, 8), colbert_dim: int = 16, 
 def make_table(path: str, name: str = "docs", n: int = 300, seed: int = 0, **kwargs) -> tuple[pa.Table, dict]:
     rng = np.random.default_rng(seed)
     columns = random_rows(rng, n, **kwargs)
-    meta = TableMeta(model="fake", model_id="fake:1", kind="bge-m3", dims=list(kwargs.get("dims", (16, 8))),
+    meta = TableMeta(model="fake", model_id=FAKE_MODEL_ID, kind="bge-m3", dims=list(kwargs.get("dims", (16, 8))),
                      outputs=["dense", "sparse", "colbert"])
     table = to_arrow(columns, dim=kwargs.get("dim", 32), dims=kwargs.get("dims", (16, 8)),
                      colbert_dim=kwargs.get("colbert_dim", 16), meta=meta)

@@ -63,3 +63,20 @@ def test_pipeline_benchmark_runs_in_its_own_driver_with_a_random_model(capsys):
                  "--object-store-memory", "256MiB", "--no-write"]) == 0
     out = capsys.readouterr().out
     assert "pipeline, 300 rows of <= 80 chars, random BGE-M3-shaped tiny" in out and "MiB PSS" in out
+
+
+def test_graded_pairs_for_bench_uses(tmp_path):
+    import pyarrow.dataset as ds
+
+    from benchmarks.uses import SAMPLE_DIR, graded_pairs
+
+    assert graded_pairs(str(tmp_path / "pairs.parquet"), synopses=20) == 60
+    pairs = pq.read_table(tmp_path / "pairs.parquet").to_pylist()
+    sample = ds.dataset(SAMPLE_DIR).to_table(columns=["title", "text", "section"]).to_pylist()
+    section_of_title = {row["title"]: row["section"] for row in sample}
+    section_of_text = {row["text"]: row["section"] for row in sample}
+    own = {row["title"]: row["text"] for row in sample}
+    for pair in pairs:
+        same = section_of_title[pair["text_a"]] == section_of_text[pair["text_b"]]
+        assert {2.0: own[pair["text_a"]] == pair["text_b"], 1.0: same and own[pair["text_a"]] != pair["text_b"],
+                0.0: not same}[pair["score"]]

@@ -17,6 +17,7 @@ from operators.encoders.base import EncoderSpec
 from operators.encoders.batching import pad_batch
 from operators.encoders.bge_m3 import BgeM3Encoder
 from operators.schema import COLBERT, DENSE, SPARSE, SPARSE_TYPE, colbert_type, dense_type
+from tests.simulated_oom import fail_batches_above
 
 LONG_TEXT = " ".join(["Embedding models turn text into vectors that capture meaning for search and clustering."] * 24)
 TEXTS = [
@@ -219,20 +220,19 @@ def test_batching_invariance(tiny_bge_m3_path, encoder, encoded):
     np.testing.assert_array_equal(many.token_counts, encoded.token_counts)
 
 
+def test_collecting_each_batch_before_launching_the_next_changes_nothing(tiny_bge_m3_path, encoded):
+    """`overlap` (collect a batch's outputs after launching the next, the default) only reorders host
+    work: with it off, many small batches give the same vectors."""
+    encoder = _encoder(tiny_bge_m3_path, max_length=WHOLE, max_tokens_per_batch=48)
+    assert encoder.overlap
+    encoder.overlap = False
+    _assert_same_outputs(encoder.encode(TEXTS).columns, encoded.columns)
+
+
 def test_oom_splitting(tiny_bge_m3_path, encoded, monkeypatch):
     """A forward pass that runs out of memory is split until it fits; nothing is lost or reordered."""
     encoder = _encoder(tiny_bge_m3_path, max_length=WHOLE, max_tokens_per_batch=1 << 20)
-    original = encoder._forward
-    seen: list[int] = []
-
-    def forward(input_ids, attention_mask):
-        seen.append(input_ids.shape[0])
-        if input_ids.shape[0] > 2:
-            msg = "CUDA out of memory (simulated)"
-            raise torch.OutOfMemoryError(msg)
-        return original(input_ids, attention_mask)
-
-    monkeypatch.setattr(encoder, "_forward", forward)
+    seen = fail_batches_above(monkeypatch, encoder, 2)
     result = encoder.encode(TEXTS)
     assert result.oom_splits >= 3
     assert seen[0] == len(TEXTS) and max(seen[1:]) <= len(TEXTS) // 2

@@ -12,6 +12,7 @@ import torch
 from operators.encoders.base import BatchLimits, EncoderSpec
 from operators.encoders.loader import describe_encoder, load_encoder
 from operators.encoders.mrl import MatryoshkaEncoder, read_layout
+from tests.simulated_oom import fail_batches_above
 
 
 def vectors(column) -> np.ndarray:
@@ -65,15 +66,7 @@ def test_batching_does_not_change_vectors(minilm_path, texts):
 
 def test_out_of_memory_splits_the_batch(encoder, texts, monkeypatch):
     expected = vectors(encoder.encode(texts[:12]).columns["dense"])
-    original = encoder._forward
-
-    def fail_when_big(input_ids, attention_mask):
-        if input_ids.shape[0] > 2:
-            msg = "CUDA out of memory (simulated)"
-            raise torch.OutOfMemoryError(msg)
-        return original(input_ids, attention_mask)
-
-    monkeypatch.setattr(encoder, "_forward", fail_when_big)
+    fail_batches_above(monkeypatch, encoder, 2)
     result = encoder.encode(texts[:12])
     assert result.oom_splits > 0
     assert np.allclose(vectors(result.columns["dense"]), expected, atol=1e-5)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import parse_args
-from pipelines.ray_jobs import AUTH_HEADER, LogFollower, auth_headers, build_runtime_env, entrypoint
+from pipelines.ray_jobs import AUTH_HEADER, LogFollower, auth_headers, build_runtime_env, entrypoint, submit_job
 from pipelines.ray_runtime import project_root
 
 TOKEN = "0123456789abcdef0123456789abcdef"
@@ -67,3 +67,63 @@ def test_log_follower_keeps_the_last_json_line_across_chunks():
     follower.finish()
     assert follower.last_json == {"late": True}
     assert stream.getvalue().startswith("starting\n{\"rows_written\": 40}")
+
+
+class FlakyHead:
+    """A JobSubmissionClient stand-in for a head just started: the dashboard does not answer for `down` tries,
+    then has no job agent for `agentless` tries, then takes the job."""
+
+    def __init__(self, down: int = 0, agentless: int = 0, other: str | None = None) -> None:
+        self.down, self.agentless, self.other = down, agentless, other
+        self.connects = self.submits = 0
+
+    def connect(self) -> FlakyHead:
+        self.connects += 1
+        if self.connects <= self.down:
+            msg = "Failed to connect to Ray at address: http://head:8265."
+            raise ConnectionError(msg)
+        return self
+
+    def submit_job(self, **job) -> str:
+        self.submits += 1
+        if self.other:
+            raise RuntimeError(self.other)
+        if self.submits <= self.agentless:
+            msg = "Request failed with status code 500: No available agent to submit job, please try again later.."
+            raise RuntimeError(msg)
+        return f"raysubmit_{job['entrypoint']}"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_submit_waits_for_a_just_started_head_then_submits():
+    head, clock = FlakyHead(down=2, agentless=3), FakeClock()
+    client, job_id = submit_job(head.connect, "http://head:8265", 60, clock.sleep, clock, entrypoint="x")
+    assert client is head and job_id == "raysubmit_x"
+    assert (head.connects, head.submits) == (3, 4) and 0 < clock.now < 60
+
+
+def test_submit_gives_up_after_the_wait_in_one_line():
+    head, clock = FlakyHead(agentless=10**6), FakeClock()
+    with pytest.raises(RuntimeError, match=r"did not have a job agent within 60 s .*raise --agent-wait") as error:
+        submit_job(head.connect, "http://head:8265", 60, clock.sleep, clock, entrypoint="x")
+    assert "\n" not in str(error.value) and 60 <= clock.now <= 61
+    head, clock = FlakyHead(down=10**6), FakeClock()
+    with pytest.raises(RuntimeError, match=r"did not answer within 5 s \(Failed to connect"):
+        submit_job(head.connect, "http://head:8265", 5, clock.sleep, clock, entrypoint="x")
+
+
+def test_submit_fails_at_once_on_other_refusals():
+    head, clock = FlakyHead(other="Request failed with status code 400: bad runtime_env."), FakeClock()
+    with pytest.raises(RuntimeError, match="status code 400"):
+        submit_job(head.connect, "http://head:8265", 60, clock.sleep, clock, entrypoint="x")
+    assert head.submits == 1 and clock.now == 0

@@ -3,6 +3,7 @@ checked against brute force over the stored vectors with queries encoded indepen
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -17,7 +18,6 @@ from operators.encoders.base import EncoderSpec
 from operators.metrics import evaluate_run, qrels_from_rows
 from operators.schema import DENSE, ID
 from operators.vectors import as_matrix
-from pipelines.cli import main
 from tests.cli_runs import cli_error, cli_result, run_cli
 
 pytestmark = pytest.mark.ray
@@ -92,16 +92,19 @@ def test_search_cli_equals_brute_force(embedded, stored, query_encoder, column):
     np.testing.assert_allclose([hit["score"] for hit in hits], [s for _, s in expected], atol=1e-5)
 
 
-def test_search_cli_funnel_and_text_output(embedded, stored, capsys):
+def test_search_cli_funnel_and_text_output(embedded, stored):
     funnel = cli_result("search", embedded, "--table", "docs", "--query", "music player",
                         "--funnel", "64", "--funnel-shortlist", str(DOCS), "--k", "3", "--json")
     exact = cli_result("search", embedded, "--table", "docs", "--query", "music player", "--k", "3", "--json")
     # a shortlist covering the table re-ranks everything: same ids, same scores (to float rounding)
     assert [hit["id"] for hit in funnel] == [hit["id"] for hit in exact]
     np.testing.assert_allclose([h["score"] for h in funnel], [h["score"] for h in exact], atol=1e-6)
-    assert main(["search", embedded, "--table", "docs", "--query", "music player", "--k", "2"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith("id=")
+    out = io.StringIO()
+    assert run_cli("search", embedded, "--table", "docs", "--query", "music player", "--k", "2", stdout=out).code == 0
+    lines = out.getvalue().strip().splitlines()
+    # rank, score with 3 decimals, id (and the kept title when the table keeps one), aligned (issue 22)
+    assert len(lines) == 2 and [line.split()[0] for line in lines] == ["1", "2"]
+    assert lines[0].split()[2] == exact[0]["id"] and lines[0].split()[1] == f"{exact[0]['score']:.3f}"
 
 
 def test_search_cli_errors_are_one_line(embedded):
@@ -144,3 +147,42 @@ def test_index_cli_on_a_small_table_reports_the_skip(embedded):
     result = cli_result("index", embedded, "--table", "docs", "--json")
     assert set(result["columns"]) == {"dense", "dense_128", "dense_64"}
     assert all("skipped" in entry for entry in result["columns"].values())
+
+
+@pytest.mark.parametrize("column", [None, "dense_64"])
+def test_search_like_cli_equals_brute_force_without_the_item(embedded, stored, column):
+    item = 7
+    column_args = ["--column", column] if column else []
+    hits = cli_result("search", embedded, "--table", "docs", "--like", stored["ids"][item], "--k", "5",
+                      *column_args, "--json")
+    name = column or DENSE
+    others = {key: np.delete(values, item, axis=0) for key, values in stored.items()}
+    expected = brute(others, stored[name][item], name, 5)
+    assert [hit["id"] for hit in hits] == [doc for doc, _ in expected]
+    np.testing.assert_allclose([hit["score"] for hit in hits], [s for _, s in expected], atol=1e-5)
+    assert "no row with id 'no-such-id'" in cli_error("search", embedded, "--table", "docs", "--like", "no-such-id")
+
+
+def test_evaluate_pairs_cli_equals_scipy_at_every_nested_size(embedded, corpus, query_encoder, tmp_path):
+    from scipy.stats import pearsonr, spearmanr
+
+    titles, texts = corpus.column("title").to_pylist()[:12], corpus.column("text").to_pylist()[:12]
+    # each title against its own description (high score) and against the next one's (low score)
+    text_a = titles + titles
+    text_b = [text[:300] for text in texts] + [text[:300] for text in texts[1:] + texts[:1]]
+    scores = [5.0] * 12 + [float(i % 3) for i in range(12)]
+    pq.write_table(pa.table({"text_a": text_a, "text_b": text_b, "score": scores}), tmp_path / "pairs.parquet")
+    report = str(tmp_path / "sts.json")
+    result = cli_result("evaluate", embedded, "--table", "docs", "--pairs", str(tmp_path / "pairs.parquet"),
+                        "--report", report, "--json")
+    sts = result["sts"]
+    assert sts["pairs"] == 24 and os.path.getsize(sts["plot"]) > 5000
+    left = query_encoder.encode(text_a, prompt_name="query").columns
+    right = query_encoder.encode(text_b, prompt_name="query").columns
+    for column in ("dense", "dense_128", "dense_64"):
+        cosines = np.einsum("ij,ij->i", as_matrix(left[column]).astype(float),
+                            as_matrix(right[column]).astype(float))
+        assert sts[column]["spearman"] == pytest.approx(spearmanr(cosines, scores).statistic, abs=1e-6)
+        assert sts[column]["pearson"] == pytest.approx(pearsonr(cosines, scores).statistic, abs=1e-6)
+    assert sts["dense"]["spearman"] > 0.5  # a title is closer to its own description
+    assert "--queries with --qrels" in cli_error("evaluate", embedded, "--table", "docs", "--queries", report)

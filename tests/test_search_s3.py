@@ -17,7 +17,7 @@ from operators.table_meta import TableMeta
 from operators.tables import connect
 from tests.cli_runs import cli_result
 from tests.object_store_server import aws_environment
-from tests.search_tables import brute_lexical, brute_ranking, random_rows, to_arrow
+from tests.search_tables import FAKE_MODEL_ID, brute_lexical, brute_ranking, random_rows, to_arrow
 
 BUCKET = "embedlake-search"
 
@@ -31,7 +31,7 @@ def s3_lake(s3_server) -> tuple[str, dict]:
 def make_s3_lake(s3_server):
     s3_server.create_bucket(BUCKET)
     columns = random_rows(np.random.default_rng(21), 150)
-    meta = TableMeta(model="fake", model_id="fake:1", kind="bge-m3", dims=[16, 8], outputs=["dense", "sparse"])
+    meta = TableMeta(model="fake", model_id=FAKE_MODEL_ID, kind="bge-m3", dims=[16, 8], outputs=["dense", "sparse"])
     uri = f"s3://{BUCKET}/lake"
     connect(uri, resolve_storage(None, os.environ)).create_table("docs", to_arrow(columns, meta=meta))
     return uri, columns

@@ -10,8 +10,6 @@ import json
 import subprocess
 import sys
 
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import pytest
 
 from operators.storage import resolve_storage
@@ -20,6 +18,7 @@ from pipelines.ray_jobs import job_client
 from pipelines.ray_runtime import project_root
 from tests.object_store_server import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.ray_head import start_ray_head
+from tests.sample_lakes import sample_rows, write_shards
 
 pytestmark = pytest.mark.ray
 SUBMIT_TIMEOUT = 420
@@ -37,9 +36,7 @@ def ray_head(s3_server):
 def s3_lake(s3_server, sample_dir, tmp_path_factory) -> str:
     s3_server.create_bucket(BUCKET)
     folder = tmp_path_factory.mktemp("submit-lake")
-    rows = ds.dataset(str(sample_dir)).to_table().slice(100, 40)
-    for shard in range(2):
-        pq.write_table(rows.slice(shard * 20, 20), folder / f"part-{shard}.parquet")
+    write_shards(sample_rows(sample_dir, 100, 40, columns=None), folder, 2)
     client = s3_server.client()
     for path in sorted(folder.iterdir()):
         client.upload_file(str(path), BUCKET, f"lake/{path.name}")
@@ -68,6 +65,29 @@ def test_submitted_embed_job_streams_logs_and_writes_the_table(ray_head, s3_serv
     for secret in (ray_head.token, TEST_ACCESS_KEY, TEST_SECRET_KEY):
         assert secret not in done.stdout + done.stderr
         assert secret not in stored
+
+
+def test_the_nightly_recipe_submitted_publishes_and_keeps_history(ray_head, s3_server, s3_lake):
+    """docs/lifecycle.md's cron line (conf/nightly.yaml, which adds nested sizes: the table is rebuilt while readers
+    keep the first run's version), over the table the test above wrote."""
+    output = f"s3://{BUCKET}/lance"
+    storage = resolve_storage(None, s3_server.env())
+    existed = "docs" in connect(output, storage).table_names()
+    done = submit(ray_head.client_env(), "--address", ray_head.dashboard, "--json", "--",
+                  "embed", s3_lake, output, "--config", "conf/nightly.yaml", "--actors", "1", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    night = json.loads(done.stdout.strip().splitlines()[-1])["result"]
+    assert night["published"] and night["rows_written"] == 40
+    assert night["start"] == ("rebuilt" if existed else "created")
+    assert night["maintain"]["bytes_after"] <= night["maintain"]["bytes_before"]
+    listed = subprocess.run([sys.executable, "-m", "pipelines.cli", "versions", output, "--json"],
+                            cwd=project_root(), env={**ray_head.client_env(), **s3_server.env()}, capture_output=True,
+                            text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    history = json.loads(listed.stdout.strip().splitlines()[-1])
+    assert history["serving_version"] == night["version"]
+    assert [(run["job"], run["status"]) for run in history["runs"]] == [("embed", "succeeded")] * (1 + existed)
+    assert {"dense_256", "dense_64"} <= set(connect(output, storage).open_table("docs").schema.names)
 
 
 def test_a_failing_job_exits_with_its_own_status(ray_head):

@@ -18,14 +18,15 @@ MAX_POSITIONS = 128
 SEED = 7
 
 
-def build_tiny_st_model(folder: str, tokenizer_folder: str) -> str:
-    """Write the model to `folder` (Transformer + mean Pooling + Normalize) and return it."""
+def build_tiny_st_model(folder: str, tokenizer_folder: str, seed: int = SEED) -> str:
+    """Write the model to `folder` (Transformer + mean Pooling + Normalize) and return it; another `seed` gives
+    a model of the same shape with other weights (a "fine-tuned copy")."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
                         num_attention_heads=HEADS, intermediate_size=INTERMEDIATE,

@@ -150,11 +150,21 @@ class TransformerEncoder(Encoder):
         self._tokenize_lock = threading.Lock()
         self._compute_lock = threading.Lock()
         self._stager: ThreadPoolExecutor | None = None
+        # Collect each batch's outputs after launching the next one (see _collect); False collects
+        # every batch before the next starts (the A/B of `make bench-gpu`).
+        self.overlap = True
 
     # -- what a subclass provides ------------------------------------------------------------
     @abstractmethod
-    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, list | np.ndarray]:
-        """Outputs of one padded batch, per row in batch order: an ndarray (rows, ...) or a list."""
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, list | np.ndarray] | object:
+        """Outputs of one padded batch, per row in batch order: an ndarray (rows, ...) or a list; or a
+        handle on work still in flight that `_collect` turns into them."""
+
+    def _collect(self, result: dict[str, list | np.ndarray] | object) -> dict[str, list | np.ndarray]:
+        """The per-row outputs of what `_forward` returned. An encoder whose `_forward` only queues device
+        work and copies (no host synchronisation) waits here; the loop collects a batch after launching
+        the next one (`overlap`), so the device never idles while the host post-processes."""
+        return result  # type: ignore[return-value]
 
     @abstractmethod
     def _to_arrow(self, outputs: dict[str, list | np.ndarray]) -> dict[str, pa.Array]:
@@ -213,10 +223,17 @@ class TransformerEncoder(Encoder):
         forward = self._forward_for(prompt_name)
         with self._compute_lock:
             plan = plan_batches(lengths, self.limits.max_tokens, self.limits.max_rows)
+            waiting: list[tuple[np.ndarray, object]] = []
             for batch, staged in self._staged(plan, tokens):
                 run = partial(self._run_rows, forward, tokens, staged, stats)
-                for indices, result in run_splitting_on_oom(run, batch, stats.count_split):
-                    _scatter(outputs, result, indices, len(texts))
+                launched = run_splitting_on_oom(run, batch, stats.count_split)
+                if not self.overlap:
+                    waiting, launched = launched, []
+                for indices, result in waiting:
+                    _scatter(outputs, self._collect(result), indices, len(texts))
+                waiting = launched
+            for indices, result in waiting:
+                _scatter(outputs, self._collect(result), indices, len(texts))
         return EncodedBatch(
             columns=self._to_arrow(outputs) if len(texts) else self._to_arrow(self._empty_outputs()),
             token_counts=lengths,
@@ -228,7 +245,7 @@ class TransformerEncoder(Encoder):
     def _run_rows(
         self, forward: Callable, tokens: FlatTokens, staged: dict[int, tuple[torch.Tensor, torch.Tensor]],
         stats: _LoopStats, indices: np.ndarray,
-    ) -> list[tuple[np.ndarray, dict[str, list | np.ndarray]]]:
+    ) -> list[tuple[np.ndarray, object]]:
         """Forward one batch (or, after an OOM split, part of it). The staged tensors fit only the whole
         batch, so they are keyed by its row count: halves of it pad their own."""
         ready = staged.pop(len(indices), None)

@@ -1,13 +1,13 @@
 """Encode query texts with the encoder that wrote a table, using the model's query prompt.
 
-The table's metadata (TableMeta) names the model and options; `--model` overrides it for tables
-written without metadata. Queries go through the same encoder class as the documents, so every column
-the table stores (dense, dense_<d>, sparse, colbert) has its query-side counterpart.
+The table's metadata (TableMeta, at the version read) names the model and options; `--model` names it for
+tables written without metadata, and is refused when it encodes queries as another model than the table's.
+Queries go through the same encoder class as the documents, so every column the table stores (dense,
+dense_<d>, sparse, colbert) has its query-side counterpart.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,8 +18,6 @@ from operators.schema import COLBERT, SPARSE, nested_dim
 from operators.scoring import QueryVectors, SparseVector
 from operators.search.store import TableStore
 from operators.vectors import as_matrix, sparse_children
-
-log = logging.getLogger(__name__)
 
 QUERY_PROMPT = "query"
 
@@ -46,8 +44,10 @@ def load_query_encoder(store: TableStore, model: str | None = None) -> Encoder:
 
     encoder = load_encoder(query_encoder_spec(store, model))
     if store.meta is not None and model is not None and encoder.model_id != store.meta.model_id:
-        log.warning("queries are encoded with %s but table %s was written with %s: scores may be meaningless",
-                    encoder.model_id, store.name, store.meta.model_id)
+        msg = (f"--model {model} encodes queries as {encoder.model_id}, but table {store.name!r} at version "
+               f"{store.version} holds vectors of {store.meta.model_id}: refusing to score queries of one model "
+               "against vectors of another (leave out --model: queries are encoded by the table's own model)")
+        raise ValueError(msg)
     return encoder
 
 

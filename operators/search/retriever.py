@@ -3,7 +3,11 @@ ColBERT and hybrid, all returning exact BGE-M3 scores for what they return.
 
 - dense: LanceDB vector search on `dense` or `dense_<d>` (the ANN index when one exists, unless `exact`);
   scores recomputed from the returned vectors, so an approximate index never changes a reported score.
-- funnel: shortlist with a small `dense_<d>`, re-rank the shortlist with `dense`.
+- quantised columns (`embed --quantize`): `<col>_bin` by Hamming distance (LanceDB), `<col>_int8` by the
+  dot product with the dequantised rows (operators/search/quantized.py); scores are those of the column.
+- funnel: shortlist with a small `dense_<d>` or a quantised column (`dense_bin`, `dense_64_bin`,
+  `dense_int8`), re-rank the shortlist with the float query against `--column` (`dense` by default; an
+  `_int8` column re-ranks on the int8 codes). A quantised shortlist is k x `rescore_multiplier` rows.
 - sparse: the persisted inverted index (operators/search/sparse_index.py).
 - colbert and hybrid: candidates = union of the dense and sparse shortlists (as in BGE-M3's paper, where
   multi-vector and hybrid scores re-rank a first-stage shortlist); each candidate gets its exact dense,
@@ -21,11 +25,15 @@ import numpy as np
 import pyarrow as pa
 
 from operators import scoring
+from operators.colbert_codec import scale_column
 from operators.errors import UsageError
+from operators.quantize import split_quantized_name
 from operators.schema import COLBERT, DENSE, ID, SPARSE, dense_column, is_blank, is_dense_column
 from operators.scoring import COLBERT_MODE, DENSE_MODE, SPARSE_MODE, Fusion, QueryVectors, top_k
+from operators.search.quantized import DEFAULT_RESCORE_MULTIPLIER, column_scores, quantized_rows
 from operators.search.sparse_index import SparseIndex, open_sparse_index
 from operators.search.store import TableStore
+from operators.tables import Pin
 from operators.vectors import as_matrix
 
 
@@ -36,6 +44,7 @@ class SearchMode(StrEnum):
     HYBRID = "hybrid"
 
 
+COLBERT_SCALE = scale_column(COLBERT)  # int8 ColBERT's per-token scales (operators/colbert_codec.py)
 DEFAULT_SHORTLIST = 100  # per first stage (dense, sparse) before ColBERT / hybrid re-ranking
 # The funnel re-ranks a shortlist of the small column alone, so it needs a longer one: on the 1M-vector benchmark
 # with a hard spectrum (39% of the variance in the first 64 of 384 dims) 400 kept 0.995 of exact top-10.
@@ -59,13 +68,24 @@ def hits(ids: np.ndarray, scores: np.ndarray, k: int) -> list[dict]:
 
 
 def resolve_funnel_column(funnel: str | int | None) -> str | None:
+    """`64` -> `dense_64`; nested and quantised columns (`dense_64`, `dense_bin`, `dense_64_int8`) as given."""
     if funnel is None or funnel == "":
         return None
     name = dense_column(int(funnel)) if str(funnel).isdigit() else str(funnel)
-    if not is_dense_column(name) or name == DENSE:
-        msg = f"--funnel takes a nested column (dense_<d>) or its size, got {funnel!r}"
+    base, precision = split_quantized_name(name)
+    if not is_dense_column(base) or (name == DENSE and precision is None):
+        msg = (f"--funnel takes a nested column (dense_<d>) or its size, or a quantised column (dense_bin, "
+               f"dense_<d>_bin, dense_int8, ...), got {funnel!r}")
         raise ValueError(msg)
     return name
+
+
+def check_dense_column(column: str) -> str:
+    """A dense column's name, float (`dense`, `dense_<d>`) or quantised (`dense_bin`, `dense_<d>_int8`)."""
+    if not is_dense_column(split_quantized_name(column)[0]):
+        msg = f"--column takes dense, dense_<d> or their _int8 / _bin copies, got {column!r}"
+        raise ValueError(msg)
+    return column
 
 
 class Retriever:
@@ -83,13 +103,17 @@ class Retriever:
         persist_index: bool = True,
         funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST,
         storage: dict | None = None,
+        rescore_multiplier: int | None = None,
+        pin: Pin | None = None,
     ) -> None:
-        for name, value in (("--shortlist", shortlist), ("--funnel-shortlist", funnel_shortlist)):
+        for name, value in (("--shortlist", shortlist), ("--funnel-shortlist", funnel_shortlist),
+                            ("--rescore-multiplier", 1 if rescore_multiplier is None else rescore_multiplier)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 msg = f"{name} must be at least 1, got {value!r}"
                 raise UsageError(msg)
         self.funnel_shortlist = funnel_shortlist
-        self.store = TableStore(uri, table, storage)
+        self.rescore_multiplier = rescore_multiplier
+        self.store = TableStore(uri, table, storage, pin)
         self.model = model
         self.shortlist = shortlist
         self.exact = exact
@@ -151,10 +175,11 @@ class Retriever:
         self._check_mode(mode)
         vectors = self.encode([query])[0] if isinstance(query, str) else query
         if mode == DENSE_MODE:
+            column = check_dense_column(column or DENSE)
             funnel_column = resolve_funnel_column(funnel)
             if funnel_column is not None:
-                return self.funnel(vectors, funnel_column, k, column or DENSE)
-            return self.dense(vectors, column or DENSE, k)
+                return self.funnel(vectors, funnel_column, k, column)
+            return self.dense(vectors, column, k)
         if mode == SPARSE_MODE:
             return self.sparse(vectors, k)
         candidates = self.candidates(vectors)
@@ -177,17 +202,28 @@ class Retriever:
     # -- modes ---------------------------------------------------------------------------------
     def dense(self, query: QueryVectors, column: str, k: int) -> list[dict]:
         self.store.require(column)
-        rows = self._vector_search(column, query, k, [ID, column])
+        rows = self._first_stage(column, query, k, [ID, column])
         ids = np.asarray(rows.column(ID).to_pylist(), dtype=object)
-        return hits(ids, scoring.dense_scores(query.dense[column], as_matrix(rows.column(column))), k)
+        return hits(ids, self._scores(column, rows.column(column), query), k)
 
     def funnel(self, query: QueryVectors, small: str, k: int, full: str = DENSE) -> list[dict]:
-        """Shortlist `self.funnel_shortlist` rows by the small nested column, return the k best by the full one."""
+        """Shortlist rows by the small column (nested or quantised; `funnel_shortlist_for` rows), return the
+        k best by the full one's scores (float, or int8 codes with the float query)."""
         self.store.require(small)
         self.store.require(full)
-        rows = self._vector_search(small, query, max(self.funnel_shortlist, k), [ID, full])
+        rows = self._first_stage(small, query, self.funnel_shortlist_for(small, k), [ID, full])
         ids = np.asarray(rows.column(ID).to_pylist(), dtype=object)
-        return hits(ids, scoring.dense_scores(query.dense[full], as_matrix(rows.column(full))), k)
+        return hits(ids, self._scores(full, rows.column(full), query), k)
+
+    def funnel_shortlist_for(self, small: str, k: int) -> int:
+        """Rows a funnel's first stage keeps: k x `rescore_multiplier` (default per precision for a quantised
+        column, quantized.DEFAULT_RESCORE_MULTIPLIER), else `funnel_shortlist` for a nested float column."""
+        precision = split_quantized_name(small)[1]
+        if self.rescore_multiplier is not None:
+            return k * self.rescore_multiplier
+        if precision is not None:
+            return k * DEFAULT_RESCORE_MULTIPLIER[precision]
+        return max(self.funnel_shortlist, k)
 
     def sparse(self, query: QueryVectors, k: int) -> list[dict]:
         index = self.sparse_index
@@ -198,7 +234,7 @@ class Retriever:
         """Union of the dense and sparse shortlists with every available mode's exact score.
 
         `dense_positions` replaces the dense first stage (evaluation passes exact-scan results)."""
-        columns = [ID, *(column for column in (DENSE, SPARSE, COLBERT) if self.store.has(column))]
+        columns = [ID, *(column for column in (DENSE, SPARSE, COLBERT, COLBERT_SCALE) if self.store.has(column))]
         parts = []
         if dense_positions is not None:
             parts.append(self.store.take(dense_positions, columns))
@@ -213,13 +249,33 @@ class Retriever:
         if self.store.has(SPARSE) and query.sparse is not None:
             scores[SPARSE_MODE] = scoring.sparse_scores(query.sparse, rows.column(SPARSE))
         if self.store.has(COLBERT) and query.colbert is not None:
-            scores[COLBERT_MODE] = scoring.colbert_scores(query.colbert, rows.column(COLBERT))
+            scales = rows.column(COLBERT_SCALE) if self.store.has(COLBERT_SCALE) else None  # int8 ColBERT
+            scores[COLBERT_MODE] = scoring.colbert_scores(query.colbert, rows.column(COLBERT), scales)
         return Candidates(ids, scores)
 
-    def _vector_search(self, column: str, query: QueryVectors, limit: int, columns: list[str]) -> pa.Table:
+    def _first_stage(self, column: str, query: QueryVectors, limit: int, columns: list[str]) -> pa.Table:
+        """`columns` of the `limit` best rows by one dense column, float or quantised."""
+        base, precision = split_quantized_name(column)
+        if precision is None:
+            return self._vector_search(column, query, limit, columns)
+        return quantized_rows(self.store, column, self._query_vector(base, query), limit, columns)
+
+    def _scores(self, column: str, values: pa.ChunkedArray, query: QueryVectors) -> np.ndarray:
+        """Exact scores of the float query against rows of a dense column (float or quantised)."""
+        base, precision = split_quantized_name(column)
+        if precision is None:
+            return scoring.dense_scores(self._query_vector(column, query), as_matrix(values))
+        return column_scores(self.store, column, values, self._query_vector(base, query))
+
+    @staticmethod
+    def _query_vector(column: str, query: QueryVectors) -> np.ndarray:
         if column not in query.dense:
             msg = f"the query encoder gives no {column!r}; was the table written with other nested sizes?"
             raise ValueError(msg)
+        return query.dense[column]
+
+    def _vector_search(self, column: str, query: QueryVectors, limit: int, columns: list[str]) -> pa.Table:
+        self._query_vector(column, query)
         return self.store.vector_search(column, query.dense[column], limit, columns, exact=self.exact,
                                         nprobes=self.nprobes, refine_factor=self.refine_factor)
 

@@ -6,11 +6,12 @@ one pass over the column. A query touches only the postings of its own tokens an
 w_q[t] * w_p[t] per row, which is exactly BGE-M3's lexical score for every row that shares a token.
 
 Persisted next to the table as `<T>.sparse_index/v<version>/` (numpy arrays + the ids; a local folder or
-the same object store as the table), tagged with the table version it was built at. Opening the index for
-a newer version updates it: when the table only gained rows since (appends, new keys upserted), just the
-new fragments are read and merged in; any other change (updates, deletes, compaction) rebuilds it. A
-version's meta.json is written last, and a folder without it is never read, so a reader never sees half
-an index.
+the same object store as the table), tagged with the table version it was built at; the folders of versions
+no tag holds are dropped (a reader pinned to an older version does not cost the serving version its index).
+Opening the index for a newer version updates it: when the table only gained rows since (appends, new keys
+upserted), just the new fragments are read and merged in; any other change (updates, deletes, compaction)
+rebuilds it. A version's meta.json is written last, and a folder without it is never read, so a reader
+never sees half an index.
 """
 
 from __future__ import annotations
@@ -221,10 +222,18 @@ def open_sparse_index(store, persist: bool = True) -> tuple[SparseIndex, str]:
     if persist:
         try:
             index.save(location)
-            location.drop([v for v in versions if v != store.version])
+            location.drop([v for v in versions if v not in kept_versions(store.ref, store.version)])
         except OSError as error:  # a read-only lake still gets searched, with an index rebuilt per process
             log.warning("could not save the sparse index to %s (%s); using it from memory", location.root, error)
     return index, action
+
+
+def kept_versions(ref, reading: int | None = None) -> set[int]:
+    """Versions of table `ref` whose sparse index is worth keeping: the one being read, the latest, and every
+    tagged one (the serving version, retained runs, user pins; operators/serving.py)."""
+    latest = ref.dataset()
+    tagged = {int(tag["version"]) for tag in latest.tags.list().values()}
+    return tagged | {latest.version} | ({reading} if reading is not None else set())
 
 
 def fragment_signature(dataset) -> list[tuple[int, int, str]]:

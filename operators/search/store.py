@@ -16,7 +16,7 @@ import pyarrow as pa
 from operators.schema import ID, dense_columns, require_columns, vector_columns
 from operators.search.index_plan import plan_index, plan_type
 from operators.table_meta import TableMeta, read_meta
-from operators.tables import Lake
+from operators.tables import Lake, Pin
 
 SCAN_BATCH_ROWS = 65536
 SPARSE_INDEX_SUFFIX = ".sparse_index"
@@ -24,16 +24,17 @@ DISTANCE = "_distance"
 
 
 class TableStore:
-    """Read access to table `name` in the LanceDB at `uri`, pinned to the version current when opened."""
+    """Read access to table `name` in the LanceDB at `uri`, at one version for its whole life: the serving
+    version when opened (operators/tables.py `snapshot`), or the version or tag `pin` names."""
 
-    def __init__(self, uri: str, name: str, storage: dict | None = None) -> None:
+    def __init__(self, uri: str, name: str, storage: dict | None = None, pin: Pin | None = None) -> None:
         self.ref = Lake(uri, storage).table(name)
         self.uri = uri
         self.name = name
         self.storage = self.ref.lake.storage
-        self.table = self.ref.open()
-        self.dataset = self.table.to_lance()
+        self.dataset = self.ref.snapshot(pin)
         self.version = int(self.dataset.version)
+        self.table = self.ref.open()
         self.table.checkout(self.version)
         self.schema: pa.Schema = self.dataset.schema
         self.meta: TableMeta | None = read_meta(self.table.schema)
@@ -104,18 +105,20 @@ class TableStore:
         exact: bool = False,
         nprobes: int | None = None,
         refine_factor: int | None = None,
+        distance: str | None = None,
     ) -> pa.Table:
         """LanceDB's nearest neighbours by dot product (vectors are unit length), with the ANN index when one
         exists and `exact` is False (search parameters from the index plan unless given). Returns `columns`
-        of the hits; callers rescore them exactly."""
+        of the hits; callers rescore them exactly. `distance="hamming"` searches packed bits (a uint8 query)."""
         index = None if exact else self.vector_index(column)
         # an index's metric (l2, cosine) ranks unit vectors like dot: search with it, rescore with dot
-        metric = index[1] if index else "dot"
+        metric = distance or (index[1] if index else "dot")
+        vector = np.asarray(query, dtype=np.uint8 if distance == "hamming" else np.float32)
         builder = (
-            self.table.search(np.asarray(query, dtype=np.float32), vector_column_name=column)
+            self.table.search(vector, vector_column_name=column)
             .distance_type(metric)
             .limit(limit)
-            .select([*columns, DISTANCE])  # naming the distance column keeps Lance from warning about it
+            .select(list(dict.fromkeys([*columns, DISTANCE])))  # naming it keeps Lance from warning about it
         )
         if exact:
             builder = builder.bypass_vector_index()

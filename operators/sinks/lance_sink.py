@@ -116,8 +116,9 @@ def delete_keys(target: TableRef, key: str, keys: list[str]) -> int:
 
 # Scalar indexes that keep a run's cost following the new data: merge_insert finds a batch's keys
 # through the id index instead of joining the whole key column, the incremental decision looks up
-# the ids it read, and the rows of one shard are found through the source file's bitmap.
-KEY_INDEXES = {"id": "BTREE", "source_file": "BITMAP"}
+# the ids it read, the rows of one shard are found through the source file's bitmap, and the check
+# that a version holds one model's vectors (operators/table_meta.py) counts through the model's.
+KEY_INDEXES = {"id": "BTREE", "source_file": "BITMAP", "model": "BITMAP"}
 MAX_INDEX_SEGMENTS = 16  # delta segments (one per run that wrote) before they are merged into one
 
 
@@ -141,10 +142,3 @@ def refresh_indexes(target: TableRef, indexes: dict[str, str] = KEY_INDEXES) -> 
     if stale:
         merge = max(len(d.segments) for d in names) >= MAX_INDEX_SEGMENTS
         dataset.optimize.optimize_indices(index_names=stale, num_indices_to_merge=None if merge else 0)
-
-
-def compact(target: TableRef, max_fragments: int = 64) -> None:
-    """Merge the small fragments that batch-by-batch commits leave behind, once there are many."""
-    dataset = target.dataset()
-    if len(dataset.get_fragments()) > max_fragments:
-        dataset.optimize.compact_files()

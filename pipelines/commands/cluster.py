@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.commands.options import add_address_option, add_table_arguments, job_from_args
+from pipelines.commands.options import add_address_option, add_pin_options, add_table_arguments, job_from_args
 from pipelines.storage_cli import add_storage_option
 
 
@@ -29,6 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="fit on at most this many sampled rows per cluster (faiss' own cap)")
     parser.add_argument("--plot-dir", help="folder for the PNGs and JSON report")
     add_address_option(parser)
+    add_pin_options(parser)
     add_storage_option(parser)
     return parser
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from operators.dedup import Keep, Ranking
-from pipelines.commands.options import add_address_option, add_table_arguments, job_from_args
+from pipelines.commands.options import add_address_option, add_pin_options, add_table_arguments, job_from_args
 from pipelines.dedup import Method
 from pipelines.storage_cli import add_storage_option
 
@@ -46,6 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", help="scratch folder every Ray node can read (default: OUTPUT/.embedlake_work "
                                            "locally)")
     add_address_option(parser)
+    add_pin_options(parser)
     add_storage_option(parser)
     return parser
 

@@ -132,6 +132,32 @@ def _number_list(value: str, kind: type, what: str) -> list:
         raise argparse.ArgumentTypeError(msg) from error
 
 
+def precision_list(value: str) -> list[str]:
+    """`int8,binary`: the quantised copies `embed --quantize` stores (operators/quantize.py PRECISIONS)."""
+    from operators.quantize import parse_precisions
+
+    try:
+        return parse_precisions(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def at_least(minimum: float, kind: type = int):
+    """A number of `kind` that is at least `minimum`."""
+
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or number < minimum:
+            msg = f"expected a number >= {minimum}, got {value!r}"
+            raise argparse.ArgumentTypeError(msg)
+        return number
+
+    return parse
+
+
 def name_list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
@@ -178,3 +204,54 @@ def object_store_size(value: str) -> int:
         msg = f"object store of {value!r} is too small for Ray (at least 64MiB)"
         raise argparse.ArgumentTypeError(msg)
     return size
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        msg = f"expected a whole number of at least 1, got {value!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return number
+
+
+def age(value: str) -> str:
+    """A retention age as given (`7d`, `12h`, `30m`, `90s`, `2w`, `0`), checked here (operators/maintenance.py)."""
+    from operators.maintenance import parse_age
+
+    try:
+        parse_age(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
+def existing_table(args: argparse.Namespace, storage: dict):
+    """The table `args` names (`docs` by default), or a one-line error when it is not there."""
+    from operators.tables import Lake
+
+    table = args.table or "docs"
+    target = Lake(args.uri, storage).table(table)
+    if not target.exists():
+        msg = f"no table {table!r} in {args.uri}"
+        raise ValueError(msg)
+    return target
+
+
+def run_logged(target, args: argparse.Namespace, job: str, config: dict, action) -> dict:
+    """`action()` recorded in the table's run log (`<T>_runs`) as a run of `job`, with its result or error."""
+    from operators.run_log import RunLog
+
+    run_log = RunLog.for_table(target.lake, target.name, job=job, command=["embedlake", *args.argv], config=config)
+    return run_log.record(action, target.lake.storage)
+
+
+def add_pin_options(parser: argparse.ArgumentParser) -> None:
+    """`--version N` / `--tag NAME`: read that version of the table instead of the serving one."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--version", type=positive_int, metavar="N",
+                       help="read version N of the table (default: the serving version, the last successful run's)")
+    group.add_argument("--tag", metavar="NAME",
+                       help="read the version tagged NAME (serving, run-<id>, or a tag of yours; embedlake versions)")

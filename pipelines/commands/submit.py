@@ -13,7 +13,15 @@ import os
 import sys
 from pathlib import Path
 
-from pipelines.ray_jobs import JobFailed, build_runtime_env, entrypoint, follow_job, job_client
+from pipelines.ray_jobs import (
+    AGENT_WAIT_SECONDS,
+    JobFailed,
+    build_runtime_env,
+    entrypoint,
+    follow_job,
+    job_client,
+    submit_job,
+)
 from pipelines.ray_runtime import project_root
 
 log = logging.getLogger(__name__)
@@ -38,6 +46,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="extra pip requirement for the job's runtime env (repeatable)")
     parser.add_argument("--entrypoint-num-cpus", type=float, default=None,
                         help="CPUs reserved for the job's driver (default: none, the actor pool gets them)")
+    parser.add_argument("--agent-wait", type=float, default=AGENT_WAIT_SECONDS, metavar="SECONDS",
+                        help="how long to keep trying while a just-started head does not answer or has no job agent "
+                             f"yet (default {AGENT_WAIT_SECONDS:.0f})")
     parser.add_argument("--no-wait", dest="wait", action="store_false",
                         help="return once the job is submitted instead of following it")
     parser.add_argument("job_command", nargs=argparse.REMAINDER,
@@ -49,14 +60,19 @@ def run(args: argparse.Namespace) -> dict:
     if not args.address:
         msg = "--address is required (the cluster's Jobs API, e.g. http://HEAD:8265)"
         raise ValueError(msg)
+    if args.agent_wait < 0:
+        msg = f"--agent-wait must be 0 or more seconds, got {args.agent_wait}"
+        raise ValueError(msg)
     argv = list(args.job_command)
     if argv[:1] == ["--"]:
         argv = argv[1:]
     command = entrypoint(argv)
     working_dir = Path(args.working_dir).resolve() if args.upload else None
     runtime_env = build_runtime_env(working_dir, args.install_requirements, args.pip)
-    client = job_client(args.address)
-    job_id = client.submit_job(
+    client, job_id = submit_job(
+        lambda: job_client(args.address),
+        args.address,
+        wait_seconds=args.agent_wait,
         entrypoint=command,
         runtime_env=runtime_env,
         metadata={"tool": "embedlake", "command": argv[0]},

@@ -1,0 +1,177 @@
+"""Issue 16's figures: classification on the sample's 18 sections, STS-style correlations per nested size, and
+the k-NN graph's time and recall at scale.
+
+    python -m benchmarks.uses --out benchmarks/results/uses.json [--skip-sample] [--neighbor-rows 100000,1000000]
+
+Everything runs as a user runs it: `embedlake` subprocesses (benchmarks/cluster_dedup.py run_command, which also
+samples the process tree's memory), JSON results read from their last line.
+
+- Sample: `embed` the 2,714 sample documents with MiniLM (`--dims 256,128,64 --keep-columns section,text`), then
+  `classify --labels-column section` (5 folds, TF-IDF baseline), `evaluate --pairs` on graded pairs built from the
+  sample (below), `neighbors` exact and (forced) ANN on the 2,714 rows.
+- Pairs: there is no human-scored STS set on this machine, so the pairs are a proxy graded by Debian's own
+  metadata: (a package's synopsis, its own description) = 2, (synopsis, the description of another package of the
+  same section) = 1, (synopsis, a description from another section) = 0; 200 synopses, 600 pairs, fixed seed.
+- Scale: synthetic clustered unit vectors (benchmarks/cluster_dedup.py's hierarchical topics, no planted copies)
+  at each size of --neighbor-rows in --dim dimensions; `neighbors --method exact` up to --exact-up-to rows (the
+  peer, same run) and `neighbors --method ann` with recall@10 on 1,000 sampled rows; the ANN graph's recall is also
+  re-checked here with a numpy brute force on its own 1,000-row sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from benchmarks.cluster_dedup import Planted, run_command, synthetic_batches
+from operators.schema import DENSE, ID
+from operators.vectors import as_matrix
+
+SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "sample")
+TABLE = "docs"
+
+
+def graded_pairs(path: str, synopses: int = 200, seed: int = 16) -> int:
+    """The proxy STS pairs described in the module docstring; returns how many."""
+    table = ds.dataset(SAMPLE_DIR).to_table(columns=[ID, "title", "text", "section"])
+    rng = np.random.default_rng(seed)
+    sections = np.asarray(table.column("section").to_pylist(), dtype=object)
+    titles, texts = table.column("title").to_pylist(), table.column("text").to_pylist()
+    rows = {"text_a": [], "text_b": [], "score": []}
+    for i in rng.choice(len(titles), synopses, replace=False):
+        same = np.flatnonzero((sections == sections[i]) & (np.arange(len(titles)) != i))
+        other = np.flatnonzero(sections != sections[i])
+        for j, score in ((i, 2.0), (rng.choice(same), 1.0), (rng.choice(other), 0.0)):
+            rows["text_a"].append(titles[i])
+            rows["text_b"].append(texts[j])
+            rows["score"].append(score)
+    pq.write_table(pa.table(rows), path)
+    return len(rows["score"])
+
+
+def bench_sample(root: str) -> dict:
+    lake = os.path.join(root, "sample_lake")
+    embed, embed_seconds, _ = run_command(["embed", SAMPLE_DIR, lake, "--table", TABLE, "--dims", "256,128,64",
+                                           "--keep-columns", "section,text", "--no-progress"])
+    record: dict = {"embed": {"rows_written": embed.get("rows_written"), "seconds": round(embed_seconds, 1)}}
+    classify, seconds, memory = run_command(["classify", lake, "--table", TABLE, "--labels-column", "section",
+                                             "--folds", "5", "--report", os.path.join(root, "classify.json")])
+    record["classify"] = {**classify, "wall_seconds": round(seconds, 1), "peak_pss_mib": memory.peak_pss >> 20}
+    pairs = os.path.join(root, "pairs.parquet")
+    graded_pairs(pairs)
+    sts, seconds, _ = run_command(["evaluate", lake, "--table", TABLE, "--pairs", pairs, "--report",
+                                   os.path.join(root, "sts.json")])
+    record["sts"] = {**sts["sts"], "wall_seconds": round(seconds, 1)}
+    for method in ("exact", "ann"):
+        try:
+            result, seconds, memory = run_command(["neighbors", lake, "--table", TABLE, "--k", "10", "--method",
+                                                   method, "--index-type", "IVF_HNSW_SQ"])
+        except RuntimeError as error:  # e.g. Ray not starting on a saturated machine: keep the figures so far
+            record[f"neighbors_{method}"] = {"error": str(error)}
+            continue
+        record[f"neighbors_{method}"] = {**result, "wall_seconds": round(seconds, 1),
+                                         "peak_pss_mib": memory.peak_pss >> 20}
+    return record
+
+
+def write_vectors(uri: str, rows: int, dim: int, seed: int) -> None:
+    import lancedb
+
+    options = SimpleNamespace(near_fraction=0.0, exact_fraction=0.0, seed=seed)
+    batches = synthetic_batches(rows, dim, max(10, rows // 1000), options.near_fraction, options.exact_fraction,
+                                options.seed, Planted())
+    table = None
+    for batch in batches:
+        batch = batch.select([ID, DENSE])
+        if table is None:
+            table = lancedb.connect(uri).create_table(TABLE, batch, mode="overwrite")
+        else:
+            table.add(batch)
+
+
+def brute_recall(uri: str, sample: int, k: int, seed: int) -> float:
+    """Recall@k of the written graph on `sample` rows against a numpy brute force over the whole column."""
+    import lance
+
+    data = lance.dataset(os.path.join(uri, f"{TABLE}.lance")).to_table(columns=[ID, DENSE])
+    ids = np.asarray(data.column(ID).to_pylist(), dtype=object)
+    matrix = as_matrix(data.column(DENSE))
+    picked = np.random.default_rng(seed + 1).choice(len(ids), sample, replace=False)
+    graph = lance.dataset(os.path.join(uri, f"{TABLE}_neighbors.lance"))
+    quoted = ", ".join(f"'{ids[i]}'" for i in picked)
+    edges = graph.to_table(columns=[ID, "neighbor"], filter=f"{ID} IN ({quoted})")
+    found: dict[str, set] = {}
+    for doc, neighbor in zip(edges.column(ID).to_pylist(), edges.column("neighbor").to_pylist(), strict=True):
+        found.setdefault(doc, set()).add(neighbor)
+    values = []
+    for start in range(0, sample, 100):
+        block = picked[start:start + 100]
+        scores = matrix[block] @ matrix.T
+        scores[np.arange(len(block)), block] = -np.inf
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        values.extend(len(found.get(ids[i], set()) & set(ids[row].tolist())) / k
+                      for i, row in zip(block, top, strict=True))
+    return float(np.mean(values))
+
+
+def bench_neighbors(root: str, rows: int, dim: int, exact_up_to: int, seed: int) -> dict:
+    uri = os.path.join(root, f"vectors_{rows}")
+    write_vectors(uri, rows, dim, seed)
+    record: dict = {"rows": rows, "dim": dim, "load_average": [round(x, 2) for x in os.getloadavg()]}
+    methods = ["exact", "ann"] if rows <= exact_up_to else ["ann"]
+    for method in methods:
+        result, seconds, memory = run_command(["neighbors", uri, "--table", TABLE, "--k", "10", "--method", method,
+                                               "--recall-sample", "1000", "--seed", str(seed)])
+        record[method] = {**result, "wall_seconds": round(seconds, 1), "peak_pss_mib": memory.peak_pss >> 20}
+        if method == "ann":
+            record[method]["numpy_recall@10"] = brute_recall(uri, 1000, 10, seed)
+    shutil.rmtree(uri, ignore_errors=True)
+    return record
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="JSON file for every figure")
+    parser.add_argument("--skip-sample", action="store_true")
+    parser.add_argument("--neighbor-rows", default="100000,1000000", help="sizes of the k-NN graph runs ('' none)")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--exact-up-to", type=int, default=100_000, help="also run exact up to this size")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--scratch", help="scratch folder (default: a temporary one)")
+    args = parser.parse_args(argv)
+    from benchmarks.machine import describe_machine
+
+    results: dict = {"machine": describe_machine()}
+    with tempfile.TemporaryDirectory(dir=args.scratch) as root:
+        if not args.skip_sample:
+            results["sample"] = bench_sample(root)
+            _save(results, args.out)
+        results["neighbors"] = []
+        for rows in [int(r) for r in args.neighbor_rows.split(",") if r.strip()]:
+            results["neighbors"].append(bench_neighbors(root, rows, args.dim, args.exact_up_to, args.seed))
+            _save(results, args.out)
+    results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    _save(results, args.out)
+    print(json.dumps(results, indent=2, default=str))
+    return results
+
+
+def _save(results: dict, path: str | None) -> None:
+    if path:
+        with open(path, "w") as handle:
+            json.dump(results, handle, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,45 @@
+"""`embedlake neighbors OUTPUT --table T --k 10`: every row's k nearest neighbours, as a Ray job.
+Options are NeighborsJob's fields (pipelines/commands/options.py), which hold the defaults."""
+
+from __future__ import annotations
+
+import argparse
+
+from operators.search.index_plan import IndexType
+from pipelines.commands.options import add_address_option, add_table_arguments, job_from_args
+from pipelines.storage_cli import add_storage_option
+
+METHODS = ("auto", "exact", "ann")  # pipelines/neighbors.py Method (not imported: --help stays light)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "neighbors",
+        job="pipelines.neighbors:NeighborsJob",
+        help="the k-NN graph: every row's k nearest rows in T_neighbors (id, neighbor, rank, score)",
+        description="Every row's k nearest other rows by cosine similarity, written to T_neighbors in one "
+        "commit by Ray workers. Exact (ties by id, as search) on tables up to --exact-max-rows rows, else "
+        "through the column's ANN index (built first when missing), with recall@k against exact search "
+        "reported on --recall-sample sampled rows.",
+    )
+    add_table_arguments(parser, required=True)
+    parser.add_argument("--k", type=int, help="neighbours per row")
+    parser.add_argument("--column", help="vector column: dense or any dense_<d>")
+    parser.add_argument("--method", choices=METHODS, help="auto: exact up to --exact-max-rows rows, the ANN index "
+                                                          "beyond")
+    parser.add_argument("--exact-max-rows", type=int, help="largest table scored exactly by --method auto")
+    parser.add_argument("--recall-sample", type=int,
+                        help="rows whose exact neighbours check the ANN graph's recall (0: skip)")
+    parser.add_argument("--index-type", choices=list(IndexType), help="the ANN index to build when the column has "
+                                                                      "none")
+    parser.add_argument("--seed", type=int, help="the recall sample")
+    parser.add_argument("--actors", type=int, help="scoring actors (default: one per CPU)")
+    add_address_option(parser)
+    add_storage_option(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    from pipelines.neighbors import NeighborsJob, run_neighbors
+
+    return run_neighbors(job_from_args(NeighborsJob, args))

@@ -1,0 +1,219 @@
+"""The k-NN graph job: every row's k nearest neighbours written to T_neighbors (id, neighbor, rank, score).
+
+1. The driver opens the table and pins its version for the whole job, checks the column and picks the method:
+   exact when the table has at most `exact_max_rows` rows (each worker then holds the column: rows x dim
+   float32), else the column's ANN index, built first (as `embedlake index` builds it) when it has none.
+2. Ray Data reads (id, vector) blocks; a pool of actors scores them (operators/neighbors.py: ExactNeighbors or
+   AnnNeighbors, the row itself excluded, ties by id) and FragmentWriter tasks write the edges as data files;
+   the driver receives fragment metadata and counts only, and commits T_neighbors once, so readers see the
+   previous graph or the new one.
+3. With the ANN method, `recall_sample` seeded rows get their exact top-k from a Ray pass over the table
+   (SampleTopK per 256 MB of vectors, each task's best merged in the driver: sample x k rows at a time),
+   and the graph's recall@k against it is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+import pyarrow as pa
+
+from operators.neighbors import (
+    ID,
+    NEIGHBOR,
+    NEIGHBORS_SCHEMA,
+    QUERY,
+    RANK,
+    AnnNeighbors,
+    ExactNeighbors,
+    SampleTopK,
+    best_of,
+    neighbors_table_name,
+    recall_at_k,
+)
+from operators.schema import DENSE, vector_dim
+from operators.search.index_plan import IndexType, plan_index, plan_type
+from operators.search.store import TableStore
+from operators.tables import check_table_name
+from operators.vectors import as_matrix
+from pipelines.downstream import Stopwatch, num_blocks, sample_rows, using_ray, write_table_from_ray
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEED = 1234
+# Exact k-NN costs rows^2 x dim multiply-adds and each worker holds the column: 100k x 384 is ~4e12
+# (a minute or two per core) and 150 MB per worker. Beyond it the ANN index answers.
+EXACT_MAX_ROWS = 100_000
+IO_TASK_CPUS = 0.25  # reader and writer tasks mostly wait on storage
+# Vectors per recall-check task: each returns at most (sample x k) candidates to the driver, which keeps the best.
+SAMPLE_BATCH_BYTES = 256 * 1024 * 1024
+
+
+class Method(StrEnum):
+    AUTO = "auto"
+    EXACT = "exact"
+    ANN = "ann"
+
+
+@dataclass(frozen=True)
+class NeighborsJob:
+    """One k-NN graph run's options (pipelines/commands/neighbors.py says what each means)."""
+
+    uri: str
+    table: str
+    k: int = 10
+    column: str = DENSE
+    method: Method = Method.AUTO
+    exact_max_rows: int = EXACT_MAX_ROWS
+    recall_sample: int = 1000
+    index_type: IndexType = IndexType.AUTO
+    seed: int = DEFAULT_SEED
+    actors: int | None = None
+    address: str | None = None
+    storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
+
+    def __post_init__(self) -> None:
+        check_table_name(self.table)  # before Ray starts or storage is touched
+
+
+def choose_method(job: NeighborsJob, rows: int) -> Method:
+    if job.method not in list(Method):
+        msg = f"--method must be one of {', '.join(Method)}, got {job.method!r}"
+        raise ValueError(msg)
+    if job.method != Method.AUTO:
+        return Method(job.method)
+    return Method.EXACT if rows <= job.exact_max_rows else Method.ANN
+
+
+def run_neighbors(job: NeighborsJob) -> dict:
+    """Write T_neighbors; returns the JSON summary (rows, edges, method, index, recall@k on a sample)."""
+    if job.k < 1:
+        msg = f"--k must be at least 1, got {job.k}"
+        raise ValueError(msg)
+    watch = Stopwatch()
+    store = TableStore(job.uri, job.table, job.storage)
+    dim = vector_dim(store.schema, job.column, f"table {job.table!r}")
+    rows = store.rows
+    method = choose_method(job, rows)
+    result: dict = {"table": job.table, "column": job.column, "k": job.k, "method": str(method), "rows": rows}
+    index = None
+    if method == Method.ANN:
+        with watch.stage("index"):
+            store, index = _ensure_index(store, job, dim)
+        result["index"] = index
+    target = store.ref.lake.table(neighbors_table_name(job.table))
+    with using_ray(job.address, watch):
+        from pipelines.ray_runtime import cluster_cpus
+
+        cpus = cluster_cpus()
+        actors = job.actors or max(1, cpus)
+        with watch.stage("graph"):
+            dataset = _read(store, [ID, job.column], dim, cpus)
+            worker, kwargs = (_ExactWorker, {}) if method == Method.EXACT else (_AnnWorker, index)
+            from ray.data import ActorPoolStrategy
+
+            graph = dataset.map_batches(
+                worker, batch_format="pyarrow", batch_size=_batch_rows(method),
+                compute=ActorPoolStrategy(size=actors), num_cpus=max(cpus - 0.5, 0.1) / actors,
+                fn_constructor_kwargs={"ref": store.ref, "version": store.version, "column": job.column,
+                                       "k": job.k, **kwargs})
+            edges, version = write_table_from_ray(target, NEIGHBORS_SCHEMA, graph,
+                                                  total=rows * min(job.k, max(rows - 1, 0)), desc="edges")
+        result.update({"edges": edges, "neighbors_table": target.name, "neighbors_version": version})
+        if method == Method.ANN and job.recall_sample > 0 and rows > 1:
+            with watch.stage("recall"):
+                result.update(_sample_recall(store, target, job, dim, cpus))
+    result["table_version"] = store.version
+    result["seconds"] = watch.summary()
+    return result
+
+
+def _batch_rows(method: Method) -> int:
+    """Query rows per actor call: exact scores (rows x table) blocks itself; ANN sends a few calls' worth."""
+    return 4096 if method == Method.EXACT else 2048
+
+
+def _read(store: TableStore, columns: list[str], dim: int, cpus: int):
+    import ray
+
+    return ray.data.read_lance(store.ref.dataset_uri, version=store.version, columns=columns,
+                               storage_options=store.ref.lake.lance_options(),
+                               override_num_blocks=num_blocks(store.rows, dim, cpus), num_cpus=IO_TASK_CPUS)
+
+
+def _ensure_index(store: TableStore, job: NeighborsJob, dim: int) -> tuple[TableStore, dict]:
+    """The column's ANN index and how it is searched; built (a new table version) when missing."""
+    from operators.search.ann import create_index
+
+    existing = store.vector_index(job.column)
+    built = None
+    if existing is None:
+        plan = plan_index(job.column, store.rows, dim, job.index_type)
+        log.info("building %s on %s.%s (%d rows) for the k-NN graph", plan.index_type, job.table, job.column,
+                 store.rows)
+        built = round(create_index(store.ref.open(), plan), 3)
+        store = TableStore(job.uri, job.table, job.storage)  # the version that has the index
+        existing = store.vector_index(job.column)
+        if existing is None:
+            msg = f"building an ANN index on {job.column!r} of table {job.table!r} left no index"
+            raise RuntimeError(msg)
+    plan = plan_index(job.column, store.rows, dim, plan_type(existing[0]))
+    index = {"index_type": existing[0], "metric": existing[1], "nprobes": plan.nprobes,
+             "refine_factor": plan.refine_factor}
+    if built is not None:
+        index["build_seconds"] = built
+    return store, index
+
+
+class _ExactWorker:
+    """Actor: holds the whole column (small tables) and scores blocks of rows against it."""
+
+    def __init__(self, ref, version: int, column: str, k: int) -> None:
+        data = ref.dataset(version).to_table(columns=[ID, column])
+        self.column = column
+        self.op = ExactNeighbors(as_matrix(data.column(column)), np.asarray(data.column(ID).to_pylist(),
+                                                                             dtype=object), k)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.op(batch, self.column)
+
+
+class _AnnWorker:
+    """Actor: queries the table's ANN index (opened once, at the job's version) for blocks of rows."""
+
+    def __init__(self, ref, version: int, column: str, k: int, index_type: str, metric: str, nprobes: int,
+                 refine_factor: int | None, build_seconds: float | None = None) -> None:
+        table = ref.open()
+        table.checkout(version)
+        self.op = AnnNeighbors(table, column, k, metric, nprobes=nprobes, refine_factor=refine_factor)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.op(batch)
+
+
+def _sample_recall(store: TableStore, target, job: NeighborsJob, dim: int, cpus: int) -> dict:
+    """Recall@k of the written graph against exact top-k on `recall_sample` seeded rows."""
+    sample = sample_rows(store.dataset, job.recall_sample, [ID, job.column], job.seed)
+    sample_ids = sample.column(ID).to_pylist()
+    batch_rows = max(1, SAMPLE_BATCH_BYTES // (4 * dim))
+    candidates = _read(store, [ID, job.column], dim, cpus).map_batches(
+        SampleTopK(as_matrix(sample.column(job.column)), sample_ids, job.column, job.k),
+        batch_format="pyarrow", batch_size=batch_rows, num_cpus=1)
+    best = None
+    for part in candidates.iter_batches(batch_format="pyarrow", batch_size=None):
+        best = best_of([part] if best is None else [best, part], job.k)  # (sample x k) rows at most
+    truth: dict[str, list[str]] = {doc: [] for doc in sample_ids}
+    if best is not None:
+        for query, doc in zip(best.column(QUERY).to_pylist(), best.column(ID).to_pylist(), strict=True):
+            truth[sample_ids[query]].append(doc)
+    quoted = ", ".join("'" + doc.replace("'", "''") + "'" for doc in sample_ids)
+    edges = target.dataset().to_table(columns=[ID, NEIGHBOR, RANK], filter=f"{ID} IN ({quoted})")
+    found: dict[str, list[tuple[int, str]]] = {}
+    for doc, neighbor, rank in zip(*(edges.column(c).to_pylist() for c in (ID, NEIGHBOR, RANK)), strict=True):
+        found.setdefault(doc, []).append((rank, neighbor))
+    graph = {doc: [neighbor for _rank, neighbor in sorted(pairs)] for doc, pairs in found.items()}
+    return {f"recall@{job.k}": recall_at_k(graph, truth, job.k), "recall_sample": len(sample_ids)}
