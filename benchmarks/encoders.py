@@ -209,7 +209,7 @@ def variant(
 def backbone_only(encoder: TransformerEncoder, texts: list[str], name: str) -> Extra:
     """The backbone alone on our own batches, all padded and copied to the device beforehand, with
     one synchronisation at the end: what the model costs without tokenising, padding, copies or
-    post-processing (shared/docs/performance.md's "batches prepared on the GPU beforehand")."""
+    post-processing (docs/encoders.md, "Batching and throughput": "batches prepared beforehand")."""
     tokens, _ = encoder.tokenize_flat(encoder._prepare_texts(texts, "document"))
     plan = plan_batches(tokens.lengths, encoder.limits.max_tokens, encoder.limits.max_rows)
     staged = [encoder._device_batch(tokens, rows) for rows in plan]

@@ -64,7 +64,7 @@ WATCHDOG_GRACE_S = 30
 @dataclass(frozen=True)
 class Sizes:
     """How much work each part does. FULL fits an H200 in the budget by the H100 anchors
-    (shared/docs/performance.md): sentence-transformers ~72k tokens/s on BGE-M3 <= 512 tokens,
+    (docs/encoders.md, "Batching and throughput"): sentence-transformers ~72k tokens/s on BGE-M3 <= 512 tokens,
     ~131k on 8k-token documents, ~115k on MiniLM; the sample's texts average ~122 tokens."""
 
     bge_m3: str  # benchmarks.models.SIZES key

@@ -23,6 +23,7 @@ from operators import quantize
 from operators.encoders.base import EncoderSpec
 from operators.exchange import REASON_COL, TEXT_COL
 from operators.schema import is_dense_column
+from operators.serving import serving_version
 from operators.sinks.requantize import (
     calibrate_from_table,
     quantized_stored,
@@ -62,33 +63,51 @@ def requested_storage(quantize_: Sequence[str], colbert_precision: str | None, c
 
 def settle_existing(target: TableRef, storage: VectorStorage, encoder_fields: Sequence[pa.Field], model_id: str,
                     calibration_rows: int) -> VectorStorage:
-    """For a table that holds this model's rows: calibrate what is uncalibrated from its stored vectors and
-    re-quantise every row when its quantised columns are missing or its ranges changed. Returns the storage
-    to apply. A table of another model or with other dense columns is left alone (the run re-embeds it,
-    calibrating from its input, or stops on the columns that differ)."""
+    """`plan_existing`, then re-quantise the stored rows when it says they are stale. Returns the storage."""
+    storage, stale = plan_existing(target, storage, encoder_fields, model_id, calibration_rows)
+    if stale:
+        requantize_stored(target, storage)
+    return storage
+
+
+def plan_existing(target: TableRef, storage: VectorStorage, encoder_fields: Sequence[pa.Field], model_id: str,
+                  calibration_rows: int) -> tuple[VectorStorage, bool]:
+    """For a table that holds this model's rows: calibrate what is uncalibrated from its stored vectors, and
+    say whether every row must be re-quantised (its quantised columns are missing or its ranges changed).
+    Writes nothing: the embed job re-quantises after its run has begun (operators/serving.py), so the new
+    codes are published with the metadata that holds their ranges. A table of another model or with other
+    dense columns is left alone (the run re-embeds it, calibrating from its input, or stops on the columns
+    that differ)."""
     if not target.exists():
-        return storage
-    dataset = target.dataset()
+        return storage, False
+    # Compared with what readers are served: a killed run that re-quantised part of the rows, or recorded
+    # new ranges, is not mistaken for a finished one, and its re-quantisation is done again in full.
+    latest = target.dataset()
+    dataset = target.dataset(serving_version(latest) or latest.version)
     meta = read_meta(dataset.schema)
     dense = [f for f in encoder_fields if is_dense_column(f.name)]
     types = {f.name: f.type for f in dataset.schema}
     if (dataset.count_rows() == 0 or meta is None or meta.model_id != model_id
             or any(types.get(f.name) != f.type for f in dense)):
-        return storage
+        return storage, False
     missing = storage.uncalibrated(encoder_fields)
     if missing:
         storage = storage.with_ranges({**storage.int8_ranges, **calibrate_from_table(target, missing,
                                                                                      calibration_rows)})
     wanted = set(storage.quantized_columns([f.name for f in encoder_fields if is_dense_column(f.name)]))
-    have = set(quantized_stored(target.dataset().schema.names))
+    have = set(quantized_stored(dataset.schema.names))
     recorded = VectorStorage.from_meta(meta) if meta is not None else VectorStorage()
     changed = storage.int8 and any(name not in recorded.int8_ranges
                                    or not np.array_equal(recorded.int8_ranges[name], ranges)
                                    for name, ranges in storage.int8_ranges.items())
-    if wanted != have or changed:
-        rows = requantize(target, storage)
-        log.info("re-quantised %d stored rows of %s", rows, target.name)
-    return storage
+    return storage, bool(wanted != have or changed)
+
+
+def requantize_stored(target: TableRef, storage: VectorStorage) -> int:
+    """Re-quantise every stored row of `target` with `storage` (operators/sinks/requantize.py)."""
+    rows = requantize(target, storage)
+    log.info("re-quantised %d stored rows of %s", rows, target.name)
+    return rows
 
 
 def settle_new(target: TableRef, storage: VectorStorage, encoder_fields: Sequence[pa.Field], spec: EncoderSpec,

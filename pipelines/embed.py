@@ -48,14 +48,14 @@ from operators.schema import (
     quarantine_table_name,
     require_columns,
 )
-from operators.serving import RunBase, begin_run, mark_building, publish
+from operators.serving import REBUILT, RunBase, begin_run, mark_building, publish
 from operators.sinks.lance_sink import check_columns, ensure_table, upsert
 from operators.sources import Footers, ReadPlan, ShardReader, ShardSet, find_shards, read_footers, read_schema
 from operators.storage import as_settings
 from operators.stored_vectors import VectorStorage
 from operators.table_meta import TableMeta, with_meta
 from operators.tables import Lake, TableRef, check_table_name
-from pipelines.calibrate import requested_storage, settle_existing, settle_new
+from pipelines.calibrate import plan_existing, requantize_stored, requested_storage, settle_new
 from pipelines.embed_writer import EmbedSink, RunCounts, Tables, clear_quarantined
 from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
 from pipelines.workers import (
@@ -171,9 +171,10 @@ def run_embed(job: EmbedJob) -> dict:
     lake.check_writable()
     storage = requested_storage(job.quantize, job.colbert_precision, job.colbert_pool_factor, lake.table(job.table),
                                 description.model_id, job.overwrite, job.recalibrate)
+    stale_codes = False
     if not job.overwrite:
-        storage = settle_existing(lake.table(job.table), storage, description.fields, description.model_id,
-                                  job.calibration_rows)
+        storage, stale_codes = plan_existing(lake.table(job.table), storage, description.fields,
+                                             description.model_id, job.calibration_rows)
     meta = TableMeta(
         model=job.model,
         model_id=description.model_id,
@@ -195,6 +196,8 @@ def run_embed(job: EmbedJob) -> dict:
     _check_tables(job, tables, manifest, lake.table(f"{job.table}{RUNS_SUFFIX}"))
     state = _input_state(job, shards, required, manifest, description.model_id)
     base = _prepare_tables(job, tables, manifest)
+    if stale_codes and base.action != REBUILT:  # the new codes are part of this run: published with it
+        requantize_stored(tables.main, storage)
     config = {k: v for k, v in asdict(job).items() if k != "command"}
     run_log = RunLog.for_table(lake, job.table, job="embed",
                                command=job.command or sys.argv, config=config, model=description.model_id)
