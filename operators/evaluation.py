@@ -110,6 +110,8 @@ class Evaluator:
         self.use_index = use_index
         started = time.perf_counter()
         self.vectors = retriever.encode(labelled.texts)
+        self.runs: dict[str, dict] = {}  # the top-k run of `dense` and `sparse`, kept for routing
+        self._candidates: tuple[np.ndarray | None, list] | None = None
         log.info("encoded %d queries in %.1f s", len(labelled.texts), time.perf_counter() - started)
 
     def score(self, run: dict[str, list[tuple[str, float]]]) -> dict[str, float]:
@@ -156,17 +158,25 @@ class Evaluator:
         return run
 
     def sparse_run(self) -> dict:
+        if SPARSE in self.runs:
+            return self.runs[SPARSE]
         index = self.retriever.sparse_index
         run = {}
         for qid, query in zip(self.labelled.ids, self.vectors, strict=True):
             positions, scores = index.search(query.sparse, self.k)
             run[qid] = [(str(index.ids[p]), float(s)) for p, s in zip(positions, scores, strict=True)]
+        self.runs[SPARSE] = run
         return run
 
     def candidates(self, dense_positions: np.ndarray | None) -> list:
-        return [self.retriever.candidates(query, None if dense_positions is None or not dense_positions.size
-                                          else dense_positions[i])
-                for i, query in enumerate(self.vectors)]
+        """Each query's candidates (computed once per first stage: the hybrid entries and routing share them)."""
+        if self._candidates is not None and self._candidates[0] is dense_positions:
+            return self._candidates[1]
+        found = [self.retriever.candidates(query, None if dense_positions is None or not dense_positions.size
+                                           else dense_positions[i])
+                 for i, query in enumerate(self.vectors)]
+        self._candidates = (dense_positions, found)
+        return found
 
     def fused_run(self, candidates: list, weights: dict[str, float], fusion: str) -> dict:
         run = {}
@@ -188,6 +198,7 @@ class Evaluator:
             if column == DENSE:
                 dense_positions = positions
                 run = {qid: ranking[:self.k] for qid, ranking in run.items()}
+                self.runs[DENSE] = run
             results[column] = {**self.score(run), "bytes_per_vector": bytes_per_vector(self.store, column)}
         if self.store.has(DENSE):
             for column in self.store.dense_columns()[1:]:

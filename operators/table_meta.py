@@ -85,3 +85,14 @@ def check_one_model(dataset, where: str) -> None:
                "the serving version (no --version/--tag), pin a finished run's (embedlake versions), or re-run "
                "the embed command to finish")
         raise ValueError(msg)
+
+
+# The routing rule `evaluate --tune-routing` learned (operators/search/routing.py), JSON under its own key:
+# an embed run rewrites the `embedlake` key with its own TableMeta and leaves this one, so a rule outlives
+# nightly runs; it names the model it was tuned with, and `search --mode auto` ignores it for another.
+ROUTING_KEY = b"embedlake.routing"
+
+
+def read_routing(schema: pa.Schema) -> dict | None:
+    raw = (schema.metadata or {}).get(ROUTING_KEY)
+    return json.loads(raw) if raw else None

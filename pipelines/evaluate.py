@@ -36,6 +36,7 @@ class EvaluateJob:
     table: str = "docs"
     k: int = 10
     tune_weights: bool = False
+    tune_routing: bool = False  # learn `search --mode auto`'s rule from the qrels and store it in the table
     weights: Sequence[float] = DEFAULT_WEIGHTS
     shortlist: int = DEFAULT_SHORTLIST
     funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST
@@ -100,6 +101,7 @@ def run_evaluate(job: EvaluateJob) -> dict:
         results.update(evaluator.multi_mode_entries(dense_positions, job.weights, job.tune_weights, results))
     elif job.tune_weights:
         log.warning("--tune-weights needs a table with BGE-M3 sparse or colbert outputs; skipped")
+    routing = _tune_routing(job, evaluator, dense_positions) if job.tune_routing else None
     summary = evaluate_run({}, labelled.qrels, labelled.ids, job.k)
     output = {
         **results,
@@ -116,9 +118,41 @@ def run_evaluate(job: EvaluateJob) -> dict:
         from operators.evaluation_plot import plot_quality
 
         output["plot"] = plot_quality(results, job.k, os.path.splitext(path)[0] + ".png", title=job.table)
+    if routing is not None:
+        output["routing"] = routing
     output.update(_extra_entries(job, retriever, evaluator))
     output["seconds"] = round(time.perf_counter() - started, 3)
     return _write_report(job, output)
+
+
+def _tune_routing(job: EvaluateJob, evaluator: Evaluator, dense_positions) -> dict:
+    """The report's `routing` entry (operators/routing_tuning.py) with its PNG; the rule stored in the table's
+    metadata when it was tuned on the serving version (operators/serving.py `publish_schema_metadata`)."""
+    from operators.routing_tuning import plot_routing, tune_routing
+    from operators.serving import publish_schema_metadata, serving_version
+    from operators.table_meta import ROUTING_KEY
+
+    entry, rule = tune_routing(evaluator, dense_positions, job.weights)
+    if rule is None:
+        return entry
+    if job.plot:
+        entry["plot"] = plot_routing(entry, os.path.splitext(report_path(job))[0] + ".routing.png", job.table)
+    store = evaluator.store
+    latest = store.ref.dataset()
+    serving = serving_version(latest) or latest.version
+    if store.version != serving:
+        entry["not_stored"] = (f"tuned on version {store.version}, not the serving version {serving}: a rule is "
+                               "stored only from the version search reads")
+    else:
+        try:
+            entry["stored_version"] = publish_schema_metadata(
+                store.ref, {ROUTING_KEY.decode(): json.dumps(rule.to_dict())}, expected=store.version)
+            entry["stored"] = True
+        except ValueError as error:
+            entry["not_stored"] = str(error)
+    if not entry["stored"]:
+        log.warning("--tune-routing: rule not stored: %s", entry["not_stored"])
+    return entry
 
 
 def _extra_entries(job: EvaluateJob, retriever: Retriever, evaluator: Evaluator | None) -> dict:
