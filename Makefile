@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo test test-fast lint bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale bench-lifecycle bench-uses bench-chunk bench-routing clean
+.PHONY: install install-test demo test test-fast lint docs bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale bench-lifecycle bench-uses bench-chunk bench-routing clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ test: install-test
 # reference libraries, storage, CLI parsing); `make test` before landing.
 test-fast: install-test
 	$(VENV)/bin/python -m pytest -q -m 'not slow and not ray'
+
+# docs/cli.md from the parsers (tests/test_cli_reference.py fails when it is stale).
+docs: install
+	$(PY) -m pipelines.cli_reference > docs/cli.md
 
 lint: install-test
 	$(VENV)/bin/ruff check operators pipelines tests benchmarks

@@ -18,10 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from operators import scoring
 from operators.colbert_codec import BINARY, bytes_per_token, precision_of
+from operators.errors import UsageError
 from operators.metrics import evaluate_run, metric_name, qrels_from_rows
 from operators.quantize import quantized_columns, split_quantized_name
 from operators.schema import COLBERT, DENSE, SPARSE, nested_dim, require_columns
@@ -63,10 +65,29 @@ def load_labelled_queries(queries_path: str, qrels_path: str, limit: int | None 
         msg = f"{queries_path}: query_id values are not unique"
         raise ValueError(msg)
     if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            msg = f"--limit must be a positive integer, got {limit!r}"
+            raise UsageError(msg)
         ids, texts = ids[:limit], texts[:limit]
     judged = qrels_from_rows(qrels.column(QUERY_ID).to_pylist(), qrels.column(DOC_ID).to_pylist(),
-                             qrels.column(RELEVANCE).to_pylist())
+                             relevance_grades(qrels.column(RELEVANCE), qrels_path))
+    if not any(rel > 0 for query_id in ids for rel in judged.get(query_id, {}).values()):
+        msg = (f"no query of {queries_path} has a relevant document (relevance > 0) in {qrels_path}: "
+               "their query_id values match none of the queries'")
+        raise ValueError(msg)
     return LabelledQueries(ids, texts, judged)
+
+
+def relevance_grades(column: pa.ChunkedArray, path: str) -> list[int]:
+    """Relevance labels as integers (0 or less: not relevant); a one-line error naming the first value that is
+    not a whole number (a word such as 'high', a NaN, a null, 2.5)."""
+    values = column.to_pylist()
+    for row, value in enumerate(values):
+        whole = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value.is_integer())
+        if isinstance(value, bool) or not whole:
+            msg = f"{path}: relevance must be whole numbers (0 = not relevant), row {row} has {value!r}"
+            raise ValueError(msg)
+    return [int(value) for value in values]
 
 
 def _read(path: str, columns: list[str]):

@@ -27,16 +27,17 @@ from dataclasses import asdict, dataclass, field, replace
 import pyarrow as pa
 
 from operators.encoders.base import EncoderSpec
+from operators.encoders.bge_m3 import OUTPUTS
 from operators.encoders.loader import describe_encoder, model_kind
 from operators.encoders.precision import Precision
-from operators.errors import one_line
+from operators.errors import UsageError, check_choices, check_positive, one_line, option_name
 from operators.exchange import decided_row_schema, key_row_schema
 from operators.incremental import Decision, TableKeys, decide
 from operators.maintenance import DEFAULT_KEEP_RUNS, Retention, bytes_on_disk, parse_age, refresh, retain
-from operators.manifest import FileManifest, unchanged_files
+from operators.manifest import FILES_SCHEMA, FileManifest, unchanged_files
 from operators.passages import Chunking, ChunkMode, passage_model_id
 from operators.quantize import CALIBRATION_ROWS, ranges_to_json
-from operators.run_log import RunLog
+from operators.run_log import RUNS_SCHEMA, RUNS_SUFFIX, RunLog
 from operators.schema import (
     ID,
     QUARANTINE_SCHEMA,
@@ -45,19 +46,20 @@ from operators.schema import (
     SOURCE,
     TEXT,
     embeddings_schema,
+    is_table_column,
     passage_fields,
     quarantine_table_name,
     require_columns,
 )
 from operators.serving import REBUILT, RunBase, begin_run, mark_building, publish
-from operators.sinks.lance_sink import ensure_table, upsert
-from operators.sources import ReadPlan, ShardReader, ShardSet, find_shards, plan_reads, read_schema
+from operators.sinks.lance_sink import check_columns, ensure_table, upsert
+from operators.sources import Footers, ReadPlan, ShardReader, ShardSet, find_shards, read_footers, read_schema
 from operators.storage import as_settings
 from operators.stored_vectors import VectorStorage
 from operators.table_meta import TableMeta, with_meta
-from operators.tables import Lake
+from operators.tables import Lake, TableRef, check_table_name
 from pipelines.calibrate import plan_existing, requantize_stored, requested_storage, settle_new
-from pipelines.embed_writer import EmbedSink, RunCounts, Tables
+from pipelines.embed_writer import EmbedSink, RunCounts, Tables, clear_quarantined
 from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
 from pipelines.workers import (
     ROWS_PER_PARTITION,
@@ -116,6 +118,22 @@ class EmbedJob:
     progress: bool = True
     command: list[str] = field(default_factory=list)  # argv, for the run log
 
+    def __post_init__(self) -> None:
+        """Every option checked before anything is read or written (a one-line UsageError naming it)."""
+        check_table_name(self.table)
+        check_positive(self, "max_length", "actors", "threads_per_actor", "rows_per_batch", "rows_per_write",
+                       "max_tokens_per_batch", "object_store_memory")
+        for name in ("input", "output", "id_column", "text_column", "model"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                msg = f"{option_name(name) if name not in ('input', 'output') else name.upper()} is empty"
+                raise UsageError(msg)
+        if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in self.dims):
+            msg = f"--dims must be positive integers, got {self.dims}"
+            raise UsageError(msg)
+        check_choices("outputs", self.outputs, OUTPUTS)
+        check_choices("precision", self.precision, list(Precision))
+        check_keep_columns(self.keep_columns)
+
     def passages(self) -> Chunking | None:
         """How documents become passages (None: one row per document)."""
         return None if self.chunk_tokens is None else Chunking(self.chunk_tokens, self.chunk_overlap,
@@ -133,6 +151,20 @@ class EmbedJob:
         )
 
 
+def check_keep_columns(names: list[str]) -> None:
+    """Kept input columns may not take the name of a column embedlake writes (id, text_hash, model,
+    source_file, dense, dense_<d>, sparse, colbert), nor be named twice."""
+    clashes = [name for name in names if is_table_column(name)]
+    if clashes:
+        msg = (f"--keep-columns {', '.join(map(repr, clashes))}: the table writes its own column of that name "
+               f"(id, text_hash, model, source_file and the vector columns are embedlake's); rename the input column")
+        raise UsageError(msg)
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        msg = f"--keep-columns names {', '.join(map(repr, twice))} more than once"
+        raise UsageError(msg)
+
+
 def run_embed(job: EmbedJob) -> dict:
     """Run the job and return the JSON summary (README: What a run guarantees)."""
     started = time.time()
@@ -143,9 +175,15 @@ def run_embed(job: EmbedJob) -> dict:
     require_columns(input_schema, [*required, *job.keep_columns], f"input {job.input}")
     spec = job.encoder_spec()
     description = describe_encoder(spec)
+    kind = model_kind(job.model, job.storage)
+    if job.outputs and kind != "bge-m3":
+        msg = (f"--outputs {','.join(job.outputs)} applies to BGE-M3 models; {job.model} is a Matryoshka (MRL) model, "
+               "whose outputs are dense and the --dims nested sizes")
+        raise UsageError(msg)
     chunking = check_chunking(job, description.max_length)
     model_id = passage_model_id(description.model_id, chunking)
     lake = Lake(job.output, job.storage)
+    lake.check_writable()
     storage = requested_storage(job.quantize, job.colbert_precision, job.colbert_pool_factor, lake.table(job.table),
                                 model_id, job.overwrite, job.recalibrate)
     stale_codes = False
@@ -155,10 +193,11 @@ def run_embed(job: EmbedJob) -> dict:
     meta = TableMeta(
         model=job.model,
         model_id=model_id,
-        kind=model_kind(job.model, job.storage),
+        kind=kind,
         dims=description.dims,
         outputs=[f.name for f in description.fields],
         max_length=description.max_length,
+        precision=job.precision,
         quantize=list(storage.quantize),
         int8_ranges=ranges_to_json(storage.int8_ranges),
         colbert_precision=storage.colbert_precision,
@@ -171,17 +210,17 @@ def run_embed(job: EmbedJob) -> dict:
                     passages=chunking is not None)
     retention = Retention(job.keep_runs, parse_age(job.older_than))
     manifest = FileManifest(lake, job.table)
-    # Readers keep the serving version until this run publishes its own (operators/serving.py).
-    base = begin_run(tables.main, manifest.target, schema, ID, overwrite=job.overwrite)
+    _check_tables(job, tables, manifest, lake.table(f"{job.table}{RUNS_SUFFIX}"))
+    state = _input_state(job, shards, required, manifest, model_id)
+    base = _prepare_tables(job, tables, manifest)
     if stale_codes and base.action != REBUILT:  # the new codes are part of this run: published with it
         requantize_stored(tables.main, storage)
-    ensure_table(tables.quarantine, QUARANTINE_SCHEMA, primary_key=SOURCE, overwrite=job.overwrite)
     config = {k: v for k, v in asdict(job).items() if k != "command"}
     run_log = RunLog.for_table(lake, job.table, job="embed",
                                command=job.command or sys.argv, config=config, model=model_id)
     run_log.start()
     try:
-        summary = _run(job, shards, required, spec, storage, tables, manifest, model_id,
+        summary = _run(job, shards, state, spec, storage, tables, manifest, model_id,
                        run_log.run_id, started, base)
         # Every row is accounted for and committed and the manifest is current: indexes for this version,
         # then readers switch to it (metadata, vectors and indexes together), then old versions go.
@@ -195,7 +234,10 @@ def run_embed(job: EmbedJob) -> dict:
                                    "bytes_after": bytes_on_disk(lake, job.table)}
         summary["finish_seconds"] = round(time.time() - finishing, 3)
     except BaseException as error:
-        run_log.finish({}, error=one_line(error, 1000, job.storage))
+        try:
+            run_log.finish({}, error=one_line(error, 1000, job.storage))
+        except Exception as unrecorded:  # noqa: BLE001 - e.g. a full disk: the run's own error is the one to report
+            log.warning("could not record the failed run in %s: %s", run_log.target.name, one_line(unrecorded, 300))
         raise
     summary["run_id"] = run_log.run_id
     run_log.finish(summary)
@@ -211,7 +253,6 @@ def row_fields(job: EmbedJob) -> list[pa.Field]:
 
 def check_chunking(job: EmbedJob, max_length: int) -> Chunking | None:
     """The passage options, checked before anything is read or written (a one-line error naming the option)."""
-    from pipelines.cli import UsageError
     if job.keep_text and TEXT in job.keep_columns:
         msg = "--keep-text stores the embedded text as column 'text', which --keep-columns also names"
         raise UsageError(msg)
@@ -220,6 +261,11 @@ def check_chunking(job: EmbedJob, max_length: int) -> Chunking | None:
             msg = "--chunk-overlap and --chunking apply to passages: add --chunk-tokens N"
             raise UsageError(msg)
         return None
+    taken = [f.name for f in passage_fields() if f.name in job.keep_columns]
+    if taken:
+        msg = (f"--keep-columns {', '.join(map(repr, taken))}: a passage table writes its own column of that name "
+               "(doc_id, chunk, char_start, char_end); rename the input column")
+        raise UsageError(msg)
     if job.chunking not in list(ChunkMode):
         msg = f"--chunking must be one of {', '.join(ChunkMode)}, got {job.chunking!r}"
         raise UsageError(msg)
@@ -236,29 +282,61 @@ def check_chunking(job: EmbedJob, max_length: int) -> Chunking | None:
     return job.passages()
 
 
+def _check_tables(job: EmbedJob, tables: Tables, manifest: FileManifest, runs: TableRef) -> None:
+    """Every clash with tables already in OUTPUT, found before the run writes anything: the table's
+    columns (unless --overwrite replaces it), and companion tables (`<T>_quarantine`, `<T>_files`, `<T>_runs`)
+    that are some other table of the same name, which no run may replace."""
+    if not job.overwrite:
+        check_columns(tables.main, tables.schema)
+    not_ours = ("it is not the {} of table {!r} but another table of that name: choose another --table, "
+                "or move that table away")
+    for target, schema, what in ((tables.quarantine, QUARANTINE_SCHEMA, "quarantine"),
+                                 (manifest.target, FILES_SCHEMA, "file manifest"), (runs, RUNS_SCHEMA, "run log")):
+        check_columns(target, schema, hint=not_ours.format(what, job.table))
+
+
+def _prepare_tables(job: EmbedJob, tables: Tables, manifest: FileManifest) -> RunBase:
+    """Create the tables, or replace them with --overwrite: only once the input has passed every check that
+    can fail before encoding (listing, schema, every shard's footer and columns, the model), so a bad input
+    never leaves a replaced table empty. Readers keep the serving version until this run publishes its own
+    (operators/serving.py), and Lance keeps the replaced version (`lance.dataset(..., version=)`)."""
+    manifest.ensure()  # begin_run empties it when it rebuilds the table
+    base = begin_run(tables.main, manifest.target, tables.schema, ID, overwrite=job.overwrite)
+    ensure_table(tables.quarantine, QUARANTINE_SCHEMA, primary_key=SOURCE, overwrite=job.overwrite)
+    return base
+
+
 @dataclass
 class InputState:
     """What the driver knows before reading a row: the listing, the manifest and the footers."""
 
     skipped: dict[str, int]  # shards unchanged since the last successful run for this model -> rows
     vanished: list[str]  # shards the manifest has and the listing does not
-    plan: ReadPlan  # read tasks for the others
+    footers: Footers  # of the others, the shards to read
+    plan: ReadPlan = field(default_factory=lambda: ReadPlan([], {}, {}))  # their read tasks, once Ray is up
 
     def skipped_indexes(self, files: list[str]) -> frozenset[int]:
         return frozenset(i for i, path in enumerate(files) if path in self.skipped)
 
 
-def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec, storage: VectorStorage,
-         tables: Tables, manifest: FileManifest, model_id: str, run_id: str, started: float, base: RunBase) -> dict:
-    recorded = manifest.load()
+def _input_state(job: EmbedJob, shards: ShardSet, required: list[str], manifest: FileManifest,
+                 model_id: str) -> InputState:
+    """The shards to read and their footers, before the run writes anything or starts Ray: a shard that cannot
+    be read or lacks a column fails here (or, with --skip-bad-files, is set aside to be quarantined)."""
+    recorded = {} if job.overwrite else manifest.load()
     skipped = {} if job.rescan else unchanged_files(shards.versions, recorded, model_id)
     listed = set(shards.files)
     vanished = sorted(path for path in recorded if path not in listed)
     to_read = [(index, path) for index, path in enumerate(shards.files) if path not in skipped]
+    return InputState(skipped, vanished, read_footers(shards, to_read, required, job.skip_bad_files))
+
+
+def _run(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, storage: VectorStorage,
+         tables: Tables, manifest: FileManifest, model_id: str, run_id: str, started: float, base: RunBase) -> dict:
+    skipped, vanished = state.skipped, state.vanished
     counts = RunCounts()
     shutdown_seconds = 0.0  # stopping the Ray we started: wall time, not embedding time
-    state = InputState(skipped, vanished, ReadPlan([], {}, {}))
-    if to_read or (job.sync_deletes and vanished):
+    if state.footers.files or (job.sync_deletes and vanished):
         if not job.rescan:
             # Before the first commit, so that a killed run can be resumed. A rescan usually writes nothing (and
             # must leave the table's version as it was); unmarked, a killed one restarts from the serving version.
@@ -267,7 +345,7 @@ def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec
         try:
             workers = plan_workers(cluster_cpus(), cluster_gpus(), job.actors, job.threads_per_actor,
                                    job.rows_per_batch)
-            state.plan = plan_reads(shards, to_read, required, workers.rows_per_batch, job.skip_bad_files)
+            state.plan = state.footers.plan(workers.rows_per_batch)
             _quarantine_bad_files(state.plan, tables, run_id)
             log.info("embedding %d rows from %d shard(s) (%d unchanged shards of %d rows skipped, %d bad files) "
                      "with %s", state.plan.rows_in, len(state.plan.rows), len(skipped), sum(skipped.values()),
@@ -338,7 +416,9 @@ def _passage_summary(job: EmbedJob, counts: RunCounts, seconds: float) -> dict:
 
 
 def _quarantine_bad_files(plan: ReadPlan, tables: Tables, run_id: str) -> None:
-    """A whole unreadable shard is one quarantine entry (its rows cannot be counted)."""
+    """A whole unreadable shard is one quarantine entry (its rows cannot be counted); a shard readable again
+    loses its entry."""
+    clear_quarantined(tables.quarantine, list(plan.rows))
     if plan.bad_files:
         rows = [{ID: None, SOURCE: path, REASON: f"unreadable shard: {reason}", RUN_ID: run_id}
                 for path, reason in plan.bad_files.items()]

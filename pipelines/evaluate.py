@@ -12,14 +12,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from operators.errors import UsageError, check_positive, check_range
 from operators.evaluation import Evaluator, bytes_per_vector, load_labelled_queries, smallest_within
-from operators.metrics import evaluate_run
+from operators.metrics import evaluate_run, json_safe
 from operators.schema import COLBERT, DENSE, SPARSE
 from operators.scoring import DEFAULT_WEIGHTS
 from operators.search.documents import document_of, is_passage_table
 from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, Retriever
 from operators.storage import local_path
-from operators.tables import Pin
+from operators.tables import Pin, check_table_name
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,15 @@ class EvaluateJob:
     tag: str | None = None  # or the version with this tag
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
 
+    def __post_init__(self) -> None:
+        check_table_name(self.table)
+        for name in ("k", "shortlist", "funnel_shortlist"):
+            check_range(name, getattr(self, name), 1)
+        check_positive(self, "limit", "rescore_multiplier")
+        if (self.queries is None) != (self.qrels is None) or (self.queries is None and self.pairs is None):
+            msg = "evaluate needs --queries with --qrels (retrieval), --pairs (similarity), or both"
+            raise UsageError(msg)
+
 
 def report_path(job: EvaluateJob) -> str:
     """--report, else `<uri>/<T>.evaluation.json` for a local database, else `./<T>.evaluation.json`."""
@@ -65,12 +75,6 @@ def run_evaluate(job: EvaluateJob) -> dict:
     "queries_without_relevant", "smallest_within_1pct", "table_version", "seconds", "report", "plot"}, at the serving
     version of the table (or the one pinned), with "languages" when queries or documents carry a language and "sts"
     for `pairs` (only "sts" without queries)."""
-    if job.k < 1:
-        msg = f"--k must be at least 1, got {job.k}"
-        raise ValueError(msg)
-    if (job.queries is None) != (job.qrels is None) or (job.queries is None and job.pairs is None):
-        msg = "evaluate needs --queries with --qrels (retrieval), --pairs (similarity), or both"
-        raise ValueError(msg)
     started = time.perf_counter()
     if job.queries is None:
         retriever = Retriever(job.uri, job.table, model=job.model, storage=job.storage, pin=Pin(job.version, job.tag))
@@ -177,5 +181,5 @@ def _write_report(job: EvaluateJob, output: dict) -> dict:
     path = report_path(job)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as handle:
-        json.dump(output, handle, indent=2)
+        json.dump(json_safe(output), handle, indent=2, allow_nan=False)  # an undefined mean is null, never NaN
     return output

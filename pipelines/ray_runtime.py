@@ -12,6 +12,8 @@ import os
 
 import ray
 
+from operators.errors import reinstall_sigterm
+
 log = logging.getLogger(__name__)
 
 QUIET_ENV = {
@@ -81,6 +83,7 @@ def start_ray(
     if address:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING)
+        reinstall_sigterm()
         return False
     for attempt in range(START_ATTEMPTS):
         try:
@@ -94,6 +97,7 @@ def start_ray(
                 log_to_driver=True,
                 _system_config={"num_workers_soft_limit": (num_cpus or os.cpu_count() or 1) + SPARE_WORKERS},
             )
+            reinstall_sigterm()  # Ray's own SIGTERM handler dumps a C++ stack; the CLI's exits 130
             return True
         except Exception as error:  # noqa: BLE001 - Ray raises a bare Exception for this
             if "timed out during startup" not in str(error) or attempt == START_ATTEMPTS - 1:

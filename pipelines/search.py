@@ -11,7 +11,7 @@ import pyarrow as pa
 from operators.schema import DOC_ID, ID, MODEL, SOURCE_FILE, TEXT_HASH
 from operators.scoring import DEFAULT_WEIGHTS, Fusion
 from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, Retriever, SearchMode
-from operators.tables import Pin
+from operators.tables import Pin, check_table_name
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class SearchJob:
     group_by: str | None = None  # "doc": a passage table's documents ranked by their best passage
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
 
+    def __post_init__(self) -> None:
+        check_table_name(self.table)
+
 
 def run_search(job: SearchJob) -> list[dict]:
     """[{"id", "score"}], best first, ties broken by id, at the serving version (or the one pinned); for `like`,
@@ -62,17 +65,18 @@ def run_search(job: SearchJob) -> list[dict]:
 def _search_documents(job: SearchJob, retriever: Retriever, options: dict) -> list[dict]:
     """--group-by doc: [{"id": doc_id, "score", "passage", "chunk", "char_start", "char_end"}], documents
     ranked by their best passage (operators/search/documents.py)."""
+    from operators.errors import UsageError
     from operators.search.documents import is_passage_table, search_documents, with_spans
     from operators.search.like import search_like
 
     if job.group_by != "doc":
         msg = f"--group-by takes doc, got {job.group_by!r}"
-        raise ValueError(msg)
+        raise UsageError(msg)
     store = retriever.store
     if not is_passage_table(store.schema.names):
         msg = (f"--group-by doc needs a passage table (embed --chunk-tokens); table {store.name!r} holds one row "
                "per document")
-        raise ValueError(msg)
+        raise UsageError(msg)
     query = job.query if job.like is None else None
 
     def passages(n: int) -> list[dict]:

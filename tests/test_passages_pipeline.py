@@ -132,7 +132,8 @@ def test_passage_options_are_checked(tmp_path):
                (("--chunk-tokens", "8", "--chunk-overlap", "8"), "--chunk-overlap must be"),
                (("--chunk-tokens", "8", "--chunk-overlap", "-1"), "--chunk-overlap must be"),
                (("--chunking", "late"), "add --chunk-tokens"),
-               (("--keep-text", "--keep-columns", "text"), "--keep-text")]
+               (("--keep-text", "--keep-columns", "text"), "--keep-text"),
+               (("--chunk-tokens", "8", "--keep-columns", "text,doc_id"), "--keep-columns 'doc_id'")]
     for options, message in refused:
         assert message in usage_error("embed", str(lake), out, *options)
     assert not (tmp_path / "out").exists()  # refused before anything is written

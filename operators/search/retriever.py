@@ -29,8 +29,9 @@ import pyarrow as pa
 
 from operators import scoring
 from operators.colbert_codec import scale_column
+from operators.errors import UsageError
 from operators.quantize import split_quantized_name
-from operators.schema import COLBERT, DENSE, ID, SPARSE, dense_column, is_dense_column
+from operators.schema import COLBERT, DENSE, ID, SPARSE, dense_column, is_blank, is_dense_column
 from operators.scoring import COLBERT_MODE, DENSE_MODE, SPARSE_MODE, Fusion, QueryVectors, top_k
 from operators.search.quantized import DEFAULT_RESCORE_MULTIPLIER, column_scores, quantized_rows
 from operators.search.routing import Route, RoutingRule, TermStats, default_rule, query_features
@@ -115,9 +116,9 @@ class Retriever:
     ) -> None:
         for name, value in (("--shortlist", shortlist), ("--funnel-shortlist", funnel_shortlist),
                             ("--rescore-multiplier", 1 if rescore_multiplier is None else rescore_multiplier)):
-            if value < 1:
-                msg = f"{name} must be at least 1, got {value}"
-                raise ValueError(msg)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                msg = f"{name} must be at least 1, got {value!r}"
+                raise UsageError(msg)
         self.funnel_shortlist = funnel_shortlist
         self.rescore_multiplier = rescore_multiplier
         self.store = TableStore(uri, table, storage, pin)
@@ -207,23 +208,26 @@ class Retriever:
         funnel: str | int | None = None,
     ) -> list[dict]:
         """The k best rows for one query: [{"id", "score"}], best first, ties broken by id."""
-        if k < 1:
-            msg = f"--k must be at least 1, got {k}"
-            raise ValueError(msg)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            msg = f"--k must be at least 1, got {k!r}"
+            raise UsageError(msg)
         if mode not in list(SearchMode):
             msg = f"unknown mode {mode!r} (choose from {', '.join(SearchMode)})"
-            raise ValueError(msg)
+            raise UsageError(msg)
         for option, value in (("--column", column), ("--funnel", funnel)):
             if value is not None and mode != DENSE_MODE:
                 msg = f"{option} applies to dense mode only, not {mode}"
-                raise ValueError(msg)
+                raise UsageError(msg)
+        if isinstance(query, str) and is_blank(query):
+            msg = "--query is empty (nothing but whitespace or invisible characters): there is nothing to search for"
+            raise UsageError(msg)
         if mode == SearchMode.AUTO:
             if not isinstance(query, str):
                 msg = "--mode auto routes a query text; searching like a stored item takes a fixed --mode"
-                raise ValueError(msg)
+                raise UsageError(msg)
             if fusion != Fusion.WEIGHTED:
                 msg = "--mode auto uses weighted fusion, as its rule was tuned; --fusion rrf needs --mode hybrid"
-                raise ValueError(msg)
+                raise UsageError(msg)
         else:
             self._check_mode(mode)
         vectors = self.encode([query])[0] if isinstance(query, str) else query
