@@ -125,7 +125,8 @@ def usage_error(*argv: str) -> str:
 def test_passage_options_are_checked(tmp_path):
     lake = tmp_path / "lake"
     lake.mkdir()
-    pq.write_table(documents(), lake / "a.parquet")
+    docs = documents()
+    pq.write_table(docs.append_column("doc_id", docs.column("id")), lake / "a.parquet")
     out = str(tmp_path / "out")
     refused = [(("--chunk-tokens", "300"), "--chunk-tokens must be an integer between 1 and 254"),
                (("--chunk-tokens", "0"), "--chunk-tokens must be"),
@@ -133,7 +134,7 @@ def test_passage_options_are_checked(tmp_path):
                (("--chunk-tokens", "8", "--chunk-overlap", "-1"), "--chunk-overlap must be"),
                (("--chunking", "late"), "add --chunk-tokens"),
                (("--keep-text", "--keep-columns", "text"), "--keep-text"),
-               (("--chunk-tokens", "8", "--keep-columns", "text,doc_id"), "--keep-columns 'doc_id'")]
+               (("--chunk-tokens", "8", "--keep-columns", "doc_id"), "--keep-columns 'doc_id'")]
     for options, message in refused:
         assert message in usage_error("embed", str(lake), out, *options)
     assert not (tmp_path / "out").exists()  # refused before anything is written
