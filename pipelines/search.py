@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from operators.errors import UsageError
 from operators.schema import DOC_ID, ID, MODEL, SOURCE_FILE, TEXT_HASH
 from operators.scoring import DEFAULT_WEIGHTS, Fusion
 from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, Retriever, SearchMode
@@ -40,6 +41,15 @@ class SearchJob:
 
     def __post_init__(self) -> None:
         check_table_name(self.table)
+        if self.mode == SearchMode.AUTO:  # the rule picks the mode and weights: what only a fixed mode takes
+            given = [option for option, value in (("--like", self.like), ("--column", self.column),
+                                                  ("--funnel", self.funnel)) if value is not None]
+            if self.fusion != Fusion.WEIGHTED:
+                given.append(f"--fusion {self.fusion}")
+            if given:
+                msg = (f"--mode auto routes a --query text by the table's rule (weighted fusion); {', '.join(given)} "
+                       "takes a fixed --mode")
+                raise UsageError(msg)
 
 
 def run_search(job: SearchJob) -> list[dict]:
@@ -65,7 +75,6 @@ def run_search(job: SearchJob) -> list[dict]:
 def _search_documents(job: SearchJob, retriever: Retriever, options: dict) -> list[dict]:
     """--group-by doc: [{"id": doc_id, "score", "passage", "chunk", "char_start", "char_end"}], documents
     ranked by their best passage (operators/search/documents.py)."""
-    from operators.errors import UsageError
     from operators.search.documents import is_passage_table, search_documents, with_spans
     from operators.search.like import search_like
 
@@ -86,7 +95,7 @@ def _search_documents(job: SearchJob, retriever: Retriever, options: dict) -> li
             return search_like(retriever, job.like, **found)
         return retriever.search(query, **found)
 
-    if query is not None:  # encoded once, whatever the depth
+    if query is not None and job.mode != SearchMode.AUTO:  # encoded once, whatever the depth (auto routes the text)
         query = retriever.encode([query])[0]
     return with_spans(store.dataset, search_documents(passages, job.k, store.rows))
 
