@@ -34,3 +34,11 @@ def test_search_deepens_until_k_documents():
     asked.clear()
     assert len(search_documents(search, k=50, rows=len(passages))) == 20  # the table has 20 documents
     assert asked[-1] >= len(passages)
+
+
+def test_grouped_hits_print_the_passage_and_its_span():
+    from pipelines.search import format_hits
+
+    hits = [{"id": "doc-a", "score": 0.91234, "passage": "doc-a#3", "chunk": 3, "char_start": 120, "char_end": 388}]
+    line = format_hits(hits, {"doc-a#3": "the passage's own text"})
+    assert line == "  1  0.912  doc-a  doc-a#3 [120:388] the passage's own text"
