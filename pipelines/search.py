@@ -75,7 +75,7 @@ def run_search(job: SearchJob) -> list[dict]:
 def _search_documents(job: SearchJob, retriever: Retriever, options: dict) -> list[dict]:
     """--group-by doc: [{"id": doc_id, "score", "passage", "chunk", "char_start", "char_end"}], documents
     ranked by their best passage (operators/search/documents.py)."""
-    from operators.search.documents import is_passage_table, search_documents, with_spans
+    from operators.search.documents import document_of, is_passage_table, search_documents, with_spans
     from operators.search.like import search_like
 
     if job.group_by != "doc":
@@ -97,7 +97,8 @@ def _search_documents(job: SearchJob, retriever: Retriever, options: dict) -> li
 
     if query is not None and job.mode != SearchMode.AUTO:  # encoded once, whatever the depth (auto routes the text)
         query = retriever.encode([query])[0]
-    return with_spans(store.dataset, search_documents(passages, job.k, store.rows))
+    own = None if job.like is None else document_of(job.like)  # --like: the item's other passages are not "like" it
+    return with_spans(store.dataset, search_documents(passages, job.k, store.rows, exclude=own))
 
 
 # Shown per hit in text output: the first kept string column (a title, say), cut to this many characters.

@@ -31,6 +31,7 @@ def test_search_deepens_until_k_documents():
     found = search_documents(search, k=5, rows=len(passages))
     assert [hit["id"] for hit in found] == ["d0", "d1", "d2", "d3", "d4"]
     assert found[0]["passage"] == "d0#0" and asked == [20, 80]
+    assert [hit["id"] for hit in search_documents(search, k=2, rows=len(passages), exclude="d0")] == ["d1", "d2"]
     asked.clear()
     assert len(search_documents(search, k=50, rows=len(passages))) == 20  # the table has 20 documents
     assert asked[-1] >= len(passages)

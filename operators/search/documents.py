@@ -41,13 +41,16 @@ def documents_run(run: dict[str, list[tuple[str, float]]], k: int) -> dict[str, 
     return {query: [(doc, score) for doc, score, _ in best_per_document(ranked)[:k]] for query, ranked in run.items()}
 
 
-def search_documents(search: Callable[[int], list[dict]], k: int, rows: int) -> list[dict]:
+def search_documents(search: Callable[[int], list[dict]], k: int, rows: int, exclude: str | None = None
+                     ) -> list[dict]:
     """The k best documents ({"id": doc_id, "score", "passage"}) from `search(n)`, which returns the n best
-    passages ({"id", "score"}, best first); n grows until k documents are found or all `rows` were searched."""
+    passages ({"id", "score"}, best first); n grows until k documents are found or all `rows` were searched.
+    `exclude`: a document left out (search --like: the item's own)."""
     depth = k * PASSAGE_DEPTH
     while True:
         hits = search(depth)
-        documents = best_per_document((hit["id"], hit["score"]) for hit in hits)
+        documents = [found for found in best_per_document((hit["id"], hit["score"]) for hit in hits)
+                     if found[0] != exclude]
         if len(documents) >= k or len(hits) < depth or depth >= rows:
             return [{"id": doc, "score": score, "passage": passage} for doc, score, passage in documents[:k]]
         depth *= PASSAGE_DEPTH
