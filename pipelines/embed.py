@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import pyarrow as pa
 
-from operators.encoders.base import EncoderSpec
+from operators.encoders.base import EncoderDescription, EncoderSpec
 from operators.encoders.loader import describe_encoder, model_kind
 from operators.encoders.precision import Precision
 from operators.errors import one_line
@@ -55,7 +55,7 @@ from operators.table_meta import TableMeta, with_meta
 from operators.tables import Lake
 from pipelines.calibrate import plan_existing, requantize_stored, requested_storage, settle_new
 from pipelines.embed_writer import EmbedSink, RunCounts, Tables
-from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
+from pipelines.ray_runtime import RaySession, cluster_cpus, cluster_gpus, quiet_ray_data
 from pipelines.workers import (
     ROWS_PER_PARTITION,
     SCAN_FRACTION,
@@ -130,6 +130,15 @@ def run_embed(job: EmbedJob) -> dict:
     require_columns(input_schema, [*required, *job.keep_columns], f"input {job.input}")
     spec = job.encoder_spec()
     description = describe_encoder(spec)
+    # Ray before the first table is opened: a local Ray forks its services from this process, and forking after
+    # lance/lancedb have loaded (their runtime threads) risks a deadlock in the child (pipelines/ray_runtime.py).
+    with RaySession(job.address, num_cpus=os.cpu_count(), object_store_memory=job.object_store_memory) as ray_session:
+        return _embed(job, started, shards, input_schema, spec, description, ray_session)
+
+
+def _embed(job: EmbedJob, started: float, shards: ShardSet, input_schema: pa.Schema, spec: EncoderSpec,
+           description: EncoderDescription, ray_session: RaySession) -> dict:
+    """The run once its input is checked and Ray is up: the tables, the run itself, then publishing."""
     lake = Lake(job.output, job.storage)
     storage = requested_storage(job.quantize, job.colbert_precision, job.colbert_pool_factor, lake.table(job.table),
                                 description.model_id, job.overwrite, job.recalibrate)
@@ -164,8 +173,8 @@ def run_embed(job: EmbedJob) -> dict:
                                command=job.command or sys.argv, config=config, model=description.model_id)
     run_log.start()
     try:
-        summary = _run(job, shards, required, spec, storage, tables, manifest, description.model_id,
-                       run_log.run_id, started, base)
+        summary = _run(job, shards, [job.id_column, job.text_column], spec, storage, tables, manifest,
+                       description.model_id, run_log.run_id, started, base, ray_session)
         # Every row is accounted for and committed and the manifest is current: indexes for this version,
         # then readers switch to it (metadata, vectors and indexes together), then old versions go.
         finishing = time.time()
@@ -198,7 +207,8 @@ class InputState:
 
 
 def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec, storage: VectorStorage,
-         tables: Tables, manifest: FileManifest, model_id: str, run_id: str, started: float, base: RunBase) -> dict:
+         tables: Tables, manifest: FileManifest, model_id: str, run_id: str, started: float, base: RunBase,
+         ray_session: RaySession) -> dict:
     recorded = manifest.load()
     skipped = {} if job.rescan else unchanged_files(shards.versions, recorded, model_id)
     listed = set(shards.files)
@@ -212,7 +222,6 @@ def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec
             # Before the first commit, so that a killed run can be resumed. A rescan usually writes nothing (and
             # must leave the table's version as it was); unmarked, a killed one restarts from the serving version.
             mark_building(tables.main, base.serving)
-        we_started_ray = start_ray(job.address, num_cpus=os.cpu_count(), object_store_memory=job.object_store_memory)
         try:
             workers = plan_workers(cluster_cpus(), cluster_gpus(), job.actors, job.threads_per_actor,
                                    job.rows_per_batch)
@@ -223,12 +232,7 @@ def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec
                      len(state.plan.bad_files), model_id)
             counts = _execute(job, shards, state, spec, storage, tables, workers, model_id, run_id)
         finally:
-            if we_started_ray:
-                import ray
-
-                stopping = time.time()
-                ray.shutdown()
-                shutdown_seconds = time.time() - stopping
+            shutdown_seconds = ray_session.stop()
     if counts.rows_read != state.plan.rows_in:
         msg = (f"row accounting failed: {state.plan.rows_in} rows read, {counts.rows_read} written, unchanged or "
                "quarantined; the table holds what was committed, re-run the same command to finish")
@@ -287,14 +291,13 @@ def _quarantine_bad_files(plan: ReadPlan, tables: Tables, run_id: str) -> None:
 def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, storage: VectorStorage,
              tables: Tables, workers, model_id: str, run_id: str) -> RunCounts:
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import DataContext
 
-    from operators.embed import EmbedRows
+    from pipelines.embed_progress import ProgressMonitor
     from pipelines.embed_source import LakeSource, TableKeysSource
 
+    quiet_ray_data()  # Ray Data's own progress off: ours counts rows encoded and committed (embed_progress.py)
     context = DataContext.get_current()
-    context.enable_progress_bars = job.progress
-    context.print_on_execution_start = False
     # One block per hash partition of ids: `decide` must see every row of an id at once.
     context.target_max_block_size = None
     # Shuffle map tasks take this much input at a time (Ray's default, 1 GiB, makes a map task's memory
@@ -321,7 +324,21 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
                                                          num_cpus=workers.io_cpus))
     decision = Decision(state.skipped_indexes(shards.files), job.sync_deletes)
     partitions = plan_partitions(state.plan.rows_in + (table_rows if scan else 0))
-    sink = EmbedSink(tables, run_id, files, plan_rows_per_write(state.plan.rows_in, workers, job.rows_per_write))
+    progress = ProgressMonitor(state.plan.rows_in, enabled=job.progress)
+    with progress:
+        sink = EmbedSink(tables, run_id, files, plan_rows_per_write(state.plan.rows_in, workers, job.rows_per_write),
+                         counter=progress.counter)
+        _write(dataset, sink, job, workers, partitions, decision, keep_fields, spec, storage, progress.counter)
+    return sink.counts
+
+
+def _write(dataset, sink: EmbedSink, job: EmbedJob, workers, partitions: int, decision: Decision,
+           keep_fields: list[pa.Field], spec: EncoderSpec, storage: VectorStorage, counter) -> None:
+    """decide per hash partition of ids -> encoder actor pool -> the sink's keyed upserts."""
+    from ray.data import ActorPoolStrategy
+
+    from pipelines.embed_progress import ReportingEmbedRows
+
     (
         dataset.repartition(partitions, keys=[ID])
         .map_batches(decide, fn_kwargs={"decision": decision, "schema": decided_row_schema(keep_fields)},
@@ -329,9 +346,9 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
         # A partition's rows to embed are one block; cut it so that every encoder actor gets some.
         .repartition(target_num_rows_per_block=workers.rows_per_batch)
         .map_batches(
-            EmbedRows,
+            ReportingEmbedRows,
             fn_constructor_kwargs={"spec": spec, "keep_fields": keep_fields, "threads": workers.threads,
-                                   "storage": storage},
+                                   "storage": storage, "counter": counter},
             batch_size=workers.rows_per_batch,
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=workers.actors, max_concurrent_calls_per_actor=workers.concurrent_calls,
@@ -342,4 +359,3 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
         )
         .write_datasink(sink, ray_remote_args={"num_cpus": workers.io_cpus})
     )
-    return sink.counts

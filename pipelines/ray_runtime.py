@@ -3,12 +3,23 @@
 `ray.init()` without an address silently joins any local cluster already running, so we say
 `address="local"` to start a private one when the user gave no address, and join only the address
 they name (`--address` or RAY_ADDRESS).
+
+A job starts its local Ray before it opens a table: Ray forks its services (GCS, raylet, ...) from the
+driver with a `preexec_fn`, which runs the at-fork hooks of every module loaded. lance and lancedb register
+such hooks (lance warns, lancedb restarts its async runtime in the child), and forking a process whose Rust
+runtime threads are running risks a deadlock in the child before it execs. Nothing under `operators` imports
+lance or lancedb at module level for that reason (tables load them when first opened).
+
+What Ray prints that names no risk for our jobs and no step for the user is dropped here, deliberately and
+each with its reason; `--verbose` keeps all of it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+import warnings
 
 import ray
 
@@ -36,8 +47,13 @@ START_ATTEMPTS = 3
 
 
 # Ray's notices that name no risk for a private local Ray and no step for the user: token authentication
-# being on by default (it is what we want) is logged as a WARNING at every start. --verbose keeps them.
-QUIET_NOTICES = {"ray._private.authentication.authentication_token_setup": ("Token authentication is enabled",)}
+# being on by default (it is what we want) is logged as a WARNING at every start; Ray Data warns that its
+# progress bars are off, which is because our jobs draw their own (pipelines/embed_progress.py). --verbose
+# keeps them.
+QUIET_NOTICES = {
+    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled",),
+    "ray.data._internal.progress": ("Progress bars disabled", "Progress bars for operators disabled"),
+}
 
 
 class _DropNotices(logging.Filter):
@@ -46,8 +62,7 @@ class _DropNotices(logging.Filter):
         self.prefixes = prefixes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
-        return verbose or not record.getMessage().startswith(self.prefixes)
+        return verbose() or not record.getMessage().startswith(self.prefixes)
 
 
 def quiet_ray_notices() -> None:
@@ -56,6 +71,28 @@ def quiet_ray_notices() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNotices) for f in logger.filters):
             logger.addFilter(_DropNotices(prefixes))
+
+
+def verbose() -> bool:
+    return logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's progress bars off (jobs draw their own) and its INFO lines (execution plans, per-operator
+    progress logged every few seconds when stdout is not a terminal, `Data sink finished`) kept to its log
+    file (ray-data.log in the session's logs); its warnings and errors still reach stderr. --verbose shows all."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if handler.name == "console":  # Ray Data's own console handler (ray/data/_internal/logging.py)
+            handler.setLevel(logging.DEBUG if verbose() else logging.WARNING)
+    if not verbose():
+        # Raised after the fact when an actor pool got fewer blocks than it has actors: an incremental run knows
+        # how many rows changed only after the pool has started, and a small input is one block.
+        warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
 
 
 def project_root() -> str:
@@ -101,6 +138,32 @@ def start_ray(
             log.warning("local Ray did not start in time (a loaded machine?), trying again")
             ray.shutdown()
     return True
+
+
+class RaySession:
+    """Ray for one job, started (or joined) on entry and stopped once: by `stop()` as soon as the job is done
+    with it, else on exit. Enter it before the job opens a table (the module's docstring says why)."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None,
+                 object_store_memory: int | None = None) -> None:
+        self.options = {"address": address, "num_cpus": num_cpus, "object_store_memory": object_store_memory}
+        self.started = False
+
+    def __enter__(self) -> RaySession:
+        self.started = start_ray(**self.options)
+        return self
+
+    def stop(self) -> float:
+        """Shut down the Ray this session started (nothing when it joined one); the seconds that took."""
+        if not self.started:
+            return 0.0
+        self.started = False
+        stopping = time.time()
+        ray.shutdown()
+        return time.time() - stopping
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 def _worker_pythonpath() -> str:
