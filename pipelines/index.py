@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from operators.schema import SPARSE
 from operators.search.ann import create_index, measure_recall
-from operators.search.index_plan import MIN_ROWS, IndexType, plan_index
+from operators.search.index_plan import MIN_ROWS, IndexPlan, IndexType, plan_index
 from operators.search.sparse_index import open_sparse_index
 from operators.search.store import TableStore
 from operators.serving import advance_serving
@@ -41,12 +41,7 @@ def run_index(job: IndexJob) -> dict:
     """Build the indexes and report them: {"table", "rows", "columns": {column: plan, build_seconds, recall@k,
     ...} or {"skipped": why}, "sparse_index": {...}}."""
     store = TableStore(job.uri, job.table, job.storage)
-    latest = store.ref.dataset().version
-    if latest != store.version:
-        msg = (f"table {job.table!r} has versions after its serving version {store.version} (latest {latest}: an "
-               "unfinished run, or one rolled back): indexes are built for the serving version only when it is the "
-               "latest; re-run the embed command, which finishes or sets them aside and keeps ANN indexes current")
-        raise ValueError(msg)
+    require_serving_latest(store)
     rows = store.rows
     chosen = list(job.columns) or store.dense_columns()
     for column in chosen:
@@ -56,28 +51,52 @@ def run_index(job: IndexJob) -> dict:
             raise ValueError(msg)
     result: dict = {"table": job.table, "rows": rows, "columns": {}}
     plans = []
-    writable = store.ref.open()  # the latest version: each index is a new one
     for column in chosen:
         if rows < job.min_rows:
             result["columns"][column] = {
                 "skipped": f"{rows} rows < {job.min_rows}: exact search is fast at this size and IVF training "
                            "needs more rows; use --min-rows to force an index"}
             continue
-        plan = plan_index(column, rows, store.dim(column), job.index_type)
-        seconds = create_index(writable, plan)
-        log.info("%s on %s built in %.1f s", plan.index_type, column, seconds)
-        result["columns"][column] = {
-            **{key: value for key, value in asdict(plan).items() if value is not None and key != "column"},
-            "build_seconds": round(seconds, 3)}
-        plans.append(plan)
-    if plans:  # readers switch to the version that has the indexes (same rows)
-        advance_serving(store.ref, store.version)
-    indexed = TableStore(job.uri, job.table, job.storage) if plans else store  # the version with the indexes
+        plans.append(plan_index(column, rows, store.dim(column), job.index_type))
+    indexed, seconds = build_for_serving(store, plans)
     for plan in plans:
-        result["columns"][plan.column].update(measure_recall(indexed, plan, job.sample, job.k))
+        result["columns"][plan.column] = {
+            **{key: value for key, value in asdict(plan).items() if value is not None and key != "column"},
+            "build_seconds": round(seconds[plan.column], 3),
+            **measure_recall(indexed, plan, job.sample, job.k)}
     if job.sparse and indexed.has(SPARSE):
         index, action = open_sparse_index(indexed)
         result["sparse_index"] = {"action": action, "version": index.version, "rows": index.rows,
                                   "terms": int(index.terms.size), "postings": int(index.docs.size),
                                   "uri": indexed.sparse_index_uri()}
     return result
+
+
+def require_serving_latest(store: TableStore, context: str = "", alternative: str = "") -> None:
+    """Indexes are built on the latest version and published by moving `serving` to the version holding them,
+    so the serving version must be the latest: an index built on top of an unfinished run would belong to a
+    version readers do not read (and publishing it would publish the run). The error starts with `context` and
+    ends with `alternative` (the caller's other way out)."""
+    latest = store.ref.dataset().version
+    if latest != store.version:
+        msg = (f"{context}table {store.name!r} has versions after its serving version {store.version} (latest "
+               f"{latest}: an unfinished run, or one rolled back): indexes are built for the serving version only "
+               "when it is the latest; re-run the embed command, which finishes or sets them aside and keeps ANN "
+               f"indexes current{alternative}")
+        raise ValueError(msg)
+
+
+def build_for_serving(store: TableStore, plans: Sequence[IndexPlan]) -> tuple[TableStore, dict[str, float]]:
+    """Build `plans` for the serving version `store` reads (the latest: `require_serving_latest`) and move
+    `serving` to the version that holds them (same rows), so readers get the indexes with the vectors they
+    index. Returns a store opened at that version and each column's build seconds."""
+    if not plans:
+        return store, {}
+    require_serving_latest(store)
+    writable = store.ref.open()  # the latest version: each index is a new one
+    seconds = {}
+    for plan in plans:
+        seconds[plan.column] = create_index(writable, plan)
+        log.info("%s on %s.%s built in %.1f s", plan.index_type, store.name, plan.column, seconds[plan.column])
+    advance_serving(store.ref, store.version)
+    return TableStore(store.uri, store.name, store.storage), seconds

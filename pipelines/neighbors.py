@@ -1,8 +1,10 @@
 """The k-NN graph job: every row's k nearest neighbours written to T_neighbors (id, neighbor, rank, score).
 
-1. The driver opens the table and pins its version for the whole job, checks the column and picks the method:
-   exact when the table has at most `exact_max_rows` rows (each worker then holds the column: rows x dim
-   float32), else the column's ANN index, built first (as `embedlake index` builds it) when it has none.
+1. The driver opens the table at its serving version (or the version or tag pinned) for the whole job, checks
+   the column and picks the method: exact when the table has at most `exact_max_rows` rows (each worker then
+   holds the column: rows x dim float32), else the column's ANN index in the version read. A serving version
+   without one gets it as `embedlake index` builds it (`serving` moves to the version that holds it, same
+   rows); a pinned version, or a serving one with an unfinished run on top, is never indexed here (refused).
 2. Ray Data reads (id, vector) blocks; a pool of actors scores them (operators/neighbors.py: ExactNeighbors or
    AnnNeighbors, the row itself excluded, ties by id) and FragmentWriter tasks write the edges as data files;
    the driver receives fragment metadata and counts only, and commits T_neighbors once, so readers see the
@@ -38,8 +40,10 @@ from operators.neighbors import (
 from operators.schema import DENSE, vector_dim
 from operators.search.index_plan import IndexType, plan_index, plan_type
 from operators.search.store import TableStore
+from operators.tables import SERVING, Pin
 from operators.vectors import as_matrix
 from pipelines.downstream import Stopwatch, num_blocks, sample_rows, using_ray, write_table_from_ray
+from pipelines.index import build_for_serving, require_serving_latest
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,14 @@ class NeighborsJob:
     seed: int = DEFAULT_SEED
     actors: int | None = None
     address: str | None = None
+    version: int | None = None  # read this table version instead of the serving one
+    tag: str | None = None  # or the version with this tag
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
+
+    @property
+    def pin(self) -> Pin:
+        """The version read; `--tag serving` is the default, not a pin."""
+        return Pin(self.version, None if self.tag == SERVING else self.tag)
 
 
 def choose_method(job: NeighborsJob, rows: int) -> Method:
@@ -91,7 +102,7 @@ def run_neighbors(job: NeighborsJob) -> dict:
         msg = f"--k must be at least 1, got {job.k}"
         raise ValueError(msg)
     watch = Stopwatch()
-    store = TableStore(job.uri, job.table, job.storage)
+    store = TableStore(job.uri, job.table, job.storage, pin=job.pin)
     dim = vector_dim(store.schema, job.column, f"table {job.table!r}")
     rows = store.rows
     method = choose_method(job, rows)
@@ -142,17 +153,20 @@ def _read(store: TableStore, columns: list[str], dim: int, cpus: int):
 
 
 def _ensure_index(store: TableStore, job: NeighborsJob, dim: int) -> tuple[TableStore, dict]:
-    """The column's ANN index and how it is searched; built (a new table version) when missing."""
-    from operators.search.ann import create_index
-
+    """The ANN index of the version read and how it is searched. A version read without one gets it the way
+    `embedlake index` builds it: on the serving version, which then moves to the version holding the index (same
+    rows), so the index always belongs to the snapshot that readers, and this job, read. An index is never built
+    on a version readers do not read: a pinned version, or a serving version with an unfinished run on top of it,
+    without an index is refused."""
     existing = store.vector_index(job.column)
     built = None
     if existing is None:
+        _require_buildable(store, job)
         plan = plan_index(job.column, store.rows, dim, job.index_type)
-        log.info("building %s on %s.%s (%d rows) for the k-NN graph", plan.index_type, job.table, job.column,
-                 store.rows)
-        built = round(create_index(store.ref.open(), plan), 3)
-        store = TableStore(job.uri, job.table, job.storage)  # the version that has the index
+        log.info("building %s on %s.%s (%d rows) for the k-NN graph, for serving version %d", plan.index_type,
+                 job.table, job.column, store.rows, store.version)
+        store, seconds = build_for_serving(store, [plan])
+        built = round(seconds[job.column], 3)
         existing = store.vector_index(job.column)
         if existing is None:
             msg = f"building an ANN index on {job.column!r} of table {job.table!r} left no index"
@@ -163,6 +177,16 @@ def _ensure_index(store: TableStore, job: NeighborsJob, dim: int) -> tuple[Table
     if built is not None:
         index["build_seconds"] = built
     return store, index
+
+
+def _require_buildable(store: TableStore, job: NeighborsJob) -> None:
+    """A one-line error unless an index may be built for the version read: the serving one, as the latest."""
+    where = f"table {job.table!r} has no ANN index on {job.column!r} at version {store.version}"
+    if job.pin != Pin():
+        msg = (f"{where} ({job.pin.describe()}), and indexes are built for the serving version only: read the serving "
+               "version, pin a version that has one, or use --method exact")
+        raise ValueError(msg)
+    require_serving_latest(store, f"{where} (serving), and none is built for it: ", "; or use --method exact")
 
 
 class _ExactWorker:
