@@ -30,6 +30,7 @@ log = logging.getLogger("pipelines.embed")
 REDRAW_S = 0.5  # terminal redraws
 LOG_EVERY_S = 15.0  # a progress line in a log (stderr not a terminal)
 RATE_WINDOW_S = 30.0
+MIN_RATE_SPAN_S = 10.0
 
 
 def rows_of(batch: pa.Table) -> int:
@@ -68,7 +69,8 @@ class ReportingEmbedRows(EmbedRows):
 
 @dataclass
 class ProgressView:
-    """What the line says, from the counts seen so far (no Ray, no clock of its own: tests drive `now`)."""
+    """What the line says, from the counts seen so far (no Ray, no clock of its own: tests drive `now`); the
+    time in parentheses is the time since the run's encoding stage started."""
 
     total: int
     started: float
@@ -77,23 +79,25 @@ class ProgressView:
     def update(self, encoded: int, now: float) -> None:
         if encoded and (not self.samples or encoded != self.samples[-1][1]):
             self.samples.append((now, encoded))
-        while len(self.samples) > 2 and now - self.samples[0][0] > RATE_WINDOW_S:
+        while len(self.samples) > 2 and now - self.samples[1][0] >= RATE_WINDOW_S:  # keep one sample before it
             self.samples.popleft()
 
     def rate(self) -> float | None:
-        """Rows encoded per second between the oldest and newest sample in the window."""
+        """Rows encoded per second between the oldest and newest sample in the window, once they are at least
+        MIN_RATE_SPAN_S apart (actors started together finish their first batches together)."""
         if len(self.samples) < 2:
             return None
         (t0, c0), (t1, c1) = self.samples[0], self.samples[-1]
-        return (c1 - c0) / (t1 - t0) if t1 > t0 else None
+        return (c1 - c0) / (t1 - t0) if t1 - t0 >= MIN_RATE_SPAN_S else None
 
     def line(self, encoded: int, committed: int, now: float) -> str:
         total = max(self.total, 1)
+        # A batch retried after an actor or a writer died is counted again: never show more than there is.
+        encoded, committed = min(encoded, self.total), min(committed, self.total)
         elapsed = _clock(now - self.started)
         if not encoded:
             return f"embed: {self.total:,} rows to read; starting encoders ({elapsed})"
-        text = (f"embed: {encoded:,}/{self.total:,} rows encoded ({100 * encoded / total:.0f}%), "
-                f"{committed:,} committed")
+        text = f"embed: {encoded:,}/{self.total:,} encoded ({100 * encoded / total:.0f}%), {committed:,} committed"
         rate = self.rate()
         if encoded >= self.total:
             return f"{text}; committing the last rows ({elapsed})" if committed < self.total else f"{text} ({elapsed})"
@@ -101,7 +105,7 @@ class ProgressView:
             return f"{text}; measuring the rate ({elapsed})"
         last_time = self.samples[-1][0]
         eta = max((self.total - encoded) / rate - (now - last_time), 0.0)
-        return f"{text}; {rate:,.1f} rows/s, ETA {_clock(eta)} ({elapsed} so far)"
+        return f"{text}; {rate:,.1f} rows/s, ETA {_clock(eta)} ({elapsed})"
 
 
 def _clock(seconds: float) -> str:

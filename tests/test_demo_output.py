@@ -46,7 +46,7 @@ def test_demo_commands_print_progress_a_sentence_and_titled_hits(sample_dir, tmp
     assert noise(embed.stderr) == [], embed.stderr[-5000:]
     assert embed.stdout.strip().splitlines() == [embed.stdout.strip()]  # one sentence
     assert embed.stdout.startswith(f"Embedded {ROWS} rows in ") and "nothing quarantined" in embed.stdout
-    assert f"{ROWS}/{ROWS} rows encoded (100%), {ROWS} committed" in embed.stderr  # the last progress line
+    assert f"embed: {ROWS}/{ROWS} encoded (100%), {ROWS} committed (" in embed.stderr  # the last progress line
 
     search = embedlake("search", lake, "--table", "docs", "--query", QUERY, "--k", "3")
     assert search.returncode == 0, search.stderr[-3000:]
