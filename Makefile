@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo test test-fast lint bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale bench-lifecycle bench-uses clean
+.PHONY: install install-test demo test test-fast lint docs bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale bench-lifecycle bench-uses bench-routing clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ test: install-test
 # reference libraries, storage, CLI parsing); `make test` before landing.
 test-fast: install-test
 	$(VENV)/bin/python -m pytest -q -m 'not slow and not ray'
+
+# docs/cli.md from the parsers (tests/test_cli_reference.py fails when it is stale).
+docs: install
+	$(PY) -m pipelines.cli_reference > docs/cli.md
 
 lint: install-test
 	$(VENV)/bin/ruff check operators pipelines tests benchmarks
@@ -96,6 +100,11 @@ bench-lifecycle: install-test
 # neighbors exact vs ANN at 100k x 64 and ANN (recall@10 on 1,000 sampled rows) at 1M x 64 (~40 min on 2 cores).
 bench-uses: install-test
 	$(VENV)/bin/python -m benchmarks.uses --out benchmarks/results/uses.json
+
+# Issue 17's routing figure: search --mode auto's rule (evaluate --tune-routing) vs the best fixed mode on the
+# sample's 400 queries, 5-fold held-out: MiniLM dense-only (nothing to route) and MiniLM + BM25 sparse (~5 min).
+bench-routing: install-test
+	nice -n 10 $(VENV)/bin/python -m benchmarks.routing --out benchmarks/results/routing_sample.json
 
 # Matryoshka fine-tuning of MiniLM on the sample (400 evaluation queries' packages left out), 1 and 2 Ray Train
 # workers, then embed + evaluate on the 400 queries at every nested size (long: two training runs on 2 cores).

@@ -2,6 +2,7 @@
 the k-NN graph's time and recall at scale.
 
     python -m benchmarks.uses --out benchmarks/results/uses.json [--skip-sample] [--neighbor-rows 100000,1000000]
+    python -m benchmarks.uses --skip-sample --neighbor-rows 1000000 --out ...   # one step: neighbors at 1M (ANN)
 
 Everything runs as a user runs it: `embedlake` subprocesses (benchmarks/cluster_dedup.py run_command, which also
 samples the process tree's memory), JSON results read from their last line.
@@ -85,7 +86,12 @@ def bench_sample(root: str) -> dict:
 
 
 def write_vectors(uri: str, rows: int, dim: int, seed: int) -> None:
+    """The synthetic table, served as embed leaves a table: readers read the `serving` tag (so `neighbors`
+    builds its index for the serving version and publishes it, docs/lifecycle.md)."""
+    import lance
     import lancedb
+
+    from operators.tables import SERVING
 
     options = SimpleNamespace(near_fraction=0.0, exact_fraction=0.0, seed=seed)
     batches = synthetic_batches(rows, dim, max(10, rows // 1000), options.near_fraction, options.exact_fraction,
@@ -97,6 +103,8 @@ def write_vectors(uri: str, rows: int, dim: int, seed: int) -> None:
             table = lancedb.connect(uri).create_table(TABLE, batch, mode="overwrite")
         else:
             table.add(batch)
+    dataset = lance.dataset(os.path.join(uri, f"{TABLE}.lance"))
+    dataset.tags.create(SERVING, dataset.version)
 
 
 def brute_recall(uri: str, sample: int, k: int, seed: int) -> float:
@@ -130,11 +138,16 @@ def bench_neighbors(root: str, rows: int, dim: int, exact_up_to: int, seed: int)
     record: dict = {"rows": rows, "dim": dim, "load_average": [round(x, 2) for x in os.getloadavg()]}
     methods = ["exact", "ann"] if rows <= exact_up_to else ["ann"]
     for method in methods:
-        result, seconds, memory = run_command(["neighbors", uri, "--table", TABLE, "--k", "10", "--method", method,
-                                               "--recall-sample", "1000", "--seed", str(seed)])
+        try:
+            result, seconds, memory = run_command(["neighbors", uri, "--table", TABLE, "--k", "10", "--method",
+                                                   method, "--recall-sample", "1000", "--seed", str(seed)])
+        except RuntimeError as error:  # keep the figures so far
+            record[method] = {"error": str(error)}
+            continue
         record[method] = {**result, "wall_seconds": round(seconds, 1), "peak_pss_mib": memory.peak_pss >> 20}
         if method == "ann":
             record[method]["numpy_recall@10"] = brute_recall(uri, 1000, 10, seed)
+    record["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     shutil.rmtree(uri, ignore_errors=True)
     return record
 

@@ -18,10 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from operators import scoring
 from operators.colbert_codec import BINARY, bytes_per_token, precision_of
+from operators.errors import UsageError
 from operators.metrics import evaluate_run, metric_name, qrels_from_rows
 from operators.quantize import quantized_columns, split_quantized_name
 from operators.schema import COLBERT, DENSE, SPARSE, nested_dim, require_columns
@@ -62,10 +64,29 @@ def load_labelled_queries(queries_path: str, qrels_path: str, limit: int | None 
         msg = f"{queries_path}: query_id values are not unique"
         raise ValueError(msg)
     if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            msg = f"--limit must be a positive integer, got {limit!r}"
+            raise UsageError(msg)
         ids, texts = ids[:limit], texts[:limit]
     judged = qrels_from_rows(qrels.column(QUERY_ID).to_pylist(), qrels.column(DOC_ID).to_pylist(),
-                             qrels.column(RELEVANCE).to_pylist())
+                             relevance_grades(qrels.column(RELEVANCE), qrels_path))
+    if not any(rel > 0 for query_id in ids for rel in judged.get(query_id, {}).values()):
+        msg = (f"no query of {queries_path} has a relevant document (relevance > 0) in {qrels_path}: "
+               "their query_id values match none of the queries'")
+        raise ValueError(msg)
     return LabelledQueries(ids, texts, judged)
+
+
+def relevance_grades(column: pa.ChunkedArray, path: str) -> list[int]:
+    """Relevance labels as integers (0 or less: not relevant); a one-line error naming the first value that is
+    not a whole number (a word such as 'high', a NaN, a null, 2.5)."""
+    values = column.to_pylist()
+    for row, value in enumerate(values):
+        whole = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value.is_integer())
+        if isinstance(value, bool) or not whole:
+            msg = f"{path}: relevance must be whole numbers (0 = not relevant), row {row} has {value!r}"
+            raise ValueError(msg)
+    return [int(value) for value in values]
 
 
 def _read(path: str, columns: list[str]):
@@ -89,6 +110,8 @@ class Evaluator:
         self.use_index = use_index
         started = time.perf_counter()
         self.vectors = retriever.encode(labelled.texts)
+        self.runs: dict[str, dict] = {}  # the top-k run of `dense` and `sparse`, kept for routing
+        self._candidates: tuple[np.ndarray | None, list] | None = None
         log.info("encoded %d queries in %.1f s", len(labelled.texts), time.perf_counter() - started)
 
     def score(self, run: dict[str, list[tuple[str, float]]]) -> dict[str, float]:
@@ -135,17 +158,25 @@ class Evaluator:
         return run
 
     def sparse_run(self) -> dict:
+        if SPARSE in self.runs:
+            return self.runs[SPARSE]
         index = self.retriever.sparse_index
         run = {}
         for qid, query in zip(self.labelled.ids, self.vectors, strict=True):
             positions, scores = index.search(query.sparse, self.k)
             run[qid] = [(str(index.ids[p]), float(s)) for p, s in zip(positions, scores, strict=True)]
+        self.runs[SPARSE] = run
         return run
 
     def candidates(self, dense_positions: np.ndarray | None) -> list:
-        return [self.retriever.candidates(query, None if dense_positions is None or not dense_positions.size
-                                          else dense_positions[i])
-                for i, query in enumerate(self.vectors)]
+        """Each query's candidates (computed once per first stage: the hybrid entries and routing share them)."""
+        if self._candidates is not None and self._candidates[0] is dense_positions:
+            return self._candidates[1]
+        found = [self.retriever.candidates(query, None if dense_positions is None or not dense_positions.size
+                                           else dense_positions[i])
+                 for i, query in enumerate(self.vectors)]
+        self._candidates = (dense_positions, found)
+        return found
 
     def fused_run(self, candidates: list, weights: dict[str, float], fusion: str) -> dict:
         run = {}
@@ -167,6 +198,7 @@ class Evaluator:
             if column == DENSE:
                 dense_positions = positions
                 run = {qid: ranking[:self.k] for qid, ranking in run.items()}
+                self.runs[DENSE] = run
             results[column] = {**self.score(run), "bytes_per_vector": bytes_per_vector(self.store, column)}
         if self.store.has(DENSE):
             for column in self.store.dense_columns()[1:]:

@@ -81,3 +81,13 @@ def plot_quality(results: dict[str, dict], k: int, path: str, title: str = "") -
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def save_figure(figure, path: str, dpi: int = 110) -> str:
+    """Write a matplotlib figure as PNG (its folder made first), close it, return the path."""
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path

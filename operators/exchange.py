@@ -8,6 +8,8 @@ Reader rows and table-key rows share one schema (`key_row_schema`), so the two c
 together by id; `decide` adds a status and how many input rows each output row stands for; the
 encoder actor adds the table columns and what it measured. Every stage builds its output with
 `conform`, so a column missing or misspelt fails at the stage that dropped it, not two stages later.
+Kept input columns (--keep-columns) travel as `kept:<name>`: a user's column may be called `_text` or
+`_order` without taking the place of the stages' own columns; the writer gives them back their names.
 
 Kept apart from operators/embed.py (which loads torch and the encoders) so that reader and writer
 tasks import only Arrow and Lance.
@@ -36,6 +38,7 @@ PADDED_COL = "_padded_tokens"  # a batch's padded tokens, carried on its first r
 OOM_SPLITS_COL = "_oom_splits"  # a batch's splits after running out of device memory, on its first row
 WORKER_COL = "_worker"
 
+KEPT_PREFIX = "kept:"  # kept input columns between the stages (no stage's own column starts with it)
 ENCODER_ERROR = "encoder error"  # prefix of the quarantine reason of rows an encoder error was narrowed to
 ROW_BITS = 40  # rows per file < 2**40, files < 2**23
 INPUT, TABLE = 0, 1
@@ -46,6 +49,16 @@ class Status(StrEnum):
     UNCHANGED = "unchanged"
     QUARANTINED = "quarantined"
     DELETED = "deleted"  # a table row whose id left the input (--sync-deletes)
+
+
+def kept_name(name: str) -> str:
+    """What kept input column `name` is called between the stages."""
+    return f"{KEPT_PREFIX}{name}"
+
+
+def carried(keep_fields: list[pa.Field]) -> list[pa.Field]:
+    """Kept input columns as the stages carry them (renamed with `kept_name`)."""
+    return [field.with_name(kept_name(field.name)) for field in keep_fields]
 
 
 def key_row_schema(keep_fields: list[pa.Field]) -> pa.Schema:
@@ -61,7 +74,7 @@ def key_row_schema(keep_fields: list[pa.Field]) -> pa.Schema:
         pa.field(CURRENT_COL, pa.bool_()),
         pa.field(READ_AT_COL, pa.float64()),
         pa.field(REASON_COL, pa.string()),
-        *keep_fields,
+        *carried(keep_fields),
     ])
 
 
@@ -81,7 +94,7 @@ def encoded_row_schema(vector_fields: list[pa.Field], keep_fields: list[pa.Field
         pa.field(TEXT_HASH, pa.string()),
         pa.field(MODEL, pa.string()),
         *vector_fields,
-        *keep_fields,
+        *carried(keep_fields),
         pa.field(ORDER_COL, pa.int64()),
         pa.field(READ_AT_COL, pa.float64()),
         pa.field(REASON_COL, pa.string()),

@@ -40,11 +40,18 @@ class Recorded:
 
 
 class FileManifest:
-    def __init__(self, lake: Lake, table: str, overwrite: bool = False) -> None:
+    """The manifest of table `table`; created (or emptied, with `overwrite`) by `ensure`, which a run calls
+    once its input has passed every check."""
+
+    def __init__(self, lake: Lake, table: str) -> None:
         self.target = lake.table(f"{table}{FILES_SUFFIX}")
+
+    def ensure(self, overwrite: bool = False) -> None:
         ensure_table(self.target, FILES_SCHEMA, primary_key=PATH, overwrite=overwrite)
 
     def load(self) -> dict[str, Recorded]:
+        if not self.target.exists():
+            return {}
         rows = self.target.dataset().to_table(columns=[PATH, "version", "rows", "model"]).to_pylist()
         return {row[PATH]: Recorded(row["version"], row["rows"], row["model"]) for row in rows}
 

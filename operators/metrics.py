@@ -23,6 +23,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 Ranking = Sequence[tuple[str, float]]
 Qrels = Mapping[str, Mapping[str, int]]
 
@@ -128,3 +130,15 @@ def qrels_from_rows(query_ids: Iterable[str], doc_ids: Iterable[str], relevance:
         judged = qrels.setdefault(str(query_id), {})
         judged[str(doc_id)] = max(int(rel), judged.get(str(doc_id), int(rel)))
     return qrels
+
+
+def json_safe(value: object) -> object:
+    """`value` with every NaN or infinite float (an undefined mean: no query to average) as None, so that
+    reports and --json lines are valid JSON (`null`), which `NaN` is not."""
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value

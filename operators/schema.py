@@ -7,6 +7,7 @@ One place for the table contract, so encoders, sinks, search and dedup agree on 
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -45,6 +46,16 @@ def dense_column(dim: int) -> str:
 
 def is_dense_column(name: str) -> bool:
     return name == DENSE or (name.startswith(DENSE_PREFIX) and name[len(DENSE_PREFIX):].isdigit())
+
+
+# The columns every embeddings table has besides its vectors; with the vector column names, what a kept input
+# column may not be called.
+KEY_COLUMNS = (ID, TEXT_HASH, MODEL, SOURCE_FILE)
+
+
+def is_table_column(name: str) -> bool:
+    """A column name embedlake itself writes into an embeddings table (keys and any vector column)."""
+    return name in KEY_COLUMNS or name in (SPARSE, COLBERT) or is_dense_column(name)
 
 
 def nested_dim(name: str) -> int | None:
@@ -86,6 +97,17 @@ def vector_dim(schema: pa.Schema, column: str, where: str) -> int:
         msg = f"column {column!r} of {where} is {kind}, not a fixed-size float vector"
         raise ValueError(msg)
     return kind.list_size
+
+
+# Whitespace, separators, control and format characters (zero-width space and joiners, word joiner, BOM, soft
+# hyphen): a text made only of these is empty, for embed (the row is quarantined) and for a search query alike.
+INVISIBLE = r"[\s\p{Z}\p{Cc}\p{Cf}]+"  # RE2 (Arrow compute)
+INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})
+
+
+def is_blank(text: str) -> bool:
+    """True for a text with nothing visible in it (see INVISIBLE)."""
+    return all(char.isspace() or unicodedata.category(char) in INVISIBLE_CATEGORIES for char in text)
 
 
 def text_hash(text: str) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from operators.errors import UsageError
 from operators.schema import COLBERT, DENSE, SPARSE
 from operators.vectors import ragged_lengths, sparse_children
 
@@ -241,10 +242,10 @@ def parse_weights(text: str | Sequence[float] | None) -> tuple[float, ...] | Non
         weights = tuple(float(part) for part in parts)
     except ValueError as error:
         msg = f"--weights must be 2 or 3 numbers (dense,sparse[,colbert]), got {text!r}"
-        raise ValueError(msg) from error
+        raise UsageError(msg) from error
     if len(weights) not in (2, 3) or any(w < 0 for w in weights) or sum(weights) <= 0:
         msg = f"--weights must be 2 or 3 non-negative numbers, sum > 0 (dense,sparse[,colbert]), got {text!r}"
-        raise ValueError(msg)
+        raise UsageError(msg)
     return weights
 
 

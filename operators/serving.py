@@ -345,3 +345,34 @@ def list_versions(target: TableRef, runs: list[dict]) -> list[dict]:
             "bytes": int(details["total_files_size"]) if "total_files_size" in details else None,
         })
     return entries
+
+
+def publish_schema_metadata(target: TableRef, values: dict[str, str], expected: int | None = None) -> int:
+    """A metadata-only commit that readers see at once and whole: written on top of the serving version, then
+    `serving` (and the run tags there) moved to it. Its rows, vectors and indexes are the serving version's,
+    so readers go from one complete snapshot to the same one with the new metadata. Refused (nothing written)
+    when the main line holds an unfinished run, whose rows the commit would carry to readers, or when the
+    serving version is no longer `expected` (the one the values were computed on). Returns the new version."""
+    dataset = target.dataset()
+    serving = serving_version(dataset)
+    current = serving if serving is not None else dataset.version
+    if expected is not None and current != expected:
+        msg = (f"table {target.name!r}: the serving version moved from {expected} to {current} while this ran; "
+               "run it again on the new version")
+        raise ValueError(msg)
+    if dataset.version != current:
+        msg = (f"table {target.name!r}: its main line (version {dataset.version}) holds an unfinished embed run "
+               f"on top of the serving version {current}; let the run finish (or re-run it), then run this again")
+        raise ValueError(msg)
+    dataset.update_schema_metadata(values)
+    committed = int(dataset.version)
+    if committed != current + 1:  # another writer committed in between: its rows would reach readers
+        msg = (f"table {target.name!r}: another writer committed while the metadata was written; readers stay on "
+               f"version {current}, and the metadata reaches them with that writer's run")
+        raise ValueError(msg)
+    for name, version in tag_versions(dataset).items():
+        if version == current and is_reserved_tag(name):
+            dataset.tags.update(name, committed)
+    if serving is None:
+        dataset.tags.create(SERVING, committed)
+    return committed

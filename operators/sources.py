@@ -32,10 +32,11 @@ from operators.exchange import (
     SIDE_COL,
     TEXT_COL,
     conform,
+    kept_name,
     key_row_schema,
 )
 from operators.lake_layout import GLOB_CHARS, hive_partitions, hive_values, listing_base
-from operators.schema import ID, TEXT_HASH, require_columns, text_hashes
+from operators.schema import ID, INVISIBLE, TEXT_HASH, require_columns, text_hashes
 from operators.storage import filesystem, open_input, redacted_errors
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
@@ -70,13 +71,17 @@ def find_shards(uri: str, storage_options: dict | None = None) -> ShardSet:
         fs, path = filesystem(uri, storage_options)
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         base = None
-        if any(char in path for char in GLOB_CHARS):
+        # A path that exists is taken as it is, even with [ ] * ? in its folder names; a glob only otherwise.
+        literal = not any(char in path for char in GLOB_CHARS) or fs.exists(path)
+        if not literal:
             base = listing_base(path)
-            infos = {p: info for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file"}
+            # files only, Parquet only, no markers or hidden files: what the folder form reads
+            infos = {found: info for found, info in fs.glob(path, detail=True).items()
+                     if info.get("type") == "file" and found.endswith(PARQUET_SUFFIXES)
+                     and not _hidden(found[len(base):])}
         elif fs.isdir(path):
             base = path
-            infos = {p: info for p, info in fs.find(path, detail=True).items()
-                     if p.endswith(PARQUET_SUFFIXES) and not _hidden(p[len(path):])}
+            infos = _parquet_files(fs, path)
         elif fs.isfile(path):
             infos = {path: fs.info(path)}
         else:
@@ -98,6 +103,12 @@ def file_version(info: dict) -> str:
     stamp = next((info[key] for key in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "last_modified",
                                         "updated", "created") if info.get(key) is not None), "")
     return f"{info.get('size')}:{stamp}"
+
+
+def _parquet_files(fs, folder: str) -> dict[str, dict]:
+    """The Parquet files under `folder`, recursively, without hidden files and markers; one listing call."""
+    return {p: info for p, info in fs.find(folder, detail=True).items()
+            if p.endswith(PARQUET_SUFFIXES) and not _hidden(p[len(folder):])}
 
 
 def _hidden(relative: str) -> bool:
@@ -172,10 +183,9 @@ class ShardReader:
 
     def normalise(self, table: pa.Table, path: str, offset: int, file_index: int = 0) -> pa.Table:
         rows = table.num_rows
-        ids = table.column(self.id_column).combine_chunks()
-        ids = ids if pa.types.is_string(ids.type) else pc.cast(ids, pa.string())
+        ids, id_reasons = decode_ids(table.column(self.id_column))
         texts, reasons = decode_texts(table.column(self.text_column))
-        reasons = row_problems(ids, texts, reasons)
+        reasons = row_problems(ids, texts, pc.coalesce(id_reasons, reasons))
         columns = {
             ID: ids,
             TEXT_HASH: text_hashes(texts, pc.is_null(reasons)),
@@ -186,9 +196,9 @@ class ShardReader:
             READ_AT_COL: pa.array(np.full(rows, time.time())),
             REASON_COL: reasons,
         }
-        for name in self.keep_columns:
-            columns[name] = self.kept_column(table, name, path)
-        return conform(columns, key_row_schema([pa.field(n, columns[n].type) for n in self.keep_columns]), rows)
+        kept = {name: self.kept_column(table, name, path) for name in self.keep_columns}
+        columns.update({kept_name(name): column for name, column in kept.items()})
+        return conform(columns, key_row_schema([pa.field(n, c.type) for n, c in kept.items()]), rows)
 
     def kept_column(self, table: pa.Table, name: str, path: str) -> pa.Array:
         """A kept column in the table's type; nulls where a shard lacks it (schemas drift across drops)."""
@@ -207,37 +217,67 @@ class ShardReader:
 
 def row_problems(ids: pa.Array, texts: pa.Array, reasons: pa.Array) -> pa.Array:
     """A quarantine reason per row, or null for rows that can be embedded; the reader's own reason
-    (undecodable text) first, then a missing id, a missing text, a blank text."""
+    (undecodable text or id) first, then a missing id, a missing text, a blank text (nothing but whitespace,
+    control and invisible format characters such as zero-width spaces: nothing a model could read)."""
     no_id = pc.fill_null(pc.equal(pc.utf8_length(ids), 0), True)
-    blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0), False)
+    visible = pc.replace_substring_regex(texts, INVISIBLE, "")
+    blank = pc.fill_null(pc.equal(pc.utf8_length(visible), 0), False)
     none = pa.scalar(None, pa.string())
     for failed, reason in ((no_id, "null or empty id"), (pc.is_null(texts), "null text"), (blank, "empty text")):
         reasons = pc.coalesce(reasons, pc.if_else(failed, pa.scalar(reason), none))
     return reasons
 
 
+def as_plain(values: pa.Array) -> pa.Array:
+    """Arrow's other spellings of text and bytes as plain ones: dictionary-encoded columns (a pandas
+    Categorical) decoded, string_view / large_string as string, binary_view / large_binary as binary."""
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    kind = values.type
+    if pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return pc.cast(values, pa.string())
+    if pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind) or pa.types.is_fixed_size_binary(kind):
+        return pc.cast(values, pa.binary())
+    return values
 
 
-def decode_texts(column: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
-    """Texts as a string array plus a reason per row that cannot be embedded as text (else null)."""
-    kind = column.type
-    values = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+def decode_utf8(values: pa.Array, what: str) -> tuple[pa.Array, pa.Array]:
+    """Binary values as strings, with the reason `<what> is not valid UTF-8` (and a null) where they are not."""
+    texts, reasons = [], []
+    for raw in values.to_pylist():
+        try:
+            texts.append(None if raw is None else raw.decode("utf-8"))
+            reasons.append(None)
+        except UnicodeDecodeError:
+            texts.append(None)
+            reasons.append(f"{what} is not valid UTF-8")
+    return pa.array(texts, pa.string()), pa.array(reasons, pa.string())
+
+
+def decode_ids(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Ids as strings (integers and other scalars cast) plus a reason per row whose id cannot be one (bytes
+    that are not UTF-8, a nested value), else null: such rows are quarantined, never a failed run."""
+    values = as_plain(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+    if pa.types.is_string(values.type):
+        return values, pa.nulls(len(values), pa.string())
+    if pa.types.is_binary(values.type):
+        return decode_utf8(values, "id")
+    try:
         return pc.cast(values, pa.string()), pa.nulls(len(values), pa.string())
-    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        texts, reasons = [], []
-        for raw in values.to_pylist():
-            if raw is None:
-                texts.append(None)
-                reasons.append(None)
-                continue
-            try:
-                texts.append(raw.decode("utf-8"))
-                reasons.append(None)
-            except UnicodeDecodeError:
-                texts.append(None)
-                reasons.append("text is not valid UTF-8")
-        return pa.array(texts, pa.string()), pa.array(reasons, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        reason = f"id is not a string or number ({values.type})"
+        return pa.nulls(len(values), pa.string()), pa.array(
+            [None if v is None else reason for v in values.to_pylist()], pa.string())
+
+
+def decode_texts(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Texts as a string array plus a reason per row that cannot be embedded as text (else null)."""
+    values = as_plain(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+    kind = values.type
+    if pa.types.is_string(kind):
+        return values, pa.nulls(len(values), pa.string())
+    if pa.types.is_binary(kind):
+        return decode_utf8(values, "text")
     reason = f"text is not a string ({kind})"
     return pa.nulls(len(values), pa.string()), pa.array(
         [None if v is None else reason for v in values.to_pylist()], pa.string()
@@ -268,19 +308,35 @@ class ReadPlan:
         return sum(self.rows.values())
 
 
-def plan_reads(
+@dataclass
+class Footers:
+    """What the shards' Parquet footers say, read before the run starts anything: each readable shard's
+    row-group sizes, and the shards that cannot be used (unreadable, or lacking a needed column)."""
+
+    files: list[tuple[int, str]]  # (listing index, path) of every shard asked about
+    sizes: dict[str, list[int]]  # readable shard -> rows per row group
+    bad_files: dict[str, str]  # shard -> reason
+
+    def plan(self, rows_per_piece: int) -> ReadPlan:
+        """Read tasks: consecutive row groups of a shard together until they reach `rows_per_piece` (Ray hands
+        an encoder actor whole blocks, and one task per big shard would leave actors idle)."""
+        pieces: list[Piece] = []
+        for index, path in self.files:
+            if path in self.sizes:
+                pieces.extend(split_row_groups(index, path, self.sizes[path], rows_per_piece))
+        return ReadPlan(pieces, {path: sum(sizes) for path, sizes in self.sizes.items()}, dict(self.bad_files))
+
+
+def read_footers(
     shards: ShardSet,
     files: Sequence[tuple[int, str]],
     required: Sequence[str],
-    rows_per_piece: int,
     skip_bad_files: bool = False,
     threads: int | None = None,
-) -> ReadPlan:
-    """Read tasks for `files` ((listing index, path) pairs) from their footers alone, many footers at
-    a time (on an object store each is a round trip). Consecutive row groups of a shard go together
-    until they reach `rows_per_piece`: Ray hands an encoder actor whole blocks, and one task per big
-    shard would leave actors idle. A shard whose footer cannot be read or lacks a needed column fails
-    the run, naming it, or with `skip_bad_files` is reported in `bad_files`."""
+) -> Footers:
+    """The footers of `files` ((listing index, path) pairs), many at a time (on an object store each is a round
+    trip). A shard whose footer cannot be read or lacks a needed column fails the run, naming it, or with
+    `skip_bad_files` is reported in `bad_files`."""
     in_files = [name for name in required if name not in shards.partitions.names]  # hive columns live in paths
 
     def footer(path: str) -> list[int] | str:
@@ -294,20 +350,26 @@ def plan_reads(
 
     threads = threads or (LOCAL_SCAN_THREADS if shards.protocol in ("file", "local") else FOOTER_THREADS)
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:
-        footers = list(pool.map(footer, [path for _, path in files]))
-    bad_files = {path: found for (_, path), found in zip(files, footers, strict=True) if isinstance(found, str)}
+        found = list(pool.map(footer, [path for _, path in files]))
+    bad_files = {path: item for (_, path), item in zip(files, found, strict=True) if isinstance(item, str)}
     if bad_files and not skip_bad_files:
         path, reason = next(iter(bad_files.items()))
         msg = f"cannot read shard {path} ({reason}); fix it or pass --skip-bad-files to quarantine whole bad files"
         raise ValueError(msg)
-    pieces: list[Piece] = []
-    rows: dict[str, int] = {}
-    for (index, path), sizes in zip(files, footers, strict=True):
-        if isinstance(sizes, str):
-            continue
-        rows[path] = sum(sizes)
-        pieces.extend(split_row_groups(index, path, sizes, rows_per_piece))
-    return ReadPlan(pieces, rows, bad_files)
+    sizes = {path: item for (_, path), item in zip(files, found, strict=True) if not isinstance(item, str)}
+    return Footers(list(files), sizes, bad_files)
+
+
+def plan_reads(
+    shards: ShardSet,
+    files: Sequence[tuple[int, str]],
+    required: Sequence[str],
+    rows_per_piece: int,
+    skip_bad_files: bool = False,
+    threads: int | None = None,
+) -> ReadPlan:
+    """Read tasks for `files` from their footers alone (`read_footers`, then `Footers.plan`)."""
+    return read_footers(shards, files, required, skip_bad_files, threads).plan(rows_per_piece)
 
 
 def split_row_groups(index: int, path: str, sizes: Sequence[int], rows_per_piece: int) -> list[Piece]:

@@ -56,7 +56,10 @@ SECRET_KEYS = frozenset({AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_T
                          AZURE_SAS_TOKEN, "google_service_account_key", "key", "connection_string"})
 # Names that hold a credential: settings keys, config keys, --options, KEY=VALUE pairs. "key" also covers
 # access_key, account_key, sas_key and api_key; a false positive only hides a value.
-SECRET_PATTERN = re.compile(r"secret|token|password|passwd|credential|session|key", re.IGNORECASE)
+# Matched per word of the name (split at _ - . and spaces, case folded), whole or as its end (apikey, authtoken),
+# so that `max_tokens_per_batch` or `tokenizer` are not taken for secrets while `aws_session_token` is.
+SECRET_WORDS = ("secret", "token", "password", "passwd", "credential", "credentials", "session", "key", "sas")
+SECRET_PATTERN = re.compile(rf"(?:^|[_\-. ])[a-z0-9]*(?:{'|'.join(SECRET_WORDS)})(?=$|[_\-. ])", re.IGNORECASE)
 REDACTED = "***"
 MIN_SECRET = 4
 TRUE_STRINGS = ("1", "true", "yes", "on")
@@ -77,7 +80,8 @@ class StorageSettings(dict):
 
 
 def is_secret(key: str) -> bool:
-    return key in SECRET_KEYS or bool(SECRET_PATTERN.search(key))
+    """Whether a settings key, config key, --option or KEY=VALUE name holds a credential (SECRET_PATTERN)."""
+    return key in SECRET_KEYS or bool(SECRET_PATTERN.search(key.lstrip("-")))
 
 
 def protocol_of(uri: str) -> str:

@@ -7,7 +7,7 @@ queries, or to know whether a row is up to date) without the user repeating ever
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import pyarrow as pa
 
@@ -24,6 +24,7 @@ class TableMeta:
     dims: list[int] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     max_length: int | None = None
+    precision: str = "auto"  # the --precision the vectors were computed with (operators/encoders/precision.py)
     # How the vectors are stored beyond float (operators/stored_vectors.py): quantised copies of the dense
     # columns, their int8 ranges (calibrated once per table: {column: [mins, maxs]}), ColBERT's precision.
     quantize: list[str] = field(default_factory=list)
@@ -52,7 +53,19 @@ def with_meta(schema: pa.Schema, meta: TableMeta) -> pa.Schema:
 
 def read_meta(schema: pa.Schema) -> TableMeta | None:
     raw = (schema.metadata or {}).get(METADATA_KEY)
-    return TableMeta(**json.loads(raw)) if raw else None
+    if not raw:
+        return None
+    known = {f.name for f in fields(TableMeta)}
+    return TableMeta(**{key: value for key, value in json.loads(raw).items() if key in known})
+
+
+def write_meta(target, meta: TableMeta) -> None:
+    """Record `meta` on the table `target` (operators/tables.TableRef) when it says otherwise: a run whose
+    model or precision changed re-embeds every row, and the table must then say how they were made."""
+    dataset = target.dataset()
+    if read_meta(dataset.schema) == meta:
+        return
+    dataset.update_schema_metadata({METADATA_KEY.decode(): json.dumps(asdict(meta))})
 
 
 def check_one_model(dataset, where: str) -> None:
@@ -72,3 +85,14 @@ def check_one_model(dataset, where: str) -> None:
                "the serving version (no --version/--tag), pin a finished run's (embedlake versions), or re-run "
                "the embed command to finish")
         raise ValueError(msg)
+
+
+# The routing rule `evaluate --tune-routing` learned (operators/search/routing.py), JSON under its own key:
+# an embed run rewrites the `embedlake` key with its own TableMeta and leaves this one, so a rule outlives
+# nightly runs; it names the model it was tuned with, and `search --mode auto` ignores it for another.
+ROUTING_KEY = b"embedlake.routing"
+
+
+def read_routing(schema: pa.Schema) -> dict | None:
+    raw = (schema.metadata or {}).get(ROUTING_KEY)
+    return json.loads(raw) if raw else None

@@ -7,6 +7,10 @@ with it. Every reader and writer (the embed job's writers, the run log, search, 
 clustering, dedup) opens tables through these, so a missing table reads the same everywhere
 (`no table 'T' in URI`) and connections are made once per process.
 
+A table name is checked where a `TableRef` is made, before anything touches storage: it becomes a folder
+name (`<name>.lance`, `<name>_quarantine.lance`, ...) under the database, so a name with a slash, a leading
+dot (`..`), quotes or spaces could reach outside OUTPUT or leave a folder no command can open again.
+
 Writers work on a table's latest version (its main line); readers read a snapshot (`TableRef.snapshot`):
 the version tagged `serving`, which an embed run moves only once it has finished and its row accounting
 holds (operators/serving.py), or a version or tag the user pins. A table written before serving tags is
@@ -16,13 +20,17 @@ names, so no reader scores queries of one model against vectors of another.
 
 from __future__ import annotations
 
+import os
+import re
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import pyarrow as pa
 
-from operators.storage import as_settings, lance_options
+from operators.errors import UsageError
+from operators.storage import LOCAL, as_settings, lance_options, protocol_of
 
 # What lance and lancedb raise for a table that is not there (a missing folder, an empty prefix).
 MISSING_TABLE_ERRORS = (ValueError, FileNotFoundError)
@@ -50,6 +58,19 @@ class Pin:
         if self.version is not None:
             return f"version {self.version}"
         return f"tag {self.tag!r}" if self.tag else SERVING
+
+# LanceDB's own rule (letters, digits, _ - .) without a leading dot, and short enough that the longest derived
+# folder name (`<name>_quarantine.lance`, `<name>.sparse_index`) stays within a file system's 255 bytes.
+TABLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def check_table_name(name: object) -> str:
+    """`name` if it is a valid table name, else a one-line UsageError saying what a name may hold."""
+    if isinstance(name, str) and TABLE_NAME.fullmatch(name):
+        return name
+    msg = (f"invalid table name {name!r}: use 1-128 letters, digits, '_', '-' or '.', not starting with '.' "
+           "(a table is a folder inside OUTPUT, never a path)")
+    raise UsageError(msg)
 
 
 def connect(uri: str, storage: Mapping | None = None):
@@ -83,12 +104,40 @@ class Lake:
     def connect(self):
         return connect(self.uri, self.storage)
 
+    @property
+    def local_path(self) -> str | None:
+        """The folder of a database on the local file system (None on an object store)."""
+        return self.uri.removeprefix("file://") if protocol_of(self.uri) == LOCAL else None
+
+    def missing(self) -> bool:
+        """True for a local database folder that is not there (reading it must not create it)."""
+        path = self.local_path
+        return path is not None and not os.path.isdir(path)
+
+    def check_writable(self) -> None:
+        """Before a job writes: a local OUTPUT must be a folder this process can create and write into. A
+        one-line UsageError for a file, an OSError naming the folder otherwise (read-only, /proc, no space)."""
+        path = self.local_path
+        if path is None:
+            return
+        if os.path.exists(path) and not os.path.isdir(path):
+            msg = f"OUTPUT {self.uri} is a file, not a database folder"
+            raise UsageError(msg)
+        try:
+            os.makedirs(path, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as error:
+            msg = f"OUTPUT {self.uri} is not a writable folder ({error.strerror or type(error).__name__})"
+            raise OSError(msg) from None
+
     def lance_options(self) -> dict | None:
         """The settings as lance / lancedb `storage_options` for this database's store."""
         return dict(lance_options(self.uri, self.storage)) or None
 
     def write_table(self, name: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch | pa.Table]):
         """Create or replace table `name` from a stream of batches, as one commit (readers never see half)."""
+        check_table_name(name)
 
         def record_batches() -> Iterator[pa.RecordBatch]:
             wrote = False
@@ -111,6 +160,9 @@ class TableRef:
     lake: Lake
     name: str
 
+    def __post_init__(self) -> None:
+        check_table_name(self.name)
+
     @property
     def uri(self) -> str:
         return self.lake.uri
@@ -120,6 +172,8 @@ class TableRef:
         return f"{self.lake.uri.rstrip('/')}/{self.name}.lance"
 
     def exists(self) -> bool:
+        if self.lake.missing():
+            return False
         try:
             self.dataset()
         except (*MISSING_TABLE_ERRORS, OSError):
@@ -178,6 +232,9 @@ class TableRef:
 
     def open(self):
         """The table as a LanceDB table (vector search, indexes, merge_insert), or a one-line ValueError."""
+        if self.lake.missing():
+            msg = f"no table {self.name!r} in {self.lake.uri} (no such folder)"
+            raise ValueError(msg)
         try:
             return self.lake.connect().open_table(self.name)
         except MISSING_TABLE_ERRORS as error:

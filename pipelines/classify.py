@@ -44,7 +44,7 @@ from operators.classify import (
     usable_classes,
 )
 from operators.schema import ID, dense_columns, require_columns, vector_dim
-from operators.tables import Lake
+from operators.tables import Lake, check_table_name
 from operators.vectors import as_matrix
 from pipelines.downstream import Stopwatch, is_local_uri, local_path, num_blocks, using_ray, write_table_from_ray
 
@@ -74,6 +74,9 @@ class ClassifyJob:
     plot: bool = True
     address: str | None = None
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
+
+    def __post_init__(self) -> None:
+        check_table_name(self.table)  # before Ray starts or storage is touched
 
 
 def predictions_table_name(table: str) -> str:

@@ -1,8 +1,9 @@
-"""The `embedlake` command line (docs/interface.md).
+"""The `embedlake` command line (docs/cli.md, generated from these parsers).
 
 Every command takes `--json` (one JSON object or list as the last line of stdout; progress on stderr)
-and `--config FILE` (YAML whose keys are option names; command-line options win). Errors exit
-non-zero with a one-line reason on stderr.
+and `--config FILE` (YAML whose keys are option names; command-line options win). A failure is one
+`embedlake: ...` line on stderr and an exit status: 2 for usage (options, names, the config file), 1 for a
+failure at run time, 130 when interrupted (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 
 import yaml
 
-from operators.errors import one_line
+from operators.errors import Terminated, UsageError, interrupt_on_sigterm, one_line
 from operators.storage import redacted_errors
 from pipelines.commands.options import JobParser
 from pipelines.stderr_filter import quiet_stderr_lines
@@ -28,11 +29,7 @@ COMMANDS = ("embed", "train", "search", "evaluate", "index", "cluster", "dedup",
             "rollback", "maintain", "submit")
 
 
-class UsageError(ValueError):
-    """Bad arguments or input, reported as one line without a traceback (exit status 2, also when a
-    command raises it after parsing)."""
-
-    exit_code = 2
+__all__ = ["COMMANDS", "UsageError", "build_parser", "main", "parse_args"]
 
 
 def _available_commands() -> dict[str, object]:
@@ -47,7 +44,7 @@ def _available_commands() -> dict[str, object]:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
-    parser = argparse.ArgumentParser(prog="embedlake", description=__doc__.splitlines()[0])
+    parser = JobParser(prog="embedlake", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=JobParser)
     modules = _available_commands()
     for module in modules.values():
@@ -61,8 +58,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
 
 
 def load_config(path: str) -> dict:
-    with open(path) as handle:
-        config = yaml.safe_load(handle) or {}
+    try:
+        with open(path) as handle:
+            config = yaml.safe_load(handle) or {}
+    except OSError as error:
+        msg = f"config {path}: {error.strerror or one_line(error)}"
+        raise UsageError(msg) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        msg = f"config {path} is not valid YAML{where}: {getattr(error, 'problem', None) or one_line(error)}"
+        raise UsageError(msg) from None
     if not isinstance(config, dict):
         msg = f"config {path} must be a YAML mapping of option names to values"
         raise UsageError(msg)
@@ -77,7 +83,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str
         config = load_config(args.config)
         subparser = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
         known = {action.dest for action in subparser._actions}  # noqa: SLF001
-        unknown = sorted(key for key in config if key.replace("-", "_") not in known)
+        unknown = sorted(str(key) for key in config if str(key).replace("-", "_") not in known)
         if unknown:
             msg = f"config {args.config} has options that '{args.command}' does not take: {', '.join(unknown)}"
             raise UsageError(msg)
@@ -103,11 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    interrupt_on_sigterm()
     try:
         args, modules = parse_args(argv)
     except UsageError as error:
-        print(f"embedlake: error: {error}", file=sys.stderr)
+        print(f"embedlake: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        return interrupted(stop)
     try:
         with quiet_stderr_lines(enabled=not args.verbose), redacted_errors(storage_from_args(args)):
             logging.basicConfig(  # inside: the handler writes where Python's stderr goes while Ray's is filtered
@@ -116,9 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             )
             result = modules[args.command].run(args)  # no failure message may echo a credential (redacted_errors)
-    except KeyboardInterrupt:
-        print("embedlake: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        return interrupted(stop)
     except Exception as error:  # noqa: BLE001 - the CLI reports every failure as one line
         if args.verbose:
             logging.getLogger(__name__).exception("command failed")
@@ -127,6 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code if isinstance(code, int) and code > 0 else 1
     emit(result, as_json=args.json, describe=_describer(modules[args.command], args), full=args.verbose)
     return 0
+
+
+def interrupted(stop: BaseException | None = None) -> int:
+    """Ctrl-C or SIGTERM: one line, status 130 (what a shell reports for an interrupted command)."""
+    what = "SIGTERM" if isinstance(stop, Terminated) else "interrupt"
+    print(f"embedlake: interrupted ({what}); committed work is kept, the same command again finishes it",
+          file=sys.stderr)
+    return 130
 
 
 def _describer(module: object, args: argparse.Namespace):
@@ -141,13 +157,16 @@ def _describer(module: object, args: argparse.Namespace):
 def emit(result: object, as_json: bool, describe=None, full: bool = False) -> None:
     """Print the result: one JSON line for --json, the command's readable text otherwise (followed by the
     full result with --verbose), else the plain key/value dump."""
-    if as_json:
-        print(json.dumps(result, default=_json_default))
-        return
-    if describe is not None:
+    from operators.metrics import json_safe
+
+    if describe is not None and not as_json:
         print(describe(result))
         if not full:
             return
+    result = json_safe(result)  # NaN and infinities as null: the line stays valid JSON
+    if as_json:
+        print(json.dumps(result, default=_json_default, allow_nan=False))
+        return
     if isinstance(result, list):
         for row in result:
             print("\t".join(f"{key}={value}" for key, value in row.items()))

@@ -33,6 +33,7 @@ from operators.cluster import (
     label_metrics,
 )
 from operators.cluster_plots import plot_projection, plot_sizes
+from operators.errors import check_positive
 from operators.schema import (
     CENTROID,
     CLUSTER,
@@ -46,7 +47,7 @@ from operators.schema import (
     require_columns,
     vector_dim,
 )
-from operators.tables import Lake, Pin
+from operators.tables import Lake, Pin, check_table_name
 from operators.vectors import as_matrix, to_vector_array
 from pipelines.downstream import Stopwatch, is_local_uri, local_path, read_ray_dataset, sample_rows, using_ray
 
@@ -75,6 +76,10 @@ class ClusterJob:
     version: int | None = None  # read this table version instead of the serving one
     tag: str | None = None  # or the version with this tag
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
+
+    def __post_init__(self) -> None:
+        check_table_name(self.table)
+        check_positive(self, "k", "niter", "nredo", "max_points_per_centroid", "silhouette_sample")
 
 
 def report_dir(uri: str, table: str, plot_dir: str | None) -> str:

@@ -40,6 +40,7 @@ from operators.dedup import (
     resolve_exact,
     semdedup,
 )
+from operators.errors import check_choices, check_positive, check_range
 from operators.minhash import (
     DEFAULT_NGRAM,
     DEFAULT_NUM_PERM,
@@ -61,7 +62,7 @@ from operators.schema import (
     require_columns,
     vector_dim,
 )
-from operators.tables import Lake, Pin
+from operators.tables import Lake, Pin, check_table_name
 from operators.vectors import as_matrix
 from pipelines.buckets import BUCKET, bucket_folders, read_bucket, write_buckets
 from pipelines.downstream import Stopwatch, is_local_uri, local_path, read_ray_dataset, sample_rows, using_ray
@@ -109,6 +110,13 @@ class DedupJob:
     version: int | None = None  # read this table version instead of the serving one
     tag: str | None = None  # or the version with this tag
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
+
+    def __post_init__(self) -> None:
+        check_table_name(self.table)
+        check_choices("method", self.method, list(Method))
+        check_positive(self, "k", "block", "niter", "num_perm", "ngram", "rows_per_bucket")
+        check_range("eps", self.eps, 0.0, 2.0, integer=False)
+        check_range("threshold", self.threshold, 0.0, 1.0, integer=False)
 
 
 def default_k(rows: int) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -65,9 +64,7 @@ def using_ray(address: str | None, watch: Stopwatch | None = None):
 
     from pipelines.ray_runtime import quiet_ray_data, start_ray
 
-    with (watch or Stopwatch()).stage("ray_start"), warnings.catch_warnings():
-        # Ray spawns its services by fork+exec; lance's at-fork hooks warn about forks that never run lance.
-        warnings.filterwarnings("ignore", message=".*fork")
+    with (watch or Stopwatch()).stage("ray_start"):  # start_ray drops lance's at-fork warnings (ray_runtime.py)
         we_started = start_ray(address, num_cpus=os.cpu_count())
     quiet_ray_data()
     try:

@@ -26,16 +26,17 @@ from dataclasses import asdict, dataclass, field, replace
 
 import pyarrow as pa
 
-from operators.encoders.base import EncoderDescription, EncoderSpec
+from operators.encoders.base import EncoderSpec
+from operators.encoders.bge_m3 import OUTPUTS
 from operators.encoders.loader import describe_encoder, model_kind
 from operators.encoders.precision import Precision
-from operators.errors import one_line
+from operators.errors import UsageError, check_choices, check_positive, one_line, option_name
 from operators.exchange import decided_row_schema, key_row_schema
 from operators.incremental import Decision, TableKeys, decide
 from operators.maintenance import DEFAULT_KEEP_RUNS, Retention, bytes_on_disk, parse_age, refresh, retain
-from operators.manifest import FileManifest, unchanged_files
+from operators.manifest import FILES_SCHEMA, FileManifest, unchanged_files
 from operators.quantize import CALIBRATION_ROWS, ranges_to_json
-from operators.run_log import RunLog
+from operators.run_log import RUNS_SCHEMA, RUNS_SUFFIX, RunLog
 from operators.schema import (
     ID,
     QUARANTINE_SCHEMA,
@@ -43,19 +44,20 @@ from operators.schema import (
     RUN_ID,
     SOURCE,
     embeddings_schema,
+    is_table_column,
     quarantine_table_name,
     require_columns,
 )
 from operators.serving import REBUILT, RunBase, begin_run, mark_building, publish
-from operators.sinks.lance_sink import ensure_table, upsert
-from operators.sources import ReadPlan, ShardReader, ShardSet, find_shards, plan_reads, read_schema
+from operators.sinks.lance_sink import check_columns, ensure_table, upsert
+from operators.sources import Footers, ReadPlan, ShardReader, ShardSet, find_shards, read_footers, read_schema
 from operators.storage import as_settings
 from operators.stored_vectors import VectorStorage
 from operators.table_meta import TableMeta, with_meta
-from operators.tables import Lake
+from operators.tables import Lake, TableRef, check_table_name
 from pipelines.calibrate import plan_existing, requantize_stored, requested_storage, settle_new
-from pipelines.embed_writer import EmbedSink, RunCounts, Tables
-from pipelines.ray_runtime import RaySession, cluster_cpus, cluster_gpus, quiet_ray_data
+from pipelines.embed_writer import EmbedSink, RunCounts, Tables, clear_quarantined
+from pipelines.ray_runtime import cluster_cpus, cluster_gpus, quiet_ray_data, start_ray
 from pipelines.workers import (
     ROWS_PER_PARTITION,
     SCAN_FRACTION,
@@ -108,6 +110,22 @@ class EmbedJob:
     progress: bool = True
     command: list[str] = field(default_factory=list)  # argv, for the run log
 
+    def __post_init__(self) -> None:
+        """Every option checked before anything is read or written (a one-line UsageError naming it)."""
+        check_table_name(self.table)
+        check_positive(self, "max_length", "actors", "threads_per_actor", "rows_per_batch", "rows_per_write",
+                       "max_tokens_per_batch", "object_store_memory")
+        for name in ("input", "output", "id_column", "text_column", "model"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                msg = f"{option_name(name) if name not in ('input', 'output') else name.upper()} is empty"
+                raise UsageError(msg)
+        if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in self.dims):
+            msg = f"--dims must be positive integers, got {self.dims}"
+            raise UsageError(msg)
+        check_choices("outputs", self.outputs, OUTPUTS)
+        check_choices("precision", self.precision, list(Precision))
+        check_keep_columns(self.keep_columns)
+
     def encoder_spec(self) -> EncoderSpec:
         return EncoderSpec(
             model=self.model,
@@ -120,6 +138,20 @@ class EmbedJob:
         )
 
 
+def check_keep_columns(names: list[str]) -> None:
+    """Kept input columns may not take the name of a column embedlake writes (id, text_hash, model,
+    source_file, dense, dense_<d>, sparse, colbert), nor be named twice."""
+    clashes = [name for name in names if is_table_column(name)]
+    if clashes:
+        msg = (f"--keep-columns {', '.join(map(repr, clashes))}: the table writes its own column of that name "
+               f"(id, text_hash, model, source_file and the vector columns are embedlake's); rename the input column")
+        raise UsageError(msg)
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        msg = f"--keep-columns names {', '.join(map(repr, twice))} more than once"
+        raise UsageError(msg)
+
+
 def run_embed(job: EmbedJob) -> dict:
     """Run the job and return the JSON summary (README: What a run guarantees)."""
     started = time.time()
@@ -130,16 +162,13 @@ def run_embed(job: EmbedJob) -> dict:
     require_columns(input_schema, [*required, *job.keep_columns], f"input {job.input}")
     spec = job.encoder_spec()
     description = describe_encoder(spec)
-    # Ray before the first table is opened: a local Ray forks its services from this process, and forking after
-    # lance/lancedb have loaded (their runtime threads) risks a deadlock in the child (pipelines/ray_runtime.py).
-    with RaySession(job.address, num_cpus=os.cpu_count(), object_store_memory=job.object_store_memory) as ray_session:
-        return _embed(job, started, shards, input_schema, spec, description, ray_session)
-
-
-def _embed(job: EmbedJob, started: float, shards: ShardSet, input_schema: pa.Schema, spec: EncoderSpec,
-           description: EncoderDescription, ray_session: RaySession) -> dict:
-    """The run once its input is checked and Ray is up: the tables, the run itself, then publishing."""
+    kind = model_kind(job.model, job.storage)
+    if job.outputs and kind != "bge-m3":
+        msg = (f"--outputs {','.join(job.outputs)} applies to BGE-M3 models; {job.model} is a Matryoshka (MRL) model, "
+               "whose outputs are dense and the --dims nested sizes")
+        raise UsageError(msg)
     lake = Lake(job.output, job.storage)
+    lake.check_writable()
     storage = requested_storage(job.quantize, job.colbert_precision, job.colbert_pool_factor, lake.table(job.table),
                                 description.model_id, job.overwrite, job.recalibrate)
     stale_codes = False
@@ -149,10 +178,11 @@ def _embed(job: EmbedJob, started: float, shards: ShardSet, input_schema: pa.Sch
     meta = TableMeta(
         model=job.model,
         model_id=description.model_id,
-        kind=model_kind(job.model, job.storage),
+        kind=kind,
         dims=description.dims,
         outputs=[f.name for f in description.fields],
         max_length=description.max_length,
+        precision=job.precision,
         quantize=list(storage.quantize),
         int8_ranges=ranges_to_json(storage.int8_ranges),
         colbert_precision=storage.colbert_precision,
@@ -163,18 +193,18 @@ def _embed(job: EmbedJob, started: float, shards: ShardSet, input_schema: pa.Sch
     tables = Tables(main=lake.table(job.table), quarantine=lake.table(quarantine_table_name(job.table)), schema=schema)
     retention = Retention(job.keep_runs, parse_age(job.older_than))
     manifest = FileManifest(lake, job.table)
-    # Readers keep the serving version until this run publishes its own (operators/serving.py).
-    base = begin_run(tables.main, manifest.target, schema, ID, overwrite=job.overwrite)
+    _check_tables(job, tables, manifest, lake.table(f"{job.table}{RUNS_SUFFIX}"))
+    state = _input_state(job, shards, required, manifest, description.model_id)
+    base = _prepare_tables(job, tables, manifest)
     if stale_codes and base.action != REBUILT:  # the new codes are part of this run: published with it
         requantize_stored(tables.main, storage)
-    ensure_table(tables.quarantine, QUARANTINE_SCHEMA, primary_key=SOURCE, overwrite=job.overwrite)
     config = {k: v for k, v in asdict(job).items() if k != "command"}
     run_log = RunLog.for_table(lake, job.table, job="embed",
                                command=job.command or sys.argv, config=config, model=description.model_id)
     run_log.start()
     try:
-        summary = _run(job, shards, [job.id_column, job.text_column], spec, storage, tables, manifest,
-                       description.model_id, run_log.run_id, started, base, ray_session)
+        summary = _run(job, shards, state, spec, storage, tables, manifest, description.model_id,
+                       run_log.run_id, started, base)
         # Every row is accounted for and committed and the manifest is current: indexes for this version,
         # then readers switch to it (metadata, vectors and indexes together), then old versions go.
         finishing = time.time()
@@ -187,11 +217,38 @@ def _embed(job: EmbedJob, started: float, shards: ShardSet, input_schema: pa.Sch
                                    "bytes_after": bytes_on_disk(lake, job.table)}
         summary["finish_seconds"] = round(time.time() - finishing, 3)
     except BaseException as error:
-        run_log.finish({}, error=one_line(error, 1000, job.storage))
+        try:
+            run_log.finish({}, error=one_line(error, 1000, job.storage))
+        except Exception as unrecorded:  # noqa: BLE001 - e.g. a full disk: the run's own error is the one to report
+            log.warning("could not record the failed run in %s: %s", run_log.target.name, one_line(unrecorded, 300))
         raise
     summary["run_id"] = run_log.run_id
     run_log.finish(summary)
     return summary
+
+
+def _check_tables(job: EmbedJob, tables: Tables, manifest: FileManifest, runs: TableRef) -> None:
+    """Every clash with tables already in OUTPUT, found before the run writes anything: the table's
+    columns (unless --overwrite replaces it), and companion tables (`<T>_quarantine`, `<T>_files`, `<T>_runs`)
+    that are some other table of the same name, which no run may replace."""
+    if not job.overwrite:
+        check_columns(tables.main, tables.schema)
+    not_ours = ("it is not the {} of table {!r} but another table of that name: choose another --table, "
+                "or move that table away")
+    for target, schema, what in ((tables.quarantine, QUARANTINE_SCHEMA, "quarantine"),
+                                 (manifest.target, FILES_SCHEMA, "file manifest"), (runs, RUNS_SCHEMA, "run log")):
+        check_columns(target, schema, hint=not_ours.format(what, job.table))
+
+
+def _prepare_tables(job: EmbedJob, tables: Tables, manifest: FileManifest) -> RunBase:
+    """Create the tables, or replace them with --overwrite: only once the input has passed every check that
+    can fail before encoding (listing, schema, every shard's footer and columns, the model), so a bad input
+    never leaves a replaced table empty. Readers keep the serving version until this run publishes its own
+    (operators/serving.py), and Lance keeps the replaced version (`lance.dataset(..., version=)`)."""
+    manifest.ensure()  # begin_run empties it when it rebuilds the table
+    base = begin_run(tables.main, manifest.target, tables.schema, ID, overwrite=job.overwrite)
+    ensure_table(tables.quarantine, QUARANTINE_SCHEMA, primary_key=SOURCE, overwrite=job.overwrite)
+    return base
 
 
 @dataclass
@@ -200,39 +257,52 @@ class InputState:
 
     skipped: dict[str, int]  # shards unchanged since the last successful run for this model -> rows
     vanished: list[str]  # shards the manifest has and the listing does not
-    plan: ReadPlan  # read tasks for the others
+    footers: Footers  # of the others, the shards to read
+    plan: ReadPlan = field(default_factory=lambda: ReadPlan([], {}, {}))  # their read tasks, once Ray is up
 
     def skipped_indexes(self, files: list[str]) -> frozenset[int]:
         return frozenset(i for i, path in enumerate(files) if path in self.skipped)
 
 
-def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec, storage: VectorStorage,
-         tables: Tables, manifest: FileManifest, model_id: str, run_id: str, started: float, base: RunBase,
-         ray_session: RaySession) -> dict:
-    recorded = manifest.load()
+def _input_state(job: EmbedJob, shards: ShardSet, required: list[str], manifest: FileManifest,
+                 model_id: str) -> InputState:
+    """The shards to read and their footers, before the run writes anything or starts Ray: a shard that cannot
+    be read or lacks a column fails here (or, with --skip-bad-files, is set aside to be quarantined)."""
+    recorded = {} if job.overwrite else manifest.load()
     skipped = {} if job.rescan else unchanged_files(shards.versions, recorded, model_id)
     listed = set(shards.files)
     vanished = sorted(path for path in recorded if path not in listed)
     to_read = [(index, path) for index, path in enumerate(shards.files) if path not in skipped]
+    return InputState(skipped, vanished, read_footers(shards, to_read, required, job.skip_bad_files))
+
+
+def _run(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, storage: VectorStorage,
+         tables: Tables, manifest: FileManifest, model_id: str, run_id: str, started: float, base: RunBase) -> dict:
+    skipped, vanished = state.skipped, state.vanished
     counts = RunCounts()
     shutdown_seconds = 0.0  # stopping the Ray we started: wall time, not embedding time
-    state = InputState(skipped, vanished, ReadPlan([], {}, {}))
-    if to_read or (job.sync_deletes and vanished):
+    if state.footers.files or (job.sync_deletes and vanished):
         if not job.rescan:
             # Before the first commit, so that a killed run can be resumed. A rescan usually writes nothing (and
             # must leave the table's version as it was); unmarked, a killed one restarts from the serving version.
             mark_building(tables.main, base.serving)
+        we_started_ray = start_ray(job.address, num_cpus=os.cpu_count(), object_store_memory=job.object_store_memory)
         try:
             workers = plan_workers(cluster_cpus(), cluster_gpus(), job.actors, job.threads_per_actor,
                                    job.rows_per_batch)
-            state.plan = plan_reads(shards, to_read, required, workers.rows_per_batch, job.skip_bad_files)
+            state.plan = state.footers.plan(workers.rows_per_batch)
             _quarantine_bad_files(state.plan, tables, run_id)
             log.info("embedding %d rows from %d shard(s) (%d unchanged shards of %d rows skipped, %d bad files) "
                      "with %s", state.plan.rows_in, len(state.plan.rows), len(skipped), sum(skipped.values()),
                      len(state.plan.bad_files), model_id)
             counts = _execute(job, shards, state, spec, storage, tables, workers, model_id, run_id)
         finally:
-            shutdown_seconds = ray_session.stop()
+            if we_started_ray:
+                import ray
+
+                stopping = time.time()
+                ray.shutdown()
+                shutdown_seconds = time.time() - stopping
     if counts.rows_read != state.plan.rows_in:
         msg = (f"row accounting failed: {state.plan.rows_in} rows read, {counts.rows_read} written, unchanged or "
                "quarantined; the table holds what was committed, re-run the same command to finish")
@@ -281,7 +351,9 @@ def _run(job: EmbedJob, shards: ShardSet, required: list[str], spec: EncoderSpec
 
 
 def _quarantine_bad_files(plan: ReadPlan, tables: Tables, run_id: str) -> None:
-    """A whole unreadable shard is one quarantine entry (its rows cannot be counted)."""
+    """A whole unreadable shard is one quarantine entry (its rows cannot be counted); a shard readable again
+    loses its entry."""
+    clear_quarantined(tables.quarantine, list(plan.rows))
     if plan.bad_files:
         rows = [{ID: None, SOURCE: path, REASON: f"unreadable shard: {reason}", RUN_ID: run_id}
                 for path, reason in plan.bad_files.items()]

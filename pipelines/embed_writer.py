@@ -33,6 +33,7 @@ from operators.exchange import (
     WORKER_COL,
     Status,
     file_of,
+    kept_name,
     row_of,
 )
 from operators.incremental import DUPLICATE
@@ -128,13 +129,12 @@ def write_batch(batch: pa.Table, tables: Tables, run_id: str, files: pa.Array) -
     bad = batch.filter(pc.equal(status, Status.QUARANTINED.value))
     gone = batch.filter(pc.equal(status, Status.DELETED.value)).column(ID).to_pylist()
     started = time.perf_counter()
-    rows = embedded.append_column(SOURCE_FILE, files.take(file_of(embedded.column(ORDER_COL))))
-    written = upsert(rows, tables.main, tables.schema, ID)
-    bad_files = files.take(file_of(bad.column(ORDER_COL)))
-    sources = pc.binary_join_element_wise(bad_files, pc.cast(row_of(bad.column(ORDER_COL)), pa.string()), "#")
+    written = upsert(table_rows(embedded, tables.schema, files), tables.main, tables.schema, ID)
+    sources = source_of(bad, files)
     upsert(pa.table({ID: bad.column(ID), SOURCE: sources, REASON: bad.column(REASON_COL),
                      RUN_ID: pa.array([run_id] * bad.num_rows, pa.string())}, schema=QUARANTINE_SCHEMA),
            tables.quarantine, QUARANTINE_SCHEMA, SOURCE)
+    clear_quarantined(tables.quarantine, source_of(embedded, files))
     deleted = delete_keys(tables.main, ID, gone) if gone else 0
     seconds = time.perf_counter() - started
     vector_columns = [name for name in tables.schema.names if is_vector_column(name)]
@@ -159,6 +159,39 @@ def write_batch(batch: pa.Table, tables: Tables, run_id: str, files: pa.Array) -
             bad.column(REASON_COL), ENCODER_ERROR)))).to_pylist()),
         column_bytes={name: embedded.column(name).nbytes for name in vector_columns},
     )
+
+
+def source_of(rows: pa.Table, files: pa.Array) -> pa.Array:
+    """Each row's `file#row`, the quarantine table's key."""
+    order = rows.column(ORDER_COL)
+    return pc.binary_join_element_wise(files.take(file_of(order)), pc.cast(row_of(order), pa.string()), "#")
+
+
+def clear_quarantined(quarantine: TableRef, sources: list[str] | pa.Array) -> int:
+    """Drop quarantine entries of rows (or whole shards) that a run has now embedded: a row fixed at its source
+    must not stay quarantined for a reason it no longer has. A no-op on an empty quarantine (the usual case)."""
+    sources = pa.array(sources.to_pylist() if isinstance(sources, pa.Array | pa.ChunkedArray) else list(sources),
+                       pa.string())
+    dataset = quarantine.dataset()
+    if len(sources) == 0 or dataset.count_rows() == 0:
+        return 0
+    held = dataset.to_table(columns=[SOURCE]).column(SOURCE)
+    stale = pc.filter(held, pc.is_in(held, value_set=sources)).to_pylist()
+    return delete_keys(quarantine, SOURCE, stale) if stale else 0
+
+
+def table_rows(embedded: pa.Table, schema: pa.Schema, files: pa.Array) -> pa.Table:
+    """The table's columns of encoded rows: kept input columns under their own names again, and the shard
+    each row was read from."""
+    columns = {}
+    for name in schema.names:
+        if name == SOURCE_FILE:
+            columns[name] = files.take(file_of(embedded.column(ORDER_COL)))
+        elif kept_name(name) in embedded.column_names:
+            columns[name] = embedded.column(kept_name(name))
+        else:
+            columns[name] = embedded.column(name)
+    return pa.table(columns)
 
 
 class EmbedSink(Datasink[RunCounts]):

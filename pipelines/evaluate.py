@@ -12,13 +12,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from operators.errors import UsageError, check_positive, check_range
 from operators.evaluation import Evaluator, bytes_per_vector, load_labelled_queries, smallest_within
-from operators.metrics import evaluate_run
+from operators.metrics import evaluate_run, json_safe
 from operators.schema import COLBERT, DENSE, SPARSE
 from operators.scoring import DEFAULT_WEIGHTS
 from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, Retriever
 from operators.storage import local_path
-from operators.tables import Pin
+from operators.tables import Pin, check_table_name
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class EvaluateJob:
     table: str = "docs"
     k: int = 10
     tune_weights: bool = False
+    tune_routing: bool = False  # learn `search --mode auto`'s rule from the qrels and store it in the table
     weights: Sequence[float] = DEFAULT_WEIGHTS
     shortlist: int = DEFAULT_SHORTLIST
     funnel_shortlist: int = DEFAULT_FUNNEL_SHORTLIST
@@ -47,6 +49,15 @@ class EvaluateJob:
     version: int | None = None  # read this table version instead of the serving one
     tag: str | None = None  # or the version with this tag
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
+
+    def __post_init__(self) -> None:
+        check_table_name(self.table)
+        for name in ("k", "shortlist", "funnel_shortlist"):
+            check_range(name, getattr(self, name), 1)
+        check_positive(self, "limit", "rescore_multiplier")
+        if (self.queries is None) != (self.qrels is None) or (self.queries is None and self.pairs is None):
+            msg = "evaluate needs --queries with --qrels (retrieval), --pairs (similarity), or both"
+            raise UsageError(msg)
 
 
 def report_path(job: EvaluateJob) -> str:
@@ -63,12 +74,6 @@ def run_evaluate(job: EvaluateJob) -> dict:
     "queries_without_relevant", "smallest_within_1pct", "table_version", "seconds", "report", "plot"}, at the serving
     version of the table (or the one pinned), with "languages" when queries or documents carry a language and "sts"
     for `pairs` (only "sts" without queries)."""
-    if job.k < 1:
-        msg = f"--k must be at least 1, got {job.k}"
-        raise ValueError(msg)
-    if (job.queries is None) != (job.qrels is None) or (job.queries is None and job.pairs is None):
-        msg = "evaluate needs --queries with --qrels (retrieval), --pairs (similarity), or both"
-        raise ValueError(msg)
     started = time.perf_counter()
     if job.queries is None:
         retriever = Retriever(job.uri, job.table, model=job.model, storage=job.storage, pin=Pin(job.version, job.tag))
@@ -96,6 +101,7 @@ def run_evaluate(job: EvaluateJob) -> dict:
         results.update(evaluator.multi_mode_entries(dense_positions, job.weights, job.tune_weights, results))
     elif job.tune_weights:
         log.warning("--tune-weights needs a table with BGE-M3 sparse or colbert outputs; skipped")
+    routing = _tune_routing(job, evaluator, dense_positions) if job.tune_routing else None
     summary = evaluate_run({}, labelled.qrels, labelled.ids, job.k)
     output = {
         **results,
@@ -112,9 +118,41 @@ def run_evaluate(job: EvaluateJob) -> dict:
         from operators.evaluation_plot import plot_quality
 
         output["plot"] = plot_quality(results, job.k, os.path.splitext(path)[0] + ".png", title=job.table)
+    if routing is not None:
+        output["routing"] = routing
     output.update(_extra_entries(job, retriever, evaluator))
     output["seconds"] = round(time.perf_counter() - started, 3)
     return _write_report(job, output)
+
+
+def _tune_routing(job: EvaluateJob, evaluator: Evaluator, dense_positions) -> dict:
+    """The report's `routing` entry (operators/routing_tuning.py) with its PNG; the rule stored in the table's
+    metadata when it was tuned on the serving version (operators/serving.py `publish_schema_metadata`)."""
+    from operators.routing_tuning import plot_routing, tune_routing
+    from operators.serving import publish_schema_metadata, serving_version
+    from operators.table_meta import ROUTING_KEY
+
+    entry, rule = tune_routing(evaluator, dense_positions, job.weights)
+    if rule is None:
+        return entry
+    if job.plot:
+        entry["plot"] = plot_routing(entry, os.path.splitext(report_path(job))[0] + ".routing.png", job.table)
+    store = evaluator.store
+    latest = store.ref.dataset()
+    serving = serving_version(latest) or latest.version
+    if store.version != serving:
+        entry["not_stored"] = (f"tuned on version {store.version}, not the serving version {serving}: a rule is "
+                               "stored only from the version search reads")
+    else:
+        try:
+            entry["stored_version"] = publish_schema_metadata(
+                store.ref, {ROUTING_KEY.decode(): json.dumps(rule.to_dict())}, expected=store.version)
+            entry["stored"] = True
+        except ValueError as error:
+            entry["not_stored"] = str(error)
+    if not entry["stored"]:
+        log.warning("--tune-routing: rule not stored: %s", entry["not_stored"])
+    return entry
 
 
 def _extra_entries(job: EvaluateJob, retriever: Retriever, evaluator: Evaluator | None) -> dict:
@@ -139,5 +177,5 @@ def _write_report(job: EvaluateJob, output: dict) -> dict:
     path = report_path(job)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as handle:
-        json.dump(output, handle, indent=2)
+        json.dump(json_safe(output), handle, indent=2, allow_nan=False)  # an undefined mean is null, never NaN
     return output

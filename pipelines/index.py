@@ -12,12 +12,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
+from operators.errors import check_range
 from operators.schema import SPARSE
 from operators.search.ann import create_index, measure_recall
 from operators.search.index_plan import MIN_ROWS, IndexPlan, IndexType, plan_index
 from operators.search.sparse_index import open_sparse_index
 from operators.search.store import TableStore
 from operators.serving import advance_serving
+from operators.tables import check_table_name
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,12 @@ class IndexJob:
     k: int = 10
     sparse: bool = True
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
+
+    def __post_init__(self) -> None:
+        check_table_name(self.table)
+        check_range("min_rows", self.min_rows, 0)
+        check_range("sample", self.sample, 1)
+        check_range("k", self.k, 1)
 
 
 def run_index(job: IndexJob) -> dict:

@@ -40,7 +40,7 @@ from operators.neighbors import (
 from operators.schema import DENSE, vector_dim
 from operators.search.index_plan import IndexType, plan_index, plan_type
 from operators.search.store import TableStore
-from operators.tables import SERVING, Pin
+from operators.tables import SERVING, Pin, check_table_name
 from operators.vectors import as_matrix
 from pipelines.downstream import Stopwatch, num_blocks, sample_rows, using_ray, write_table_from_ray
 from pipelines.index import build_for_serving, require_serving_latest
@@ -80,6 +80,9 @@ class NeighborsJob:
     version: int | None = None  # read this table version instead of the serving one
     tag: str | None = None  # or the version with this tag
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
+
+    def __post_init__(self) -> None:
+        check_table_name(self.table)  # before Ray starts or storage is touched
 
     @property
     def pin(self) -> Pin:

@@ -4,11 +4,13 @@
 `address="local"` to start a private one when the user gave no address, and join only the address
 they name (`--address` or RAY_ADDRESS).
 
-A job starts its local Ray before it opens a table: Ray forks its services (GCS, raylet, ...) from the
-driver with a `preexec_fn`, which runs the at-fork hooks of every module loaded. lance and lancedb register
-such hooks (lance warns, lancedb restarts its async runtime in the child), and forking a process whose Rust
-runtime threads are running risks a deadlock in the child before it execs. Nothing under `operators` imports
-lance or lancedb at module level for that reason (tables load them when first opened).
+Ray forks its services (GCS, raylet, ...) from the driver with a `preexec_fn`, so the child runs the at-fork
+hooks of every module loaded before it execs. lance and lancedb register such hooks: lance warns ("not
+fork-safe"), lancedb restarts its async runtime in the child and warns ("a small chance of deadlock"). Jobs
+check their tables before they start Ray (bad input fails before any work), so both are loaded by then; the
+warnings are dropped around the start of a local Ray (`_quiet_fork_warnings`) and the risk they name stays
+until a local Ray is started from a process that has not loaded them (issue 22's report). Nothing under
+`operators` imports lance at module level (tables load lance and lancedb when first opened).
 
 What Ray prints that names no risk for our jobs and no step for the user is dropped here, deliberately and
 each with its reason; `--verbose` keeps all of it.
@@ -18,10 +20,13 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import ray
+
+from operators.errors import reinstall_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -118,19 +123,22 @@ def start_ray(
     if address:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING)
+        reinstall_sigterm()
         return False
     for attempt in range(START_ATTEMPTS):
         try:
-            ray.init(
-                address="local",
-                num_cpus=num_cpus,
-                object_store_memory=object_store_memory,
-                include_dashboard=False,
-                runtime_env=runtime_env,
-                logging_level=logging.WARNING,
-                log_to_driver=True,
-                _system_config={"num_workers_soft_limit": (num_cpus or os.cpu_count() or 1) + SPARE_WORKERS},
-            )
+            with _quiet_fork_warnings():
+                ray.init(
+                    address="local",
+                    num_cpus=num_cpus,
+                    object_store_memory=object_store_memory,
+                    include_dashboard=False,
+                    runtime_env=runtime_env,
+                    logging_level=logging.WARNING,
+                    log_to_driver=True,
+                    _system_config={"num_workers_soft_limit": (num_cpus or os.cpu_count() or 1) + SPARE_WORKERS},
+                )
+                reinstall_sigterm()  # Ray's own SIGTERM handler dumps a C++ stack; the CLI's exits 130
             return True
         except Exception as error:  # noqa: BLE001 - Ray raises a bare Exception for this
             if "timed out during startup" not in str(error) or attempt == START_ATTEMPTS - 1:
@@ -140,30 +148,17 @@ def start_ray(
     return True
 
 
-class RaySession:
-    """Ray for one job, started (or joined) on entry and stopped once: by `stop()` as soon as the job is done
-    with it, else on exit. Enter it before the job opens a table (the module's docstring says why)."""
-
-    def __init__(self, address: str | None = None, num_cpus: int | None = None,
-                 object_store_memory: int | None = None) -> None:
-        self.options = {"address": address, "num_cpus": num_cpus, "object_store_memory": object_store_memory}
-        self.started = False
-
-    def __enter__(self) -> RaySession:
-        self.started = start_ray(**self.options)
-        return self
-
-    def stop(self) -> float:
-        """Shut down the Ray this session started (nothing when it joined one); the seconds that took."""
-        if not self.started:
-            return 0.0
-        self.started = False
-        stopping = time.time()
-        ray.shutdown()
-        return time.time() - stopping
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+@contextmanager
+def _quiet_fork_warnings() -> Iterator[None]:
+    """The two at-fork warnings of lance and lancedb, for the forks that start a local Ray (the module's
+    docstring says why they fire and what stays open)."""
+    with warnings.catch_warnings():
+        if verbose():
+            yield
+            return
+        warnings.filterwarnings("ignore", message="lance is not fork-safe", category=UserWarning)
+        warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
+        yield
 
 
 def _worker_pythonpath() -> str:

@@ -11,7 +11,7 @@ import pyarrow as pa
 from operators.schema import ID, MODEL, SOURCE_FILE, TEXT_HASH
 from operators.scoring import DEFAULT_WEIGHTS, Fusion
 from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, Retriever, SearchMode
-from operators.tables import Pin
+from operators.tables import Pin, check_table_name
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class SearchJob:
     version: int | None = None  # read this table version instead of the serving one
     tag: str | None = None  # or the version with this tag
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
+
+    def __post_init__(self) -> None:
+        check_table_name(self.table)
 
 
 def run_search(job: SearchJob) -> list[dict]:

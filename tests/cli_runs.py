@@ -49,12 +49,13 @@ def cli_result(*argv: str) -> object:
     return result
 
 
-def cli_error(*argv: str, alone: bool = False) -> str:
-    """The reason a command that must fail at run time gives: exit status 1, no traceback, and a last line
-    `embedlake: error: ...` on stderr (the only line there with `alone`; progress may come before it)."""
+def cli_error(*argv: str, alone: bool = False, status: int = 1) -> str:
+    """The reason a command that must fail gives: exit status 1 (a run-time error; 2 for a usage error), no
+    traceback, and a last line `embedlake: error: ...` on stderr (the only line there with `alone`; progress
+    may come before it)."""
     code, _, err = run_cli(*argv)
     lines = err.strip().splitlines()
-    assert code == 1 and lines and lines[-1].startswith("embedlake: error: "), (code, err[-3000:])
+    assert code == status and lines and lines[-1].startswith("embedlake: error: "), (code, err[-3000:])
     assert "Traceback" not in err and (len(lines) == 1 or not alone), err[-3000:]
     return lines[-1]
 

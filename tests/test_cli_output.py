@@ -115,9 +115,9 @@ def test_stderr_filter_drops_only_the_named_native_lines():
         assert out.read() == b"progress 1\r[2026-11-29 01:25:14 E 1 1] raylet_client.cc:1: a real error\nend"
 
 
-def test_embed_command_loads_no_lance_before_ray_starts():
-    """The CLI's parsing and the embed job's imports leave lance and lancedb unloaded: a local Ray forks its
-    services after them, and a fork with their runtimes loaded can deadlock (pipelines/ray_runtime.py)."""
+def test_cli_and_embed_imports_load_no_lance():
+    """Importing the CLI and the embed job loads neither lance nor lancedb: the first table opened does, so a
+    job that starts its local Ray before opening one forks no process that has them (pipelines/ray_runtime.py)."""
     import subprocess
     import sys
     from pathlib import Path

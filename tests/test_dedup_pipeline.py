@@ -73,8 +73,12 @@ def test_cli_minhash_finds_planted_edits(ray_session, sections_lake, sections):
             ["--table", "docs", "--keep", "longest", "--text-column", "body"],
             "has no column 'body' (--keep longest",
         ),
-        (["--table", "docs", "--eps", "-1"], "eps must be in [0, 2)"),
     ],
 )
 def test_cli_errors_are_one_line(sections_lake, args, message):
     assert message in cli_error("dedup", sections_lake, *args, "--json", alone=True)
+
+
+def test_bad_option_values_are_usage_errors(sections_lake):
+    message = cli_error("dedup", sections_lake, "--table", "docs", "--eps", "-1", "--json", alone=True, status=2)
+    assert "--eps must be a number at least 0.0 and at most 2.0, got -1.0" in message

@@ -9,7 +9,16 @@ import pytest
 
 from operators.embed import EmbedRows
 from operators.encoders.base import EncoderSpec
-from operators.exchange import REASON_COL, ROWS_COL, STATUS_COL, TEXT_COL, Status, conform, decided_row_schema
+from operators.exchange import (
+    REASON_COL,
+    ROWS_COL,
+    STATUS_COL,
+    TEXT_COL,
+    Status,
+    conform,
+    decided_row_schema,
+    kept_name,
+)
 from operators.schema import TEXT_HASH, text_hash
 from operators.sources import row_problems
 
@@ -28,7 +37,7 @@ def batch(ids, texts, statuses=None) -> pa.Table:
         "id": pa.array(ids, pa.string()),
         TEXT_COL: pa.array(texts, pa.string()),
         TEXT_HASH: pa.array([text_hash(t) if t else None for t in texts], pa.string()),
-        "lang": pa.array(["en"] * rows, pa.string()),
+        kept_name("lang"): pa.array(["en"] * rows, pa.string()),
         STATUS_COL: pa.array(statuses, pa.string()),
         ROWS_COL: pa.array([1] * rows, pa.int64()),
     }, decided_row_schema([LANG]), rows)
@@ -52,7 +61,7 @@ def test_rows_to_embed_get_vectors_and_the_others_pass_through(embed_rows):
     assert result.column(TEXT_HASH).to_pylist()[0] == text_hash("hello world")
     assert result.column("model").to_pylist() == [embed_rows.encoder.model_id, None, None]
     assert result.column(STATUS_COL).to_pylist() == ["embedded", "quarantined", "deleted"]
-    assert result.column("lang").to_pylist() == ["en"] * 3
+    assert result.column(kept_name("lang")).to_pylist() == ["en"] * 3
     assert result.schema == embed_rows.schema
 
 

@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from operators.exchange import kept_name
 from operators.lake_layout import hive_partitions, hive_values, listing_base
 from operators.schema import require_columns
 from operators.sources import ShardReader, find_shards, plan_reads, read_schema
@@ -38,8 +39,8 @@ def test_reader_keeps_partition_columns_from_the_path(hive_lake):
     rows = {}
     for path in shards.files:
         for batch in reader.read(path):
-            for row in batch.select(["id", "lang", "year"]).to_pylist():
-                rows[row["id"]] = (row["lang"], row["year"])
+            for row in batch.select(["id", kept_name("lang"), kept_name("year")]).to_pylist():
+                rows[row["id"]] = (row[kept_name("lang")], row[kept_name("year")])
     assert rows == {"1": ("en", "2025"), "2": ("en", "2025"), "3": ("en", "2026"),
                     "4": ("de", "2026"), "5": ("de", "2026"), "6": ("de", "2026"), "7": ("pt BR", None)}
 

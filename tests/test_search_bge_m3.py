@@ -88,3 +88,33 @@ def test_evaluate_and_index_on_a_bge_m3_table(bge_lake, tmp_path):
     result = cli_result("index", bge_lake, "--table", "docs", "--json")
     assert result["sparse_index"]["rows"] == len(DOCS)
     assert "skipped" in result["columns"]["dense"]
+
+
+def test_mode_auto_on_a_bge_m3_table(bge_lake, tmp_path):
+    """Without a rule, auto is the default hybrid; after evaluate --tune-routing, the route the stored rule picks,
+    exactly as that mode given by hand (queries encoded by the real encoder, features from its sparse weights)."""
+    for query in QUERIES[:2]:
+        auto = cli_result("search", bge_lake, "--table", "docs", "--query", query, "--mode", "auto", "--k", "5",
+                          "--json")
+        assert auto == cli_result("search", bge_lake, "--table", "docs", "--query", query, "--mode", "hybrid",
+                                  "--k", "5", "--json")
+    pq.write_table(pa.table({"query_id": [f"q{i}" for i in range(len(QUERIES))], "text": QUERIES}),
+                   tmp_path / "q.parquet")
+    pq.write_table(pa.table({"query_id": [f"q{i}" for i in range(len(QUERIES))],
+                             "doc_id": ["d00", "d01", "d05", "d07", "d03"], "relevance": [1] * len(QUERIES)}),
+                   tmp_path / "r.parquet")
+    report = cli_result("evaluate", bge_lake, "--table", "docs", "--queries", str(tmp_path / "q.parquet"), "--qrels",
+                        str(tmp_path / "r.parquet"), "--k", "3", "--tune-routing", "--report",
+                        str(tmp_path / "eval.json"), "--json")
+    routing = report["routing"]
+    assert routing["stored"] is True and len(routing["routes"]) == 7  # 3 modes, 4 hybrids
+    from operators.search.retriever import Retriever
+
+    retriever = Retriever(bge_lake, "docs")
+    assert retriever.routing_rule().to_dict() == routing["rule_json"]
+    for query in QUERIES:
+        route = retriever.route(query)
+        by_hand = ["--weights", ",".join(map(str, route.weights))] if route.weights else []
+        assert cli_result("search", bge_lake, "--table", "docs", "--query", query, "--mode", "auto", "--k", "5",
+                          "--json") == cli_result("search", bge_lake, "--table", "docs", "--query", query, "--mode",
+                                                  route.mode, *by_hand, "--k", "5", "--json")

@@ -185,4 +185,5 @@ def test_evaluate_pairs_cli_equals_scipy_at_every_nested_size(embedded, corpus, 
         assert sts[column]["spearman"] == pytest.approx(spearmanr(cosines, scores).statistic, abs=1e-6)
         assert sts[column]["pearson"] == pytest.approx(pearsonr(cosines, scores).statistic, abs=1e-6)
     assert sts["dense"]["spearman"] > 0.5  # a title is closer to its own description
-    assert "--queries with --qrels" in cli_error("evaluate", embedded, "--table", "docs", "--queries", report)
+    assert "--queries with --qrels" in cli_error("evaluate", embedded, "--table", "docs", "--queries", report,
+                                                  status=2)

@@ -66,6 +66,7 @@ class Table:
         self.lake = Lake(uri)
         self.ref = self.lake.table(name)
         self.manifest = FileManifest(self.lake, name)
+        self.manifest.ensure()  # as the embed job does once its input has passed every check
 
     def start(self, model_id: str, dims: tuple[int, ...] = (), overwrite: bool = False):
         schema = schema_for(model_id, dims)

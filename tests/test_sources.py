@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from operators.exchange import ORDER_COL, REASON_COL, ROW_BITS, TEXT_COL
+from operators.exchange import ORDER_COL, REASON_COL, ROW_BITS, TEXT_COL, kept_name
 from operators.schema import require_columns
 from operators.sources import ShardReader, find_shards
 
@@ -48,7 +48,7 @@ def test_reader_casts_ids_records_provenance_and_flags_bad_text(tmp_path):
     assert batch.column(TEXT_COL).to_pylist() == ["fine", None, None]
     assert batch.column(REASON_COL).to_pylist() == [None, "text is not valid UTF-8", "null text"]
     assert batch.column(ORDER_COL).to_pylist() == [(3 << ROW_BITS) + row for row in range(3)]
-    assert batch.column("lang").to_pylist() == ["en", "en", "de"]
+    assert batch.column(kept_name("lang")).to_pylist() == ["en", "en", "de"]
 
 
 def test_reader_flags_non_string_text(tmp_path):

@@ -13,10 +13,13 @@ ColBERT and hybrid, all returning exact BGE-M3 scores for what they return.
   multi-vector and hybrid scores re-rank a first-stage shortlist); each candidate gets its exact dense,
   sparse and ColBERT scores from the stored columns; colbert ranks by MaxSim, hybrid by the weighted sum
   (or RRF).
+- auto: one of the above per query, chosen by the routing rule the table's metadata keeps (`evaluate
+  --tune-routing`), else the default rule (operators/search/routing.py); then exactly that mode's search.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -26,14 +29,19 @@ import pyarrow as pa
 
 from operators import scoring
 from operators.colbert_codec import scale_column
+from operators.errors import UsageError
 from operators.quantize import split_quantized_name
-from operators.schema import COLBERT, DENSE, ID, SPARSE, dense_column, is_dense_column
+from operators.schema import COLBERT, DENSE, ID, SPARSE, dense_column, is_blank, is_dense_column
 from operators.scoring import COLBERT_MODE, DENSE_MODE, SPARSE_MODE, Fusion, QueryVectors, top_k
 from operators.search.quantized import DEFAULT_RESCORE_MULTIPLIER, column_scores, quantized_rows
+from operators.search.routing import Route, RoutingRule, TermStats, default_rule, query_features
 from operators.search.sparse_index import SparseIndex, open_sparse_index
 from operators.search.store import TableStore
+from operators.table_meta import read_routing
 from operators.tables import Pin
 from operators.vectors import as_matrix
+
+log = logging.getLogger(__name__)
 
 
 class SearchMode(StrEnum):
@@ -41,6 +49,7 @@ class SearchMode(StrEnum):
     SPARSE = SPARSE_MODE
     COLBERT = COLBERT_MODE
     HYBRID = "hybrid"
+    AUTO = "auto"  # per query, by the table's routing rule
 
 
 COLBERT_SCALE = scale_column(COLBERT)  # int8 ColBERT's per-token scales (operators/colbert_codec.py)
@@ -107,9 +116,9 @@ class Retriever:
     ) -> None:
         for name, value in (("--shortlist", shortlist), ("--funnel-shortlist", funnel_shortlist),
                             ("--rescore-multiplier", 1 if rescore_multiplier is None else rescore_multiplier)):
-            if value < 1:
-                msg = f"{name} must be at least 1, got {value}"
-                raise ValueError(msg)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                msg = f"{name} must be at least 1, got {value!r}"
+                raise UsageError(msg)
         self.funnel_shortlist = funnel_shortlist
         self.rescore_multiplier = rescore_multiplier
         self.store = TableStore(uri, table, storage, pin)
@@ -121,6 +130,7 @@ class Retriever:
         self.persist_index = persist_index
         self._encoder = None
         self._sparse_index: SparseIndex | None = None
+        self._term_stats: TermStats | None = None
 
     # -- queries -------------------------------------------------------------------------------
     @property
@@ -146,6 +156,46 @@ class Retriever:
         return [mode for mode, column in ((DENSE_MODE, DENSE), (SPARSE_MODE, SPARSE), (COLBERT_MODE, COLBERT))
                 if self.store.has(column)]
 
+    # -- routing -------------------------------------------------------------------------------
+    @property
+    def term_stats(self) -> TermStats | None:
+        """Document frequencies of the sparse tokens (from the sparse index), None without a sparse column."""
+        if self._term_stats is None and self.store.has(SPARSE):
+            self._term_stats = TermStats.from_index(self.sparse_index)
+        return self._term_stats
+
+    def features(self, text: str, query: QueryVectors) -> dict[str, float]:
+        return query_features(text, query, self.term_stats)
+
+    def routing_rule(self, weights: Sequence[float] | None = None) -> RoutingRule:
+        """The rule the version read keeps, when it was tuned with this table's model and its routes' modes are
+        stored; else the default rule (the hybrid at `weights`, or the one mode there is)."""
+        model_id = self.store.meta.model_id if self.store.meta is not None else None
+        modes = self.available_modes()
+        stored = read_routing(self.store.schema)
+        if stored is not None:
+            try:
+                rule = RoutingRule.from_dict(stored)
+            except (ValueError, KeyError, TypeError) as error:
+                log.warning("table %s: ignoring its routing rule (%s); using the default rule", self.store.name, error)
+            else:
+                missing = [mode for mode in rule.modes if mode not in modes]
+                if rule.model_id != model_id:
+                    log.warning("table %s: its routing rule was tuned for model %s, the table holds %s; using the "
+                                "default rule (run evaluate --tune-routing again)", self.store.name, rule.model_id,
+                                model_id)
+                elif missing:
+                    log.warning("table %s: its routing rule routes to %s, which it lacks; using the default rule",
+                                self.store.name, ", ".join(missing))
+                else:
+                    return rule
+        return default_rule(modes, weights, model_id)
+
+    def route(self, text: str, query: QueryVectors | None = None, weights: Sequence[float] | None = None) -> Route:
+        """The route the table's rule picks for this query text (`query`: its vectors, when already encoded)."""
+        vectors = query if query is not None else self.encode([text])[0]
+        return self.routing_rule(weights).choose(self.features(text, vectors))
+
     # -- one entry point -----------------------------------------------------------------------
     def search(
         self,
@@ -158,18 +208,33 @@ class Retriever:
         funnel: str | int | None = None,
     ) -> list[dict]:
         """The k best rows for one query: [{"id", "score"}], best first, ties broken by id."""
-        if k < 1:
-            msg = f"--k must be at least 1, got {k}"
-            raise ValueError(msg)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            msg = f"--k must be at least 1, got {k!r}"
+            raise UsageError(msg)
         if mode not in list(SearchMode):
             msg = f"unknown mode {mode!r} (choose from {', '.join(SearchMode)})"
-            raise ValueError(msg)
+            raise UsageError(msg)
         for option, value in (("--column", column), ("--funnel", funnel)):
             if value is not None and mode != DENSE_MODE:
                 msg = f"{option} applies to dense mode only, not {mode}"
-                raise ValueError(msg)
-        self._check_mode(mode)
+                raise UsageError(msg)
+        if isinstance(query, str) and is_blank(query):
+            msg = "--query is empty (nothing but whitespace or invisible characters): there is nothing to search for"
+            raise UsageError(msg)
+        if mode == SearchMode.AUTO:
+            if not isinstance(query, str):
+                msg = "--mode auto routes a query text; searching like a stored item takes a fixed --mode"
+                raise UsageError(msg)
+            if fusion != Fusion.WEIGHTED:
+                msg = "--mode auto uses weighted fusion, as its rule was tuned; --fusion rrf needs --mode hybrid"
+                raise UsageError(msg)
+        else:
+            self._check_mode(mode)
         vectors = self.encode([query])[0] if isinstance(query, str) else query
+        if mode == SearchMode.AUTO:
+            route = self.route(query, vectors, weights)
+            log.info("--mode auto: %s", route.label)
+            return self.search(vectors, k=k, **route.search_options())
         if mode == DENSE_MODE:
             column = check_dense_column(column or DENSE)
             funnel_column = resolve_funnel_column(funnel)

@@ -23,7 +23,7 @@ import pyarrow as pa
 from operators.storage import redacted_errors
 from operators.tables import TableRef
 
-if TYPE_CHECKING:  # lance loads where a table is first touched: a driver must not fork Ray after it (ray_runtime.py)
+if TYPE_CHECKING:  # lance loads where a table is first touched, not on import (pipelines/ray_runtime.py)
     import lance
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,30 @@ DELETE_CHUNK = 2000  # ids per delete predicate
 ADDABLE_COLUMNS = ("source_file",)
 
 
+def check_columns(target: TableRef, schema: pa.Schema, hint: str = "write to another --table or pass --overwrite",
+                  dataset: lance.LanceDataset | None = None) -> list[pa.Field]:
+    """Read-only: a one-line ValueError when the table exists with other columns than `schema` (so a run can
+    refuse before it writes anything); the ADDABLE_COLUMNS it lacks otherwise (none when it does not exist)."""
+    if dataset is None:
+        if not target.exists():
+            return []
+        dataset = target.dataset()
+    existing = {f.name: f.type for f in dataset.schema}
+    wanted = {f.name: f.type for f in schema}
+    added = [schema.field(name) for name in wanted if name not in existing and name in ADDABLE_COLUMNS]
+    if added and all(existing.get(k) == v for k, v in wanted.items() if k not in ADDABLE_COLUMNS):
+        existing.update({f.name: f.type for f in added})
+    if existing != wanted:
+        diff = sorted(
+            f"{name}: table has {existing.get(name)}, run writes {wanted.get(name)}"
+            for name in set(existing) | set(wanted)
+            if existing.get(name) != wanted.get(name)
+        )
+        msg = f"table {target.name} at {target.uri} exists with other columns ({'; '.join(diff)}); {hint}"
+        raise ValueError(msg)
+    return added
+
+
 def ensure_table(
     target: TableRef, schema: pa.Schema, primary_key: str, overwrite: bool = False
 ) -> lance.LanceDataset:
@@ -42,24 +66,10 @@ def ensure_table(
     check that an existing table has the same columns."""
     if target.exists() and not overwrite:
         dataset = target.dataset()
-        existing = {f.name: f.type for f in dataset.schema}
-        wanted = {f.name: f.type for f in schema}
-        added = [schema.field(name) for name in wanted if name not in existing and name in ADDABLE_COLUMNS]
-        if added and all(existing.get(k) == v for k, v in wanted.items() if k not in ADDABLE_COLUMNS):
+        added = check_columns(target, schema, dataset=dataset)
+        if added:
             dataset.add_columns(added)  # all null: a table written before the column existed
             dataset = target.dataset()
-            existing = {f.name: f.type for f in dataset.schema}
-        if existing != wanted:
-            diff = sorted(
-                f"{name}: table has {existing.get(name)}, run writes {wanted.get(name)}"
-                for name in set(existing) | set(wanted)
-                if existing.get(name) != wanted.get(name)
-            )
-            msg = (
-                f"table {target.name} at {target.uri} exists with other columns ({'; '.join(diff)}); "
-                "write to another --table or pass --overwrite"
-            )
-            raise ValueError(msg)
         return dataset
     import lance
 

@@ -28,6 +28,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--k", type=int, help="cut-off of Recall@k, MRR@k and nDCG@k")
     parser.add_argument("--tune-weights", action="store_true",
                         help="grid-search hybrid weights on the qrels (with a 2-fold held-out estimate)")
+    parser.add_argument("--tune-routing", action="store_true",
+                        help="learn search --mode auto's rule (which mode suits which query) on the qrels, report "
+                             "it against the best fixed mode with a 5-fold held-out estimate (JSON entry 'routing', "
+                             "PNG .routing.png), and store it in the table's metadata (serving version only)")
     parser.add_argument("--weights", type=weights_list, help="hybrid weights dense,sparse[,colbert]")
     parser.add_argument("--shortlist", type=int,
                         help="first-stage candidates for colbert and hybrid (each of dense and sparse)")

@@ -63,6 +63,14 @@ class JobParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.job = job
 
+    def error(self, message: str):
+        """Argparse's usage errors as one line (the CLI prints `embedlake: error: ...` and exits 2) instead of
+        a usage block followed by the message."""
+        from operators.errors import UsageError
+
+        msg = f"{self.prog}: {message} (see {self.prog} --help)"
+        raise UsageError(msg)
+
     def job_type(self) -> type:
         module, _, name = self.job.partition(":")
         return getattr(importlib.import_module(module), name)

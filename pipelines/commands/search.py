@@ -20,12 +20,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     wanted.add_argument("--query", help="query text (encoded with the model's query prompt)")
     wanted.add_argument("--like", metavar="ID", help="the items nearest this stored item (itself excluded)")
     parser.add_argument("--mode", choices=list(SearchMode),
-                        help="colbert and hybrid re-rank the dense and sparse shortlists")
+                        help="colbert and hybrid re-rank the dense and sparse shortlists; auto picks one per query "
+                             "by the table's routing rule (evaluate --tune-routing; without one, the hybrid at "
+                             "--weights where the table has a second mode, else dense)")
     parser.add_argument("--column", help="dense mode: vector column, dense (default) or dense_<d>, or a quantised copy "
                                          "(dense_int8, dense_64_bin, ...: embed --quantize); with --funnel, the "
                                          "column that re-ranks the shortlist")
     parser.add_argument("--k", type=int, help="rows to return")
-    parser.add_argument("--weights", type=weights_list, help="hybrid weights dense,sparse[,colbert]")
+    parser.add_argument("--weights", type=weights_list,
+                        help="hybrid weights dense,sparse[,colbert] (with --mode auto: the default rule's, when the "
+                             "table keeps no tuned rule)")
     parser.add_argument("--fusion", choices=list(Fusion),
                         help="hybrid: BGE-M3's weighted sum or reciprocal-rank fusion")
     parser.add_argument("--funnel", help="dense mode: shortlist with this nested column (dense_64 or 64) or "
