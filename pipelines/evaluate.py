@@ -58,6 +58,9 @@ class EvaluateJob:
         if (self.queries is None) != (self.qrels is None) or (self.queries is None and self.pairs is None):
             msg = "evaluate needs --queries with --qrels (retrieval), --pairs (similarity), or both"
             raise UsageError(msg)
+        if self.tune_routing and self.queries is None:
+            msg = "--tune-routing learns from labelled queries: give --queries and --qrels"
+            raise UsageError(msg)
 
 
 def report_path(job: EvaluateJob) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from operators.errors import UsageError
 from operators.schema import ID, MODEL, SOURCE_FILE, TEXT_HASH
 from operators.scoring import DEFAULT_WEIGHTS, Fusion
 from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, Retriever, SearchMode
@@ -39,6 +40,15 @@ class SearchJob:
 
     def __post_init__(self) -> None:
         check_table_name(self.table)
+        if self.mode == SearchMode.AUTO:  # the rule picks the mode and weights: what only a fixed mode takes
+            given = [option for option, value in (("--like", self.like), ("--column", self.column),
+                                                  ("--funnel", self.funnel)) if value is not None]
+            if self.fusion != Fusion.WEIGHTED:
+                given.append(f"--fusion {self.fusion}")
+            if given:
+                msg = (f"--mode auto routes a --query text by the table's rule (weighted fusion); {', '.join(given)} "
+                       "takes a fixed --mode")
+                raise UsageError(msg)
 
 
 def run_search(job: SearchJob) -> list[dict]:

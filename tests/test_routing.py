@@ -254,10 +254,16 @@ def test_mode_auto_refuses_what_it_cannot_route(tuned, lake, known_encoder):
     path, columns, _folder, known = lake
     known_encoder.update(known)
     text = next(iter(known))
-    code, _, err = run_cli("search", path, "--like", columns["id"][0], "--mode", "auto", "--json")
-    assert code != 0 and "--mode auto" in err.strip().splitlines()[-1]
-    code, _, err = run_cli("search", path, "--query", text, "--mode", "auto", "--fusion", "rrf", "--json")
-    assert code != 0 and "--fusion" in err.strip().splitlines()[-1]
+    for options, named in ((["--like", columns["id"][0]], "--like"), (["--query", text, "--fusion", "rrf"], "--fusion"),
+                           (["--query", text, "--column", "dense"], "--column"),
+                           (["--query", text, "--funnel", "dense_bin"], "--funnel")):
+        code, _, err = run_cli("search", path, *options, "--mode", "auto", "--json")
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("embedlake: error: --mode auto"), err
+        assert named in lines[0]
+    code, _, err = run_cli("evaluate", path, "--pairs", "p.parquet", "--tune-routing", "--json")
+    assert code == 2 and err.strip() == ("embedlake: error: --tune-routing learns from labelled queries: give "
+                                         "--queries and --qrels"), err
 
 
 def test_a_rule_of_another_model_is_not_used(tmp_path, caplog):
