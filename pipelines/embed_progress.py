@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators.embed import EmbedRows
+from operators.embed_passages import EmbedPassages
 from operators.exchange import ROWS_COL
 
 log = logging.getLogger("pipelines.embed")
@@ -53,8 +54,9 @@ class RowCounter:
         return self.encoded, self.committed
 
 
-class ReportingEmbedRows(EmbedRows):
-    """The encoder stage (operators/embed.py), telling the run's counter how many rows it passed on."""
+class _Reporting:
+    """An encoder stage that tells the run's counter how many input rows it passed on (a document's passages
+    count once: `rows_of`)."""
 
     def __init__(self, *args, counter=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -65,6 +67,14 @@ class ReportingEmbedRows(EmbedRows):
         if self.counter is not None:
             self.counter.add.remote(encoded=rows_of(out))
         return out
+
+
+class ReportingEmbedRows(_Reporting, EmbedRows):
+    """operators/embed.py's EmbedRows, reporting."""
+
+
+class ReportingEmbedPassages(_Reporting, EmbedPassages):
+    """operators/embed_passages.py's EmbedPassages, reporting."""
 
 
 @dataclass
