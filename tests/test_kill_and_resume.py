@@ -28,7 +28,7 @@ def make_lake(sample_dir, folder: Path, shards: int, rows: int) -> set[str]:
 
 def test_sigkilled_run_resumes_with_every_row_exactly_once(ray_session, sample_dir, tmp_path):
     lake, output = tmp_path / "lake", str(tmp_path / "out")
-    expected = make_lake(sample_dir, lake, shards=6, rows=50)
+    expected = make_lake(sample_dir, lake, shards=6, rows=20)
     argv = ["embed", str(lake), output, "--rows-per-batch", "10", "--rows-per-write", "10", "--actors", "1",
             "--no-progress", "--json"]
     sigkill_cli_when(argv, lambda: len(table_ids(output)) >= 20, 300, "20 rows were committed")
@@ -54,7 +54,7 @@ def encoder_actor_pids() -> list[int]:
 
 def test_killed_encoder_actor_is_replaced_and_the_run_completes(ray_session, sample_dir, tmp_path):
     lake, output = tmp_path / "lake", str(tmp_path / "out")
-    expected = make_lake(sample_dir, lake, shards=6, rows=40)
+    expected = make_lake(sample_dir, lake, shards=6, rows=20)
     killed: list[int] = []
 
     def kill_an_actor_after_first_commit() -> None:

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import lance
 import pyarrow as pa
 
 from operators.storage import redacted_errors
 from operators.tables import TableRef
+
+if TYPE_CHECKING:  # lance loads where a table is first touched, not on import (pipelines/ray_runtime.py)
+    import lance
 
 log = logging.getLogger(__name__)
 DELETE_CHUNK = 2000  # ids per delete predicate
@@ -68,6 +71,8 @@ def ensure_table(
             dataset.add_columns(added)  # all null: a table written before the column existed
             dataset = target.dataset()
         return dataset
+    import lance
+
     dataset = lance.write_dataset(
         schema.empty_table(),
         target.dataset_uri,
@@ -118,7 +123,7 @@ def delete_keys(target: TableRef, key: str, keys: list[str]) -> int:
 # through the id index instead of joining the whole key column, the incremental decision looks up
 # the ids it read, the rows of one shard are found through the source file's bitmap, and the check
 # that a version holds one model's vectors (operators/table_meta.py) counts through the model's.
-KEY_INDEXES = {"id": "BTREE", "source_file": "BITMAP", "model": "BITMAP"}
+KEY_INDEXES = {"id": "BTREE", "source_file": "BITMAP", "model": "BITMAP", "doc_id": "BTREE"}  # doc_id: passage tables
 MAX_INDEX_SEGMENTS = 16  # delta segments (one per run that wrote) before they are merged into one
 
 
