@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo test test-fast lint docs bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale bench-lifecycle bench-uses bench-routing clean
+.PHONY: install install-test demo test test-fast lint docs bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale bench-lifecycle bench-uses bench-chunk bench-routing clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -100,6 +100,11 @@ bench-lifecycle: install-test
 # neighbors exact vs ANN at 100k x 64 and ANN (recall@10 on 1,000 sampled rows) at 1M x 64 (~40 min on 2 cores).
 bench-uses: install-test
 	$(VENV)/bin/python -m benchmarks.uses --out benchmarks/results/uses.json
+
+# Issue 17's figures: document-level nDCG@10 of truncation vs split vs late chunking (the sample's longest
+# documents; long documents concatenated from the sample), passages/s vs documents/s (~10-30 min on 2 cores).
+bench-chunk: install-test
+	$(VENV)/bin/python -m benchmarks.chunking --chunk-tokens 64,128 --out benchmarks/results/chunking_2cpu.json
 
 # Issue 17's routing figure: search --mode auto's rule (evaluate --tune-routing) vs the best fixed mode on the
 # sample's 400 queries, 5-fold held-out: MiniLM dense-only (nothing to route) and MiniLM + BM25 sparse (~5 min).

@@ -36,7 +36,7 @@ from operators.exchange import (
     conform,
     encoded_row_schema,
 )
-from operators.schema import MODEL
+from operators.schema import MODEL, TEXT
 from operators.stored_vectors import VectorStorage
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class EmbedRows:
     """
 
     def __init__(self, spec: EncoderSpec, keep_fields: list[pa.Field] | None = None,
-                 threads: int | None = None, storage: VectorStorage | None = None) -> None:
+                 threads: int | None = None, storage: VectorStorage | None = None, keep_text: bool = False) -> None:
         if threads:
             import torch
 
@@ -71,7 +71,9 @@ class EmbedRows:
         self.encoder: Encoder = load_encoder(spec)
         self.storage = storage or VectorStorage()  # quantised copies, ColBERT precision (stored_vectors.py)
         self.fields = self.storage.fields(self.encoder.output_fields())
-        self.schema = encoded_row_schema(self.fields, list(keep_fields or []))
+        self.keep_text = keep_text  # the text as embedded, in column `text`
+        self.schema = encoded_row_schema(self.fields, list(keep_fields or []),
+                                         [pa.field(TEXT, pa.string())] if keep_text else [])
         self.worker = worker_identity()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -137,6 +139,8 @@ class EmbedRows:
         take = pa.array(positions, mask=~embedded)  # null index -> null vectors for rows not embedded
         columns = {name: batch.column(name) for name in self.schema.names if name in batch.column_names}
         columns.pop(TEXT_COL, None)
+        if self.keep_text:
+            columns[TEXT] = batch.column(TEXT_COL)
         columns[MODEL] = pa.array([self.encoder.model_id if ok else None for ok in embedded], pa.string())
         for f in self.fields:
             columns[f.name] = encoded.columns[f.name].take(take)
@@ -146,11 +150,18 @@ class EmbedRows:
         truncated[todo] = encoded.truncated
         tokens[~embedded] = 0
         truncated[~embedded] = False
+        columns[REASON_COL] = pa.array(reasons, pa.string())
+        columns[STATUS_COL] = pa.array(status, pa.string())
+        return self.measured(columns, tokens, truncated, encoded)
+
+    def measured(self, columns: dict[str, pa.Array], tokens: np.ndarray, truncated: np.ndarray,
+                 encoded: EncodedBatch) -> pa.Table:
+        """The output rows: `columns` plus what the writer counts (tokens and truncation per row, the batch's
+        padded tokens and OOM splits on its first row, this worker)."""
+        rows = len(tokens)
         per_batch = np.zeros((2, rows), dtype=np.int64)
         if rows:  # per-batch totals, carried on the first row
             per_batch[:, 0] = (encoded.padded_tokens, encoded.oom_splits)
-        columns[REASON_COL] = pa.array(reasons, pa.string())
-        columns[STATUS_COL] = pa.array(status, pa.string())
         columns[TOKENS_COL] = pa.array(tokens)
         columns[TRUNCATED_COL] = pa.array(truncated)
         columns[PADDED_COL] = pa.array(per_batch[0])

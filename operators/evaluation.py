@@ -29,6 +29,7 @@ from operators.quantize import quantized_columns, split_quantized_name
 from operators.schema import COLBERT, DENSE, SPARSE, nested_dim, require_columns
 from operators.scoring import Fusion, top_k
 from operators.search.dense import TopN, exact_topn, scan_topn
+from operators.search.documents import PASSAGE_DEPTH, documents_run, is_passage_table
 from operators.search.quantized import table_searcher
 from operators.search.retriever import Retriever, SearchMode, hits
 from operators.vectors import as_matrix, ragged_lengths, sparse_children
@@ -107,6 +108,11 @@ class Evaluator:
         self.store = retriever.store
         self.labelled = labelled
         self.k = k
+        # A passage table is scored by documents, each at its best passage (operators/search/documents.py): every
+        # run ranks `depth` passages, of which the k best documents are scored.
+        self.passages = is_passage_table(self.store.schema.names)
+        self.depth = k * PASSAGE_DEPTH if self.passages else k
+        retriever.shortlist = max(retriever.shortlist, self.depth)  # colbert and hybrid re-rank at least depth
         self.use_index = use_index
         started = time.perf_counter()
         self.vectors = retriever.encode(labelled.texts)
@@ -115,7 +121,13 @@ class Evaluator:
         log.info("encoded %d queries in %.1f s", len(labelled.texts), time.perf_counter() - started)
 
     def score(self, run: dict[str, list[tuple[str, float]]]) -> dict[str, float]:
-        return evaluate_run(run, self.labelled.qrels, self.labelled.ids, self.k).as_dict()
+        return self.evaluate(run, self.labelled.ids).as_dict()
+
+    def evaluate(self, run: dict[str, list[tuple[str, float]]], query_ids: list[str]):
+        """The metrics of a run over `query_ids` (by document on a passage table)."""
+        if self.passages:
+            run = documents_run(run, self.k)
+        return evaluate_run(run, self.labelled.qrels, query_ids, self.k)
 
     def query_matrix(self, column: str) -> np.ndarray:
         return np.stack([query.dense[column] for query in self.vectors])
@@ -142,9 +154,9 @@ class Evaluator:
         """Shortlist by the exact scan of `small` (nested or quantised; the index with `use_index`), re-rank
         the shortlist by `dense`."""
         if self.use_index:
-            return {qid: [(h["id"], h["score"]) for h in self.retriever.funnel(query, small, self.k)]
+            return {qid: [(h["id"], h["score"]) for h in self.retriever.funnel(query, small, self.depth)]
                     for qid, query in zip(self.labelled.ids, self.vectors, strict=True)}
-        positions, _ = self.scan(small, self.retriever.funnel_shortlist_for(small, self.k))
+        positions, _ = self.scan(small, self.retriever.funnel_shortlist_for(small, self.depth))
         unique, inverse = np.unique(positions, return_inverse=True)
         full = as_matrix(self.store.take(unique, [DENSE]).column(DENSE))
         ids = self.store.ids()
@@ -153,7 +165,7 @@ class Evaluator:
             rows = inverse.reshape(positions.shape)[i]
             scores = full[rows] @ self.vectors[i].dense[DENSE]
             candidate_ids = ids[positions[i]]
-            best = top_k(candidate_ids, scores, self.k)
+            best = top_k(candidate_ids, scores, self.depth)
             run[qid] = [(str(candidate_ids[b]), float(scores[b])) for b in best]
         return run
 
@@ -163,7 +175,7 @@ class Evaluator:
         index = self.retriever.sparse_index
         run = {}
         for qid, query in zip(self.labelled.ids, self.vectors, strict=True):
-            positions, scores = index.search(query.sparse, self.k)
+            positions, scores = index.search(query.sparse, self.depth)
             run[qid] = [(str(index.ids[p]), float(s)) for p, s in zip(positions, scores, strict=True)]
         self.runs[SPARSE] = run
         return run
@@ -182,7 +194,7 @@ class Evaluator:
         run = {}
         for qid, found in zip(self.labelled.ids, candidates, strict=True):
             fused = scoring.fuse(found.ids, found.scores, weights, fusion)
-            run[qid] = [(h["id"], h["score"]) for h in hits(found.ids, fused, self.k)]
+            run[qid] = [(h["id"], h["score"]) for h in hits(found.ids, fused, self.depth)]
         return run
 
     # -- entries of the report ----------------------------------------------------------------
@@ -194,10 +206,10 @@ class Evaluator:
         dense_positions = None
         shortlist = self.retriever.shortlist
         for column in self.store.dense_columns():
-            run, positions = self.dense_run(column, shortlist if column == DENSE else self.k)
+            run, positions = self.dense_run(column, shortlist if column == DENSE else self.depth)
             if column == DENSE:
                 dense_positions = positions
-                run = {qid: ranking[:self.k] for qid, ranking in run.items()}
+                run = {qid: ranking[:self.depth] for qid, ranking in run.items()}
                 self.runs[DENSE] = run
             results[column] = {**self.score(run), "bytes_per_vector": bytes_per_vector(self.store, column)}
         if self.store.has(DENSE):
@@ -208,7 +220,7 @@ class Evaluator:
                     "shortlist": self.retriever.funnel_shortlist_for(column, self.k),
                 }
         for column in quantized_columns(self.store.schema.names):
-            results[column] = {**self.score(self.dense_run(column, self.k)[0]),
+            results[column] = {**self.score(self.dense_run(column, self.depth)[0]),
                                "bytes_per_vector": bytes_per_vector(self.store, column)}
             if self.store.has(DENSE):
                 results[f"funnel_{column}"] = {
@@ -226,7 +238,7 @@ class Evaluator:
         candidates = self.candidates(dense_positions)
         if self.store.has(COLBERT):
             run = {qid: [(h["id"], h["score"]) for h in hits(found.ids, found.scores[scoring.COLBERT_MODE],
-                                                               self.k)]
+                                                               self.depth)]
                    for qid, found in zip(self.labelled.ids, candidates, strict=True)}
             entries[COLBERT] = {**self.score(run), "bytes_per_vector": bytes_per_vector(self.store, COLBERT),
                                 "shortlist": self.retriever.shortlist}
@@ -256,7 +268,7 @@ class Evaluator:
             per_query.append(run)
 
         def best_on(query_ids: list[str]) -> tuple[dict, dict]:
-            scored = [(evaluate_run(run, self.labelled.qrels, query_ids, self.k).means, weights)
+            scored = [(self.evaluate(run, query_ids).means, weights)
                       for run, weights in zip(per_query, grid, strict=True)]
             means, weights = max(scored, key=lambda pair: (_finite(pair[0][ndcg]), _finite(pair[0][recall]),
                                                             _finite(pair[0][mrr])))
@@ -268,7 +280,7 @@ class Evaluator:
         for tune_on, test_on in (halves, halves[::-1]):
             fold_weights, _ = best_on(tune_on)
             run = per_query[grid.index(fold_weights)]
-            heldout.append(evaluate_run(run, self.labelled.qrels, test_on, self.k).means)
+            heldout.append(self.evaluate(run, test_on).means)
         result = {**means, "weights": [weights.get(mode, 0.0) for mode in scoring.MODES],
                   "grid_points": len(grid), "step": TUNE_STEP}
         result["heldout"] = {name: float(np.mean([fold[name] for fold in heldout])) for name in means}

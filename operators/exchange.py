@@ -37,6 +37,7 @@ TRUNCATED_COL = "_truncated"
 PADDED_COL = "_padded_tokens"  # a batch's padded tokens, carried on its first row
 OOM_SPLITS_COL = "_oom_splits"  # a batch's splits after running out of device memory, on its first row
 WORKER_COL = "_worker"
+PASSAGES_COL = "_passages"  # passage tables: how many passages the row's document has now
 
 KEPT_PREFIX = "kept:"  # kept input columns between the stages (no stage's own column starts with it)
 ENCODER_ERROR = "encoder error"  # prefix of the quarantine reason of rows an encoder error was narrowed to
@@ -87,12 +88,15 @@ def decided_row_schema(keep_fields: list[pa.Field]) -> pa.Schema:
     ])
 
 
-def encoded_row_schema(vector_fields: list[pa.Field], keep_fields: list[pa.Field]) -> pa.Schema:
-    """What an encoder actor hands the writers: the table's columns plus what the writer counts."""
+def encoded_row_schema(vector_fields: list[pa.Field], keep_fields: list[pa.Field],
+                       row_fields: list[pa.Field] | None = None) -> pa.Schema:
+    """What an encoder actor hands the writers: the table's columns (`row_fields`: a passage table's, and the
+    text) plus what the writer counts."""
     return pa.schema([
         pa.field(ID, pa.string()),
         pa.field(TEXT_HASH, pa.string()),
         pa.field(MODEL, pa.string()),
+        *(row_fields or []),
         *vector_fields,
         *carried(keep_fields),
         pa.field(ORDER_COL, pa.int64()),
@@ -105,6 +109,7 @@ def encoded_row_schema(vector_fields: list[pa.Field], keep_fields: list[pa.Field
         pa.field(PADDED_COL, pa.int64()),
         pa.field(OOM_SPLITS_COL, pa.int64()),
         pa.field(WORKER_COL, pa.string()),
+        pa.field(PASSAGES_COL, pa.int32()),
     ])
 
 

@@ -40,7 +40,7 @@ from operators.exchange import (
     Status,
     conform,
 )
-from operators.schema import ID, MODEL, SOURCE_FILE, TEXT_HASH
+from operators.schema import CHUNK, DOC_ID, ID, MODEL, SOURCE_FILE, TEXT_HASH
 
 DUPLICATE = "duplicate id"
 STORED_HASH, STORED_FILE, STORED_CURRENT = "_stored_hash", "_stored_file", "_stored_current"
@@ -150,15 +150,29 @@ def _deleted(table_rows: pa.Table, input_ids: pa.ChunkedArray, decision: Decisio
 class TableKeys:
     """Key rows (exchange.key_row_schema, side TABLE) of a Lance table at one version: by the ids a
     reader just read, by source shard, or by fragment. Shard paths become indexes into this run's
-    listing (-1: not listed any more; null: a row written before tables kept their shard)."""
+    listing (-1: not listed any more; null: a row written before tables kept their shard). In a passage
+    table the keys are documents: `doc_id` of each document's first passage."""
 
     target: object  # operators.tables.TableRef
     version: int
     model_id: str
     files: pa.Array  # this run's listing, in order
     schema: pa.Schema  # key_row_schema
+    # Passage tables: the decision is per document, so a document's key row is its first passage's, with the
+    # document's id (its passages all carry the document's text hash and model).
+    documents: bool = False
 
-    COLUMNS = (ID, TEXT_HASH, MODEL, SOURCE_FILE)
+    @property
+    def key(self) -> str:
+        return DOC_ID if self.documents else ID
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.key, TEXT_HASH, MODEL, SOURCE_FILE]
+
+    def _filter(self, condition: str | None) -> str | None:
+        first = f"{CHUNK} = 0" if self.documents else None
+        return " AND ".join(f"({part})" for part in (condition, first) if part) or None
 
     def dataset(self):
         return self.target.dataset(self.version)
@@ -168,22 +182,25 @@ class TableKeys:
         if not present:
             return self.schema.empty_table()
         quoted = ", ".join("'" + value.replace("'", "''") + "'" for value in present)
-        return self.key_rows(self.dataset().to_table(columns=list(self.COLUMNS), filter=f"{ID} IN ({quoted})"))
+        return self.key_rows(self.dataset().to_table(columns=self.columns,
+                                                     filter=self._filter(f"{self.key} IN ({quoted})")))
 
     def by_file(self, path: str) -> pa.Table:
         quoted = path.replace("'", "''")
-        return self.key_rows(self.dataset().to_table(columns=list(self.COLUMNS),
-                                                     filter=f"{SOURCE_FILE} = '{quoted}'"))
+        return self.key_rows(self.dataset().to_table(columns=self.columns,
+                                                     filter=self._filter(f"{SOURCE_FILE} = '{quoted}'")))
 
     def by_fragments(self, fragment_ids: list[int]):
         dataset = self.dataset()
         for fragment_id in fragment_ids:
-            for batch in dataset.get_fragment(fragment_id).to_batches(columns=list(self.COLUMNS),
-                                                                      batch_size=65536):
+            for batch in dataset.get_fragment(fragment_id).to_batches(columns=self.columns, batch_size=65536,
+                                                                      filter=self._filter(None)):
                 yield self.key_rows(pa.Table.from_batches([batch]))
 
     def key_rows(self, stored: pa.Table) -> pa.Table:
         n = stored.num_rows
+        if self.documents:
+            stored = stored.rename_columns([ID if name == DOC_ID else name for name in stored.column_names])
         paths = stored.column(SOURCE_FILE)
         index = pc.index_in(paths, value_set=self.files)
         files = pc.if_else(pc.is_null(paths), pa.scalar(None, pa.int32()),

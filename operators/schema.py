@@ -17,6 +17,13 @@ ID = "id"
 TEXT_HASH = "text_hash"
 MODEL = "model"
 SOURCE_FILE = "source_file"  # the shard a row was read from: a vanished shard's rows can be found and removed
+# Passage tables (embed --chunk-tokens, docs/chunking.md): one row per passage, keyed `<doc_id>#<chunk>`.
+DOC_ID = "doc_id"
+CHUNK = "chunk"
+CHAR_START = "char_start"
+CHAR_END = "char_end"
+TEXT = "text"  # the row's text as embedded (--keep-text): a passage's own text in a passage table
+PASSAGE_SEPARATOR = "#"
 DENSE = "dense"
 SPARSE = "sparse"
 COLBERT = "colbert"
@@ -140,16 +147,30 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
+def passage_id(doc_id: str, chunk: int) -> str:
+    """A passage row's id: unique per passage, its document's id before the last `#`."""
+    return f"{doc_id}{PASSAGE_SEPARATOR}{chunk}"
+
+
+def passage_fields(keep_text: bool = False) -> list[pa.Field]:
+    """The columns a passage table adds: its document, its number there, its character span (and its text)."""
+    fields = [pa.field(DOC_ID, pa.string()), pa.field(CHUNK, pa.int32()), pa.field(CHAR_START, pa.int64()),
+              pa.field(CHAR_END, pa.int64())]
+    return fields + [pa.field(TEXT, pa.string())] if keep_text else fields
+
+
 def embeddings_schema(
-    vector_fields: list[pa.Field], keep_fields: list[pa.Field] | None = None
+    vector_fields: list[pa.Field], keep_fields: list[pa.Field] | None = None,
+    row_fields: list[pa.Field] | None = None,
 ) -> pa.Schema:
-    """Schema of table T: id, text_hash, model, source_file, the encoder's vector columns, then kept
-    input columns."""
+    """Schema of table T: id, text_hash, model, source_file, the passage columns and text (`row_fields`),
+    the encoder's vector columns, then kept input columns."""
     fields = [
         pa.field(ID, pa.string(), nullable=False),
         pa.field(TEXT_HASH, pa.string()),
         pa.field(MODEL, pa.string()),
         pa.field(SOURCE_FILE, pa.string()),
+        *(row_fields or []),
         *vector_fields,
         *(keep_fields or []),
     ]

@@ -31,6 +31,15 @@ class TableMeta:
     int8_ranges: dict[str, list[list[float]]] = field(default_factory=dict)
     colbert_precision: str = "float16"
     colbert_pool_factor: float = 1.0
+    # A passage table (embed --chunk-tokens): {"mode", "max_tokens", "overlap"}; `model_id` then ends with
+    # ":chunks=<mode>/<max_tokens>/<overlap>" (rows of other chunking are not up to date), `encoder_id` without.
+    chunking: dict = field(default_factory=dict)
+
+    @property
+    def encoder_id(self) -> str:
+        """The identity of the encoder alone (what a query encoder's model_id must equal)."""
+        mark = ":chunks="
+        return self.model_id.rsplit(mark, 1)[0] if self.chunking and mark in self.model_id else self.model_id
 
     def encoder_spec(self, **overrides):
         """An EncoderSpec that rebuilds the table's encoder (e.g. to encode queries)."""

@@ -35,6 +35,7 @@ from operators.exchange import decided_row_schema, key_row_schema
 from operators.incremental import Decision, TableKeys, decide
 from operators.maintenance import DEFAULT_KEEP_RUNS, Retention, bytes_on_disk, parse_age, refresh, retain
 from operators.manifest import FILES_SCHEMA, FileManifest, unchanged_files
+from operators.passages import Chunking, ChunkMode, passage_model_id
 from operators.quantize import CALIBRATION_ROWS, ranges_to_json
 from operators.run_log import RUNS_SCHEMA, RUNS_SUFFIX, RunLog
 from operators.schema import (
@@ -43,8 +44,10 @@ from operators.schema import (
     REASON,
     RUN_ID,
     SOURCE,
+    TEXT,
     embeddings_schema,
     is_table_column,
+    passage_fields,
     quarantine_table_name,
     require_columns,
 )
@@ -84,6 +87,11 @@ class EmbedJob:
     outputs: list[str] = field(default_factory=list)
     max_length: int | None = None
     keep_columns: list[str] = field(default_factory=list)
+    keep_text: bool = False  # store the text as embedded in column `text` (a passage's own text with chunking)
+    # Passages (docs/chunking.md): each document becomes rows of at most chunk_tokens tokens; None: whole texts.
+    chunk_tokens: int | None = None
+    chunk_overlap: int = 0  # tokens consecutive passages share
+    chunking: str = "split"  # split: each passage encoded alone; late: pooled from the whole document's states
     address: str | None = None
     object_store_memory: int | None = None  # bytes, for the local Ray a run starts (None: Ray's default)
     overwrite: bool = False
@@ -126,6 +134,11 @@ class EmbedJob:
         check_choices("precision", self.precision, list(Precision))
         check_keep_columns(self.keep_columns)
 
+    def passages(self) -> Chunking | None:
+        """How documents become passages (None: one row per document)."""
+        return None if self.chunk_tokens is None else Chunking(self.chunk_tokens, self.chunk_overlap,
+                                                               ChunkMode(self.chunking))
+
     def encoder_spec(self) -> EncoderSpec:
         return EncoderSpec(
             model=self.model,
@@ -167,17 +180,19 @@ def run_embed(job: EmbedJob) -> dict:
         msg = (f"--outputs {','.join(job.outputs)} applies to BGE-M3 models; {job.model} is a Matryoshka (MRL) model, "
                "whose outputs are dense and the --dims nested sizes")
         raise UsageError(msg)
+    chunking = check_chunking(job, description.max_length)
+    model_id = passage_model_id(description.model_id, chunking)
     lake = Lake(job.output, job.storage)
     lake.check_writable()
     storage = requested_storage(job.quantize, job.colbert_precision, job.colbert_pool_factor, lake.table(job.table),
-                                description.model_id, job.overwrite, job.recalibrate)
+                                model_id, job.overwrite, job.recalibrate)
     stale_codes = False
     if not job.overwrite:
         storage, stale_codes = plan_existing(lake.table(job.table), storage, description.fields,
-                                             description.model_id, job.calibration_rows)
+                                             model_id, job.calibration_rows)
     meta = TableMeta(
         model=job.model,
-        model_id=description.model_id,
+        model_id=model_id,
         kind=kind,
         dims=description.dims,
         outputs=[f.name for f in description.fields],
@@ -187,23 +202,25 @@ def run_embed(job: EmbedJob) -> dict:
         int8_ranges=ranges_to_json(storage.int8_ranges),
         colbert_precision=storage.colbert_precision,
         colbert_pool_factor=storage.colbert_pool_factor,
+        chunking=chunking.as_dict() if chunking else {},
     )
     keep_fields = [input_schema.field(name) for name in job.keep_columns]
-    schema = with_meta(embeddings_schema(storage.fields(description.fields), keep_fields), meta)
-    tables = Tables(main=lake.table(job.table), quarantine=lake.table(quarantine_table_name(job.table)), schema=schema)
+    schema = with_meta(embeddings_schema(storage.fields(description.fields), keep_fields, row_fields(job)), meta)
+    tables = Tables(main=lake.table(job.table), quarantine=lake.table(quarantine_table_name(job.table)), schema=schema,
+                    passages=chunking is not None)
     retention = Retention(job.keep_runs, parse_age(job.older_than))
     manifest = FileManifest(lake, job.table)
     _check_tables(job, tables, manifest, lake.table(f"{job.table}{RUNS_SUFFIX}"))
-    state = _input_state(job, shards, required, manifest, description.model_id)
+    state = _input_state(job, shards, required, manifest, model_id)
     base = _prepare_tables(job, tables, manifest)
     if stale_codes and base.action != REBUILT:  # the new codes are part of this run: published with it
         requantize_stored(tables.main, storage)
     config = {k: v for k, v in asdict(job).items() if k != "command"}
     run_log = RunLog.for_table(lake, job.table, job="embed",
-                               command=job.command or sys.argv, config=config, model=description.model_id)
+                               command=job.command or sys.argv, config=config, model=model_id)
     run_log.start()
     try:
-        summary = _run(job, shards, state, spec, storage, tables, manifest, description.model_id,
+        summary = _run(job, shards, state, spec, storage, tables, manifest, model_id,
                        run_log.run_id, started, base)
         # Every row is accounted for and committed and the manifest is current: indexes for this version,
         # then readers switch to it (metadata, vectors and indexes together), then old versions go.
@@ -225,6 +242,44 @@ def run_embed(job: EmbedJob) -> dict:
     summary["run_id"] = run_log.run_id
     run_log.finish(summary)
     return summary
+
+
+def row_fields(job: EmbedJob) -> list[pa.Field]:
+    """A passage table's columns (and the text with --keep-text) between the keys and the vectors."""
+    if job.chunk_tokens is not None:
+        return passage_fields(job.keep_text)
+    return [pa.field(TEXT, pa.string())] if job.keep_text else []
+
+
+def check_chunking(job: EmbedJob, max_length: int) -> Chunking | None:
+    """The passage options, checked before anything is read or written (a one-line error naming the option)."""
+    if job.keep_text and TEXT in job.keep_columns:
+        msg = "--keep-text stores the embedded text as column 'text', which --keep-columns also names"
+        raise UsageError(msg)
+    if job.chunk_tokens is None:
+        if job.chunk_overlap or job.chunking != ChunkMode.SPLIT:
+            msg = "--chunk-overlap and --chunking apply to passages: add --chunk-tokens N"
+            raise UsageError(msg)
+        return None
+    taken = [f.name for f in passage_fields() if f.name in job.keep_columns]
+    if taken:
+        msg = (f"--keep-columns {', '.join(map(repr, taken))}: a passage table writes its own column of that name "
+               "(doc_id, chunk, char_start, char_end); rename the input column")
+        raise UsageError(msg)
+    if job.chunking not in list(ChunkMode):
+        msg = f"--chunking must be one of {', '.join(ChunkMode)}, got {job.chunking!r}"
+        raise UsageError(msg)
+    room = max_length - 2  # the model's length less its two special tokens ([CLS] [SEP], <s> </s>)
+    if isinstance(job.chunk_tokens, bool) or not isinstance(job.chunk_tokens, int) or not 1 <= job.chunk_tokens <= room:
+        msg = (f"--chunk-tokens must be an integer between 1 and {room} (the model's length {max_length} less its "
+               f"special tokens), got {job.chunk_tokens!r}")
+        raise UsageError(msg)
+    if isinstance(job.chunk_overlap, bool) or not isinstance(job.chunk_overlap, int) or \
+            not 0 <= job.chunk_overlap < job.chunk_tokens:
+        msg = f"--chunk-overlap must be an integer from 0 to --chunk-tokens - 1 ({job.chunk_tokens - 1}), got " \
+              f"{job.chunk_overlap!r}"
+        raise UsageError(msg)
+    return job.passages()
 
 
 def _check_tables(job: EmbedJob, tables: Tables, manifest: FileManifest, runs: TableRef) -> None:
@@ -326,6 +381,7 @@ def _run(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, 
         "rows_skipped": rows_skipped,
         "rows_deleted": counts.rows_deleted,
         "rows_truncated": counts.rows_truncated,
+        **_passage_summary(job, counts, encode_seconds),
         "duplicate_ids": counts.duplicate_ids,
         "files_read": len(state.plan.rows),
         "files_skipped": len(skipped),
@@ -350,6 +406,15 @@ def _run(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, 
     }
 
 
+def _passage_summary(job: EmbedJob, counts: RunCounts, seconds: float) -> dict:
+    """A passage table's counts: rows_* count documents, these their passages."""
+    if job.chunk_tokens is None:
+        return {}
+    return {"passages_written": counts.passages_written, "passages_deleted": counts.passages_deleted,
+            "passages_per_s": round(counts.passages_written / seconds, 2),
+            "chunking": {"mode": job.chunking, "max_tokens": job.chunk_tokens, "overlap": job.chunk_overlap}}
+
+
 def _quarantine_bad_files(plan: ReadPlan, tables: Tables, run_id: str) -> None:
     """A whole unreadable shard is one quarantine entry (its rows cannot be counted); a shard readable again
     loses its entry."""
@@ -366,6 +431,7 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
     from ray.data import ActorPoolStrategy, DataContext
 
     from operators.embed import EmbedRows
+    from operators.embed_passages import EmbedPassages
     from pipelines.embed_source import LakeSource, TableKeysSource
 
     context = DataContext.get_current()
@@ -385,7 +451,8 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
     files = pa.array(shards.files, pa.string())
     table = tables.main.dataset()
     table_rows = 0 if job.overwrite else table.count_rows()
-    keys = TableKeys(tables.main, table.version, model_id, files, key_schema) if table_rows else None
+    keys = TableKeys(tables.main, table.version, model_id, files, key_schema, documents=tables.passages) \
+        if table_rows else None
     # Scan the table's keys when this run reads a good part of it; else look up what is read.
     scan = keys is not None and (job.rescan or state.plan.rows_in >= SCAN_FRACTION * table_rows)
     probe_files = [] if scan or not job.sync_deletes else [*state.plan.rows, *state.vanished]
@@ -396,6 +463,7 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
         dataset = dataset.union(ray.data.read_datasource(TableKeysSource(keys, ROWS_PER_PARTITION),
                                                          num_cpus=workers.io_cpus))
     decision = Decision(state.skipped_indexes(shards.files), job.sync_deletes)
+    chunking = job.passages()
     partitions = plan_partitions(state.plan.rows_in + (table_rows if scan else 0))
     sink = EmbedSink(tables, run_id, files, plan_rows_per_write(state.plan.rows_in, workers, job.rows_per_write))
     (
@@ -405,9 +473,10 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
         # A partition's rows to embed are one block; cut it so that every encoder actor gets some.
         .repartition(target_num_rows_per_block=workers.rows_per_batch)
         .map_batches(
-            EmbedRows,
+            EmbedRows if chunking is None else EmbedPassages,
             fn_constructor_kwargs={"spec": spec, "keep_fields": keep_fields, "threads": workers.threads,
-                                   "storage": storage},
+                                   "storage": storage, "keep_text": job.keep_text,
+                                   **({} if chunking is None else {"chunking": chunking})},
             batch_size=workers.rows_per_batch,
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=workers.actors, max_concurrent_calls_per_actor=workers.concurrent_calls,

@@ -24,6 +24,7 @@ from operators.exchange import (
     OOM_SPLITS_COL,
     ORDER_COL,
     PADDED_COL,
+    PASSAGES_COL,
     READ_AT_COL,
     REASON_COL,
     ROWS_COL,
@@ -39,7 +40,9 @@ from operators.exchange import (
 from operators.incremental import DUPLICATE
 from operators.quantize import split_quantized_name
 from operators.schema import (
+    CHUNK,
     COLBERT,
+    DOC_ID,
     ID,
     QUARANTINE_SCHEMA,
     REASON,
@@ -69,6 +72,7 @@ class Tables:
     main: TableRef
     quarantine: TableRef
     schema: pa.Schema
+    passages: bool = False  # a passage table (embed --chunk-tokens): rows are passages of documents
 
 
 @dataclass
@@ -76,7 +80,9 @@ class RunCounts:
     """What write tasks report; summed field by field (ints add, times take the earliest, sets and
     per-column sizes merge), so a new count is one field here and nowhere else."""
 
-    rows_written: int = 0
+    rows_written: int = 0  # documents (in a passage table, each with all its passages)
+    passages_written: int = 0
+    passages_deleted: int = 0  # passages of deleted documents and a shorter document's surplus ones
     rows_inserted: int = 0
     rows_updated: int = 0
     rows_unchanged: int = 0
@@ -129,23 +135,29 @@ def write_batch(batch: pa.Table, tables: Tables, run_id: str, files: pa.Array) -
     bad = batch.filter(pc.equal(status, Status.QUARANTINED.value))
     gone = batch.filter(pc.equal(status, Status.DELETED.value)).column(ID).to_pylist()
     started = time.perf_counter()
+    # Before the upsert: killed between the two, a document's first passage still holds its old hash, so the
+    # next run embeds it again and deletes again (after, the new hash would make it unchanged, surplus kept).
+    surplus = delete_surplus_passages(tables.main, embedded) if tables.passages else 0
     written = upsert(table_rows(embedded, tables.schema, files), tables.main, tables.schema, ID)
     sources = source_of(bad, files)
     upsert(pa.table({ID: bad.column(ID), SOURCE: sources, REASON: bad.column(REASON_COL),
                      RUN_ID: pa.array([run_id] * bad.num_rows, pa.string())}, schema=QUARANTINE_SCHEMA),
            tables.quarantine, QUARANTINE_SCHEMA, SOURCE)
     clear_quarantined(tables.quarantine, source_of(embedded, files))
-    deleted = delete_keys(tables.main, ID, gone) if gone else 0
+    deleted = delete_keys(tables.main, DOC_ID if tables.passages else ID, gone) if gone else 0
     seconds = time.perf_counter() - started
     vector_columns = [name for name in tables.schema.names if is_vector_column(name)]
     unchanged = pc.filter(batch.column(ROWS_COL), pc.equal(status, Status.UNCHANGED.value))
+    documents = int(pc.sum(embedded.column(ROWS_COL)).as_py() or 0) if tables.passages else embedded.num_rows
     return RunCounts(
-        rows_written=embedded.num_rows,
+        rows_written=documents,
+        passages_written=embedded.num_rows if tables.passages else 0,
+        passages_deleted=surplus + (deleted if tables.passages else 0),
         rows_inserted=written.inserted,
         rows_updated=written.updated,
         rows_unchanged=int(pc.sum(unchanged).as_py() or 0),
         rows_quarantined=bad.num_rows,
-        rows_deleted=deleted,
+        rows_deleted=len(gone) if tables.passages else deleted,
         duplicate_ids=int(pc.sum(pc.equal(bad.column(REASON_COL), DUPLICATE)).as_py() or 0),
         rows_truncated=int(pc.sum(batch.column(TRUNCATED_COL).cast(pa.int64())).as_py() or 0),
         tokens=int(pc.sum(batch.column(TOKENS_COL)).as_py() or 0),
@@ -159,6 +171,27 @@ def write_batch(batch: pa.Table, tables: Tables, run_id: str, files: pa.Array) -
             bad.column(REASON_COL), ENCODER_ERROR)))).to_pylist()),
         column_bytes={name: embedded.column(name).nbytes for name in vector_columns},
     )
+
+
+def delete_surplus_passages(target: TableRef, embedded: pa.Table) -> int:
+    """Delete the passages beyond each embedded document's new count (a document that got shorter), in one
+    delete per batch: `chunk >= n AND doc_id IN (...)` for each count n. Returns how many."""
+    first = embedded.filter(pc.equal(embedded.column(CHUNK), 0))
+    if first.num_rows == 0:
+        return 0
+    by_count: dict[int, list[str]] = {}
+    for doc, count in zip(first.column(DOC_ID).to_pylist(), first.column(PASSAGES_COL).to_pylist(), strict=True):
+        by_count.setdefault(int(count), []).append(doc)
+    clauses = []
+    for count, docs in sorted(by_count.items()):
+        quoted = ", ".join("'" + doc.replace("'", "''") + "'" for doc in docs)
+        clauses.append(f"({CHUNK} >= {count} AND {DOC_ID} IN ({quoted}))")
+    predicate = " OR ".join(clauses)
+    dataset = target.dataset()
+    surplus = dataset.count_rows(filter=predicate)
+    if surplus:
+        dataset.delete(predicate)
+    return surplus
 
 
 def source_of(rows: pa.Table, files: pa.Array) -> pa.Array:

@@ -17,6 +17,7 @@ from operators.evaluation import Evaluator, bytes_per_vector, load_labelled_quer
 from operators.metrics import evaluate_run, json_safe
 from operators.schema import COLBERT, DENSE, SPARSE
 from operators.scoring import DEFAULT_WEIGHTS
+from operators.search.documents import document_of, is_passage_table
 from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, Retriever
 from operators.storage import local_path
 from operators.tables import Pin, check_table_name
@@ -91,7 +92,10 @@ def run_evaluate(job: EvaluateJob) -> dict:
                           storage=job.storage, pin=Pin(job.version, job.tag), rescore_multiplier=job.rescore_multiplier)
     store = retriever.store
     judged_docs = {doc for judged in labelled.qrels.values() for doc, rel in judged.items() if rel > 0}
-    missing_docs = len(judged_docs - set(store.ids().tolist()))
+    stored = store.ids().tolist()
+    if is_passage_table(store.schema.names):  # qrels name documents; the table holds their passages
+        stored = [document_of(passage) for passage in stored]
+    missing_docs = len(judged_docs - set(stored))
     if missing_docs:
         log.warning("%d relevant doc ids in %s are not in table %s; they count as not retrieved",
                     missing_docs, job.qrels, job.table)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from operators.errors import UsageError
-from operators.schema import ID, MODEL, SOURCE_FILE, TEXT_HASH
+from operators.schema import DOC_ID, ID, MODEL, SOURCE_FILE, TEXT_HASH
 from operators.scoring import DEFAULT_WEIGHTS, Fusion
 from operators.search.retriever import DEFAULT_FUNNEL_SHORTLIST, DEFAULT_SHORTLIST, Retriever, SearchMode
 from operators.tables import Pin, check_table_name
@@ -36,6 +36,7 @@ class SearchJob:
     model: str | None = None
     version: int | None = None  # read this table version instead of the serving one
     tag: str | None = None  # or the version with this tag
+    group_by: str | None = None  # "doc": a passage table's documents ranked by their best passage
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
 
     def __post_init__(self) -> None:
@@ -62,11 +63,41 @@ def run_search(job: SearchJob) -> list[dict]:
     if (job.query is None) == (job.like is None):
         msg = "search needs a query or an item to search like, not both"
         raise ValueError(msg)
+    if job.group_by is not None:
+        return _search_documents(job, retriever, options)
     if job.like is not None:
         from operators.search.like import search_like
 
         return search_like(retriever, job.like, **options)
     return retriever.search(job.query, **options)
+
+
+def _search_documents(job: SearchJob, retriever: Retriever, options: dict) -> list[dict]:
+    """--group-by doc: [{"id": doc_id, "score", "passage", "chunk", "char_start", "char_end"}], documents
+    ranked by their best passage (operators/search/documents.py)."""
+    from operators.search.documents import is_passage_table, search_documents, with_spans
+    from operators.search.like import search_like
+
+    if job.group_by != "doc":
+        msg = f"--group-by takes doc, got {job.group_by!r}"
+        raise UsageError(msg)
+    store = retriever.store
+    if not is_passage_table(store.schema.names):
+        msg = (f"--group-by doc needs a passage table (embed --chunk-tokens); table {store.name!r} holds one row "
+               "per document")
+        raise UsageError(msg)
+    query = job.query if job.like is None else None
+
+    def passages(n: int) -> list[dict]:
+        retriever.shortlist = max(retriever.shortlist, n)  # colbert and hybrid re-rank at least n candidates
+        found = {**options, "k": n}
+        if query is None:
+            return search_like(retriever, job.like, **found)
+        return retriever.search(query, **found)
+
+    if query is not None and job.mode != SearchMode.AUTO:  # encoded once, whatever the depth (auto routes the text)
+        query = retriever.encode([query])[0]
+    return with_spans(store.dataset, search_documents(passages, job.k, store.rows))
 
 
 # Shown per hit in text output: the first kept string column (a title, say), cut to this many characters.
@@ -79,7 +110,7 @@ def kept_text(job: SearchJob, ids: Sequence[str]) -> dict[str, str]:
     from operators.tables import Lake
 
     dataset = Lake(job.uri, job.storage).table(job.table).snapshot(Pin(job.version, job.tag))  # the version searched
-    internal = {ID, TEXT_HASH, MODEL, SOURCE_FILE}
+    internal = {ID, TEXT_HASH, MODEL, SOURCE_FILE, DOC_ID}
     shown = [f.name for f in dataset.schema if f.name not in internal
              and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
     if not ids or not shown:
@@ -96,7 +127,9 @@ def format_hits(hits: list[dict], shown: dict[str, str]) -> str:
     width = max(len(str(hit["id"])) for hit in hits)
     lines = []
     for rank, hit in enumerate(hits, 1):
-        text = shown.get(hit["id"], "")
+        text = shown.get(hit.get("passage", hit["id"]), "")
+        if "passage" in hit:  # --group-by doc: the passage that matched and its characters
+            text = f"{hit['passage']} [{hit.get('char_start')}:{hit.get('char_end')}] {text}"
         if len(text) > SHOWN_CHARS:
             text = text[: SHOWN_CHARS - 1] + "…"
         lines.append(f"{rank:>3}  {hit['score']:.3f}  {str(hit['id']):<{width}}  {text}".rstrip())

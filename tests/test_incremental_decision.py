@@ -148,3 +148,35 @@ def test_writer_counts_and_flags_shards_whose_rows_hit_encoder_errors(tmp_path):
                     ROWS_COL: pa.array([0], pa.int64())}, encoded_row_schema([vector], []), 1)
     assert write_batch(gone, tables, "run-2", files).rows_deleted == 1
     assert tables.main.dataset().count_rows() == 0
+
+
+def test_passage_table_keys_are_documents_at_their_first_passage(tmp_path):
+    """A passage table's keys (TableKeys(documents=True), no Ray): one key row per document, its id the document's,
+    found by document id, by shard and by fragment."""
+    from operators.exchange import CURRENT_COL, FILE_COL, key_row_schema
+    from operators.incremental import TableKeys
+    from operators.schema import MODEL, SOURCE_FILE, embeddings_schema, passage_fields, passage_id
+    from operators.sinks.lance_sink import ensure_table, upsert
+    from operators.tables import Lake
+
+    vector = pa.field("dense", pa.list_(pa.float32(), 2))
+    schema = embeddings_schema([vector], [], passage_fields())
+    target = Lake(str(tmp_path)).table("docs")
+    ensure_table(target, schema, primary_key=ID)
+    docs = {"a": 3, "b#x": 1}
+    rows = [{ID: passage_id(doc, n), "doc_id": doc, "chunk": n, "char_start": n, "char_end": n + 1,
+             TEXT_HASH: f"hash-{doc}", MODEL: "m", SOURCE_FILE: "/lake/a.parquet", "dense": [1.0, 0.0]}
+            for doc, count in docs.items() for n in range(count)]
+    upsert(pa.Table.from_pylist(rows, schema=schema), target, schema, ID)
+    keys = TableKeys(target, target.dataset().version, "m", pa.array(["/lake/a.parquet"]), key_row_schema([]),
+                     documents=True)
+
+    def found(table: pa.Table) -> list[tuple]:
+        return sorted(zip(table.column(ID).to_pylist(), table.column(TEXT_HASH).to_pylist(),
+                          table.column(FILE_COL).to_pylist(), table.column(CURRENT_COL).to_pylist(), strict=True))
+
+    expected = [("a", "hash-a", 0, True), ("b#x", "hash-b#x", 0, True)]
+    assert found(keys.by_ids(pa.array(["a", "b#x", "a#0", "missing"]))) == expected  # document ids, not passages
+    assert found(keys.by_file("/lake/a.parquet")) == expected
+    fragments = [fragment.fragment_id for fragment in keys.dataset().get_fragments()]
+    assert found(pa.concat_tables(list(keys.by_fragments(fragments)))) == expected

@@ -25,7 +25,7 @@ from operators.encoders.base import (
     folder_name,
     weights_fingerprint,
 )
-from operators.encoders.modules import unit
+from operators.encoders.modules import span_means, unit
 from operators.encoders.precision import compute_dtype
 from operators.schema import COLBERT, DENSE, SPARSE, SPARSE_TYPE, colbert_type, dense_type
 
@@ -203,6 +203,32 @@ class BgeM3Encoder(TransformerEncoder):
         weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1)
         return max_weight_per_id(input_ids.cpu().numpy(), weights.float().cpu().numpy(),
                                  attention_mask.bool().cpu().numpy(), self.unused_ids)
+
+    # -- late chunking (operators/passages.py) ------------------------------------------------------
+    @torch.inference_mode()
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The backbone's last hidden states of one padded batch, in fp32."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
+
+    @torch.inference_mode()
+    def span_outputs(self, states: torch.Tensor, input_ids: torch.Tensor,
+                     spans: list[tuple[int, int]]) -> dict[str, list | np.ndarray]:
+        """Each span's outputs from one sequence's token states (L, H). Dense: the mean of the span's states,
+        L2-normalised (the CLS state belongs to the whole window, not to one passage); sparse: the lexical
+        weights of the span's tokens (max per id, special ids dropped); ColBERT: the span's token vectors."""
+        outputs: dict[str, list | np.ndarray] = {}
+        if DENSE in self.outputs:
+            outputs[DENSE] = unit(span_means(states, spans)).cpu().numpy()
+        if SPARSE in self.outputs:
+            weights = torch.relu(self.sparse_linear(states)).squeeze(-1).cpu().numpy()
+            ids = input_ids.cpu().numpy()
+            outputs[SPARSE] = [max_weight_per_id(ids[None, start:end], weights[None, start:end],
+                                                 np.ones((1, end - start), dtype=bool), self.unused_ids)[0]
+                               for start, end in spans]
+        if COLBERT in self.outputs:
+            vectors = unit(self.colbert_linear(states)).to(torch.float16).cpu().numpy()
+            outputs[COLBERT] = [vectors[start:end] for start, end in spans]
+        return outputs
 
     # -- Arrow ---------------------------------------------------------------------------------
     def _to_arrow(self, outputs: dict[str, list | np.ndarray]) -> dict[str, pa.Array]:

@@ -41,6 +41,14 @@ def unit(vectors: torch.Tensor) -> torch.Tensor:
     return F.normalize(vectors, p=2, dim=-1)
 
 
+def span_means(states: torch.Tensor, spans: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """(spans, H) means of one sequence's token states (L, H) over each [start, end) span (late chunking)."""
+    weights = torch.zeros(len(spans), states.shape[0], device=states.device, dtype=states.dtype)
+    for row, (start, end) in enumerate(spans):
+        weights[row, start:end] = 1.0 / max(end - start, 1)
+    return weights @ states
+
+
 class Pooling(nn.Module):
     """Token states -> one vector: the modes' poolings concatenated; prompt tokens left out when the
     folder says `include_prompt: false` (what INSTRUCTOR-style models want)."""

@@ -31,7 +31,7 @@ from operators.encoders.base import (
     folder_name,
     weights_fingerprint,
 )
-from operators.encoders.modules import EMBEDDING, MODULES, Pooling, read_json, unit
+from operators.encoders.modules import EMBEDDING, MODULES, Pooling, read_json, span_means, unit
 from operators.encoders.precision import compute_dtype
 from operators.schema import DENSE, dense_column, dense_type
 
@@ -222,6 +222,33 @@ class MatryoshkaEncoder(TransformerEncoder):
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  prompt_length: int = 0) -> dict[str, np.ndarray]:
         embedding = self.embed(input_ids, attention_mask, prompt_length)
+        outputs = {DENSE: unit(embedding).cpu().numpy()}
+        for d in self.dims:
+            outputs[dense_column(d)] = unit(embedding[:, :d]).cpu().numpy()
+        return outputs
+
+    # -- late chunking (operators/passages.py) ------------------------------------------------------
+    @torch.inference_mode()
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The backbone's last hidden states of one padded batch, in fp32."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
+
+    @torch.inference_mode()
+    def span_outputs(self, states: torch.Tensor, input_ids: torch.Tensor,
+                     spans: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+        """Each span's vector from one sequence's token states (L, H): the mean of the span's states, then the
+        folder's modules after its Pooling (Dense, Normalize), then unit length and the nested sizes as for
+        whole texts. Mean pooling whatever the folder pools with: a CLS or last-token state belongs to the
+        whole window, not to one passage."""
+        pooling = [m for m in self.modules if isinstance(m, Pooling)]
+        if any(len(m.modes) != 1 for m in pooling):
+            msg = "late chunking needs a model folder that pools with one mode (its Dense layers expect one vector)"
+            raise ValueError(msg)
+        features = {EMBEDDING: span_means(states, spans)}
+        for module in self.modules:
+            if not isinstance(module, Pooling):
+                features = module(features)
+        embedding = features[EMBEDDING].float()
         outputs = {DENSE: unit(embedding).cpu().numpy()}
         for d in self.dims:
             outputs[dense_column(d)] = unit(embedding[:, :d]).cpu().numpy()

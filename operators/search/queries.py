@@ -43,7 +43,7 @@ def load_query_encoder(store: TableStore, model: str | None = None) -> Encoder:
     from operators.encoders.loader import load_encoder
 
     encoder = load_encoder(query_encoder_spec(store, model))
-    if store.meta is not None and model is not None and encoder.model_id != store.meta.model_id:
+    if store.meta is not None and model is not None and encoder.model_id != store.meta.encoder_id:
         msg = (f"--model {model} encodes queries as {encoder.model_id}, but table {store.name!r} at version "
                f"{store.version} holds vectors of {store.meta.model_id}: refusing to score queries of one model "
                "against vectors of another (leave out --model: queries are encoded by the table's own model)")

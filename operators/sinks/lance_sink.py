@@ -118,7 +118,7 @@ def delete_keys(target: TableRef, key: str, keys: list[str]) -> int:
 # through the id index instead of joining the whole key column, the incremental decision looks up
 # the ids it read, the rows of one shard are found through the source file's bitmap, and the check
 # that a version holds one model's vectors (operators/table_meta.py) counts through the model's.
-KEY_INDEXES = {"id": "BTREE", "source_file": "BITMAP", "model": "BITMAP"}
+KEY_INDEXES = {"id": "BTREE", "source_file": "BITMAP", "model": "BITMAP", "doc_id": "BTREE"}  # doc_id: passage tables
 MAX_INDEX_SEGMENTS = 16  # delta segments (one per run that wrote) before they are merged into one
 
 

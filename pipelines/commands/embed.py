@@ -33,6 +33,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--outputs", type=name_list, help="BGE-M3 outputs: dense,sparse,colbert")
     parser.add_argument("--max-length", type=int, help="tokens per text (longer texts are cut)")
     parser.add_argument("--keep-columns", type=name_list, help="input columns copied to the table")
+    parser.add_argument("--keep-text", action="store_true",
+                        help="store the text as embedded in column 'text' (with --chunk-tokens: each passage's own)")
+    parser.add_argument("--chunk-tokens", type=int, metavar="N",
+                        help="embed passages of at most N tokens of the model's tokenizer instead of whole texts "
+                             "(cut at paragraph and sentence ends where possible): one row per passage, id "
+                             "'<doc_id>#<chunk>', with doc_id, chunk, char_start, char_end (docs/chunking.md)")
+    parser.add_argument("--chunk-overlap", type=int, metavar="M",
+                        help="tokens consecutive passages share (with --chunk-tokens)")
+    parser.add_argument("--chunking", choices=["split", "late"],
+                        help="split: each passage encoded alone; late: the whole document encoded once (windows "
+                             "beyond the model's length) and each passage pooled from its own tokens' states")
     add_address_option(parser)
     parser.add_argument("--object-store-memory", type=object_store_size, metavar="SIZE",
                         help="object store of the local Ray this run starts, e.g. 2GB (default: Ray's, 30%% of RAM); "
@@ -96,6 +107,9 @@ def describe(summary: dict, args: argparse.Namespace) -> str:
     kept = summary["rows_unchanged"] + summary["rows_skipped"]
     text = (f"Embedded {changed} rows in {summary['seconds']:.1f} s ({summary['docs_per_s']:.1f} docs/s) "
             f"into {where}")
+    if "passages_written" in summary:  # a passage table: rows count documents
+        text = (f"Embedded {changed} documents as {summary['passages_written']} passages in {summary['seconds']:.1f} s "
+                f"({summary['docs_per_s']:.1f} docs/s, {summary['passages_per_s']:.1f} passages/s) into {where}")
     if kept:
         text += f"; {kept} rows were already up to date"
     quarantined = summary["rows_quarantined"] + summary["files_quarantined"]

@@ -42,6 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--funnel-shortlist", type=int,
                         help="rows the funnel's small nested column shortlists for re-ranking with the full vector")
     parser.add_argument("--exact", action="store_true", help="exact scan even where an ANN index exists")
+    parser.add_argument("--group-by", choices=["doc"],
+                        help="a passage table (embed --chunk-tokens): documents ranked by their best passage, each "
+                             "with that passage and its character span")
     parser.add_argument("--model", help="encoder for the queries when the table carries no metadata")
     return parser
 
@@ -56,4 +59,4 @@ def describe(hits: list[dict], args: argparse.Namespace) -> str:
     from pipelines.search import SearchJob, format_hits, kept_text
 
     job = job_from_args(SearchJob, args)
-    return format_hits(hits, kept_text(job, [hit["id"] for hit in hits]))
+    return format_hits(hits, kept_text(job, [hit.get("passage", hit["id"]) for hit in hits]))
