@@ -125,9 +125,11 @@ class Evaluator:
 
     def evaluate(self, run: dict[str, list[tuple[str, float]]], query_ids: list[str]):
         """The metrics of a run over `query_ids` (by document on a passage table)."""
-        if self.passages:
-            run = documents_run(run, self.k)
-        return evaluate_run(run, self.labelled.qrels, query_ids, self.k)
+        return evaluate_run(self.documents(run), self.labelled.qrels, query_ids, self.k)
+
+    def documents(self, run: dict[str, list[tuple[str, float]]]) -> dict[str, list[tuple[str, float]]]:
+        """A run as the qrels see it: on a passage table each query's k best documents by their best passage."""
+        return documents_run(run, self.k) if self.passages else run
 
     def query_matrix(self, column: str) -> np.ndarray:
         return np.stack([query.dense[column] for query in self.vectors])

@@ -49,7 +49,7 @@ def route_run(evaluator: Evaluator, route: Route, dense_positions: np.ndarray | 
         return evaluator.sparse_run()
     candidates = evaluator.candidates(dense_positions)
     if route.weights is None:  # colbert
-        return {qid: [(h["id"], h["score"]) for h in hits(found.ids, found.scores[route.mode], evaluator.k)]
+        return {qid: [(h["id"], h["score"]) for h in hits(found.ids, found.scores[route.mode], evaluator.depth)]
                 for qid, found in zip(evaluator.labelled.ids, candidates, strict=True)}
     weights = scoring.mode_weights(route.weights, evaluator.retriever.available_modes())
     return evaluator.fused_run(candidates, weights, Fusion.WEIGHTED)
@@ -67,7 +67,8 @@ def tune_routing(evaluator: Evaluator, dense_positions: np.ndarray | None, weigh
                 "route, no rule stored (BGE-M3 tables, with sparse or colbert outputs, have several)")
         log.warning("--tune-routing: %s", note)
         return {"routes": [route.label for route in routes], "note": note, "stored": False}, None
-    runs = {route.label: route_run(evaluator, route, dense_positions) for route in routes}
+    # by document on a passage table (the runs rank evaluator.depth passages)
+    runs = {route.label: evaluator.documents(route_run(evaluator, route, dense_positions)) for route in routes}
     kept, gains = query_gains(runs, evaluator.labelled.qrels, evaluator.labelled.ids, evaluator.k)
     position = {qid: i for i, qid in enumerate(evaluator.labelled.ids)}
     rows = [retriever.features(evaluator.labelled.texts[position[qid]], evaluator.vectors[position[qid]])

@@ -119,3 +119,49 @@ def test_late_bge_m3_dense_sparse_colbert_from_the_span(bge, tiny_bge_m3_path):
 def test_empty_batch(minilm):
     passages, encoded = encode_passages(minilm, [], Chunking(8, 0, ChunkMode.LATE))
     assert passages == [] and len(encoded.columns["dense"]) == 0
+
+
+def test_embed_passages_operator_rows_with_bge_m3_late(tiny_bge_m3_path):
+    """The encoder actor's operator without Ray: a decided batch of documents in, one row per passage of each
+    embedded document (ids, spans, counts, all three BGE-M3 outputs as encode_passages gives them), the other rows
+    passed through once."""
+    import pyarrow as pa
+
+    from operators.embed_passages import EmbedPassages
+    from operators.exchange import (
+        PASSAGES_COL,
+        REASON_COL,
+        ROWS_COL,
+        STATUS_COL,
+        TEXT_COL,
+        TOKENS_COL,
+        Status,
+        conform,
+        decided_row_schema,
+    )
+
+    spec = EncoderSpec(model=tiny_bge_m3_path, device="cpu", max_length=64)
+    chunking = Chunking(10, 2, ChunkMode.LATE)
+    operator = EmbedPassages(spec, chunking, keep_text=True)
+    statuses = [Status.EMBEDDED, Status.QUARANTINED, Status.EMBEDDED, Status.UNCHANGED]
+    texts = [TEXTS[0], None, TEXTS[1], None]
+    batch = conform({"id": pa.array(["d0", "bad", "d1", None]), TEXT_COL: pa.array(texts, pa.string()),
+                     STATUS_COL: pa.array([s.value for s in statuses]), ROWS_COL: pa.array([1, 1, 1, 7], pa.int64()),
+                     REASON_COL: pa.array([None, "empty text", None, None], pa.string())},
+                    decided_row_schema([]), 4)
+    out = operator(batch).to_pylist()
+    passages, encoded = encode_passages(operator.encoder, [TEXTS[0], TEXTS[1]], chunking)
+    first = [row for row in out if row["doc_id"] == "d0"]
+    assert [row["id"] for row in first] == [f"d0#{n}" for n in range(len(passages[0]))]
+    assert [row[ROWS_COL] for row in first] == [1] + [0] * (len(first) - 1)  # the document counts once
+    assert {row[PASSAGES_COL] for row in first} == {len(passages[0])}
+    assert [(row["char_start"], row["char_end"]) for row in first] == [(p.char_start, p.char_end) for p in passages[0]]
+    assert first[1]["text"] == TEXTS[0][passages[0][1].char_start:passages[0][1].char_end]
+    assert all(row["model"].endswith(":chunks=late/10/2") for row in first)
+    dense = as_matrix(encoded.columns["dense"])
+    np.testing.assert_allclose(np.stack([row["dense"] for row in first]), dense[:len(first)], atol=1e-6)
+    assert first[2]["sparse"] == encoded.columns["sparse"][2].as_py()
+    assert [row[TOKENS_COL] for row in first] == [p.tokens for p in passages[0]]
+    passed = [(row["id"], row[STATUS_COL], row[ROWS_COL]) for row in out if row["doc_id"] is None]
+    assert passed == [("bad", Status.QUARANTINED, 1), (None, Status.UNCHANGED, 7)]
+    assert [row["id"] for row in out if row["doc_id"] == "d1"] == ["d1#0"]
