@@ -107,7 +107,8 @@ bench-chunk: install-test
 	$(VENV)/bin/python -m benchmarks.chunking --chunk-tokens 64,128 --out benchmarks/results/chunking_2cpu.json
 
 # Issue 17's routing figure: search --mode auto's rule (evaluate --tune-routing) vs the best fixed mode on the
-# sample's 400 queries, 5-fold held-out: MiniLM dense-only (nothing to route) and MiniLM + BM25 sparse (~5 min).
+# sample's 400 queries (and with 217 name look-ups added), nested 5-fold held-out: MiniLM dense-only (nothing to
+# route) and MiniLM + BM25 weights in the sparse column (encoding the sample dominates: 12 min at load 20-40).
 bench-routing: install-test
 	nice -n 10 $(VENV)/bin/python -m benchmarks.routing --out benchmarks/results/routing_sample.json
 

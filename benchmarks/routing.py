@@ -1,5 +1,6 @@
 """Issue 17's routing figure: `search --mode auto` (a rule learned by `evaluate --tune-routing`) against the best
-single fixed mode on the sample's 400 labelled queries, with a 5-fold held-out estimate and the oracle.
+single fixed mode on the sample's 400 labelled queries, with a 5-fold held-out estimate and the oracle; and on
+a mixed workload (those queries plus name look-ups) where the kinds of query differ.
 
     python -m benchmarks.routing --out benchmarks/results/routing_sample.json
 
@@ -16,6 +17,8 @@ same vectors `embed` writes) into two tables:
   between a semantic and a lexical retriever of known quality. The queries get MiniLM's query vector and
   their BM25 weights from a stand-in query encoder; everything else (sparse index, hybrid fusion, features,
   rule, held-out estimate, the metadata commit) is the product's `evaluate --tune-routing`, called in process.
+- `mixed` (the same columns): the 400 queries plus a name look-up for each judged package whose description
+  contains its own name (the package name alone as the query, e.g. `iperf`; 217 of them), 617 queries in all.
 """
 
 from __future__ import annotations
@@ -118,6 +121,21 @@ def write_table(uri: str, name: str, ids: list[str], dense: np.ndarray, meta, sp
     lancedb.connect(uri).create_table(name, table)
 
 
+def mixed_queries(root: str, texts: dict[str, str]) -> tuple[str, str]:
+    """The sample's queries and qrels plus one name query per judged package whose description holds its name."""
+    import pyarrow.parquet as pq
+
+    queries, qrels = pq.read_table(QUERIES).to_pylist(), pq.read_table(QRELS).to_pylist()
+    names = sorted({row["doc_id"] for row in qrels if row["doc_id"].lower() in texts[row["doc_id"]].lower()})
+    queries += [{"query_id": f"name:{name}", "text": name} for name in names]
+    qrels += [{"query_id": f"name:{name}", "doc_id": name, "relevance": 1} for name in names]
+    paths = os.path.join(root, "mixed_queries.parquet"), os.path.join(root, "mixed_qrels.parquet")
+    pq.write_table(pa.Table.from_pylist([{"query_id": q["query_id"], "text": q["text"]} for q in queries]), paths[0])
+    pq.write_table(pa.Table.from_pylist([{"query_id": r["query_id"], "doc_id": r["doc_id"],
+                                          "relevance": r["relevance"]} for r in qrels]), paths[1])
+    return paths
+
+
 def run_cli(*argv: str) -> tuple[int, dict | None, str]:
     """`embedlake ARGV --json` in a subprocess: exit status, the JSON result, stderr."""
     command = [os.path.join(os.path.dirname(sys.executable), "embedlake"), *argv, "--json"]
@@ -196,6 +214,24 @@ def main(argv: list[str] | None = None) -> dict:
         }
         if args.out and routing.get("plot"):
             shutil.copyfile(routing["plot"], os.path.splitext(args.out)[0] + ".png")
+
+        # 3. A mixed workload: the 400 descriptions' synopses plus name look-ups (the package name alone, for the
+        # 217 of those packages whose description names them), where one mode should suit each kind.
+        queries_path, qrels_path = mixed_queries(root, dict(zip(ids, texts, strict=True)))
+        write_table(uri, "mixed", ids, dense, meta_bm25, bm25.document_rows())
+        queries.load_query_encoder = lambda store, model=None: StandInQueryEncoder(encoder, bm25)
+        try:
+            report = run_evaluate(EvaluateJob(uri, queries_path, qrels_path, table="mixed", k=args.k,
+                                              tune_routing=True, report=os.path.join(root, "x.json")))
+        finally:
+            queries.load_query_encoder = original
+        routing = report["routing"]
+        results["mixed"] = {
+            "queries": report["queries"],
+            "routing": {key: value for key, value in routing.items() if key not in ("rule_json", "plot")},
+        }
+        if args.out and routing.get("plot"):
+            shutil.copyfile(routing["plot"], os.path.splitext(args.out)[0] + ".mixed.png")
     results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.out:
         with open(args.out, "w") as handle:

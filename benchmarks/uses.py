@@ -3,6 +3,7 @@ the k-NN graph's time and recall at scale.
 
     python -m benchmarks.uses --out benchmarks/results/uses.json [--skip-sample] [--neighbor-rows 100000,1000000]
     python -m benchmarks.uses --skip-sample --neighbor-rows 1000000 --out ...   # one step: neighbors at 1M (ANN)
+    python -m benchmarks.uses --skip-sample --neighbor-rows '' --ann-probe 100000 --out ...   # ANN costs, no Ray
 
 Everything runs as a user runs it: `embedlake` subprocesses (benchmarks/cluster_dedup.py run_command, which also
 samples the process tree's memory), JSON results read from their last line.
@@ -17,6 +18,10 @@ samples the process tree's memory), JSON results read from their last line.
   at each size of --neighbor-rows in --dim dimensions; `neighbors --method exact` up to --exact-up-to rows (the
   peer, same run) and `neighbors --method ann` with recall@10 on 1,000 sampled rows; the ANN graph's recall is also
   re-checked here with a numpy brute force on its own 1,000-row sample.
+- ANN probe (`--ann-probe ROWS`, no Ray, no subprocess): each index type's build and 1,000 queries searched as
+  `neighbors` searches them, in CPU seconds of this process (Lance's threads included), recall@10 against numpy,
+  and the search CPU a whole graph of ROWS rows would take at that rate: the figures a loaded machine distorts
+  least, for sizes the full run cannot reach in the time there is.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -152,6 +158,61 @@ def bench_neighbors(root: str, rows: int, dim: int, exact_up_to: int, seed: int)
     return record
 
 
+def process_cpu_seconds() -> float:
+    """User + system CPU of this process, all its threads (Lance builds and searches on a thread pool)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def probe_ann(root: str, rows: int, dim: int, seed: int, queries: int = 1000, k: int = 10) -> dict:
+    """The ANN path's costs without Ray, in CPU seconds (what a loaded machine distorts least): for each index
+    type, the build, then `queries` rows searched as `neighbors` searches them (AnnNeighbors, the plan's nprobes
+    and refine factor) with recall@k against a numpy brute force, and the CPU a whole graph of `rows` rows would
+    take at that rate."""
+    import lancedb
+
+    from operators.neighbors import AnnNeighbors
+    from operators.search.ann import create_index
+    from operators.search.index_plan import INDEX_METRIC, IndexType, plan_index
+
+    uri = os.path.join(root, f"probe_{rows}")
+    write_vectors(uri, rows, dim, seed)
+    table = lancedb.connect(uri).open_table(TABLE)
+    data = table.to_arrow().select([ID, DENSE])
+    ids = np.asarray(data.column(ID).to_pylist(), dtype=object)
+    matrix = as_matrix(data.column(DENSE))
+    picked = np.random.default_rng(seed).choice(rows, queries, replace=False)
+    scores = matrix[picked] @ matrix.T
+    scores[np.arange(queries), picked] = -np.inf
+    truth = {ids[i]: set(ids[np.argpartition(-row, k)[:k]].tolist()) for i, row in zip(picked, scores, strict=True)}
+    record: dict = {"rows": rows, "dim": dim, "queries": queries,
+                    "load_average": [round(x, 2) for x in os.getloadavg()]}
+    for index_type in (IndexType.IVF_HNSW_SQ, IndexType.IVF_PQ):
+        plan = plan_index(DENSE, rows, dim, index_type)
+        started = process_cpu_seconds()
+        wall = create_index(table, plan)
+        build_cpu = process_cpu_seconds() - started
+        searcher = AnnNeighbors(lancedb.connect(uri).open_table(TABLE), DENSE, k, INDEX_METRIC, nprobes=plan.nprobes,
+                                refine_factor=plan.refine_factor)
+        started = process_cpu_seconds()
+        found_edges = searcher(data.take(pa.array(picked)))
+        search_cpu = process_cpu_seconds() - started
+        found: dict[str, set] = {}
+        for doc, neighbor in zip(found_edges.column(ID).to_pylist(), found_edges.column("neighbor").to_pylist(),
+                                 strict=True):
+            found.setdefault(doc, set()).add(neighbor)
+        recall = float(np.mean([len(found.get(doc, set()) & exact) / k for doc, exact in truth.items()]))
+        record[str(index_type)] = {
+            "num_partitions": plan.num_partitions, "num_sub_vectors": plan.num_sub_vectors, "nprobes": plan.nprobes,
+            "refine_factor": plan.refine_factor, "build_wall_seconds": round(wall, 1),
+            "build_cpu_seconds": round(build_cpu, 1), f"recall@{k}": recall,
+            "search_cpu_ms_per_query": round(1000 * search_cpu / queries, 3),
+            "graph_search_cpu_seconds_projected": round(search_cpu / queries * rows, 1)}
+    record["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    shutil.rmtree(uri, ignore_errors=True)
+    return record
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="JSON file for every figure")
@@ -161,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--exact-up-to", type=int, default=100_000, help="also run exact up to this size")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--scratch", help="scratch folder (default: a temporary one)")
+    parser.add_argument("--ann-probe", default="", help="sizes at which to probe the ANN path's CPU costs and recall "
+                                                      "without Ray (probe_ann; '' none)")
     args = parser.parse_args(argv)
     from benchmarks.machine import describe_machine
 
@@ -168,6 +231,12 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(dir=args.scratch) as root:
         if not args.skip_sample:
             results["sample"] = bench_sample(root)
+            _save(results, args.out)
+        probes = [int(r) for r in args.ann_probe.split(",") if r.strip()]
+        if probes:
+            results["ann_probe"] = []
+        for rows in probes:
+            results["ann_probe"].append(probe_ann(root, rows, args.dim, args.seed))
             _save(results, args.out)
         results["neighbors"] = []
         for rows in [int(r) for r in args.neighbor_rows.split(",") if r.strip()]:

@@ -232,6 +232,15 @@ def advance_serving(target: TableRef, before: int) -> int:
     return dataset.version
 
 
+def same_rows(target: TableRef, before: int) -> bool:
+    """Whether the latest version holds exactly version `before`'s rows: the same fragments, data files and
+    deletion files (index and metadata commits change none of them; any write of rows does). Costs one look at
+    each version's fragment list, not a read of the rows."""
+    latest = target.dataset()
+    return [f.metadata for f in latest.get_fragments()] == [
+        f.metadata for f in target.dataset(version=before).get_fragments()]
+
+
 def run_versions(dataset) -> dict[int, str]:
     """Version -> run id, for the versions that runs published and that are still tagged."""
     return {version: name[len(RUN_TAG_PREFIX):] for name, version in tag_versions(dataset).items()

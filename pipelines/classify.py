@@ -44,7 +44,7 @@ from operators.classify import (
     usable_classes,
 )
 from operators.schema import ID, dense_columns, require_columns, vector_dim
-from operators.tables import Lake, check_table_name
+from operators.tables import Lake, Pin, check_table_name
 from operators.vectors import as_matrix
 from pipelines.downstream import Stopwatch, is_local_uri, local_path, num_blocks, using_ray, write_table_from_ray
 
@@ -73,6 +73,8 @@ class ClassifyJob:
     report: str | None = None
     plot: bool = True
     address: str | None = None
+    version: int | None = None  # read this table version instead of the serving one
+    tag: str | None = None  # or the version with this tag
     storage: Mapping | None = field(default=None, repr=False)  # operators/storage.py settings
 
     def __post_init__(self) -> None:
@@ -109,7 +111,7 @@ def run_classify(job: ClassifyJob) -> dict:
     """Score every column (and the baseline), optionally write T_predictions; returns the JSON summary."""
     watch = Stopwatch()
     ref = Lake(job.uri, job.storage).table(job.table)
-    dataset = ref.snapshot()  # the serving version: what the last successful run published
+    dataset = ref.snapshot(Pin(job.version, job.tag))  # the serving version (or the one pinned), for the whole run
     where = f"table {job.table!r}"
     require_columns(dataset.schema, [job.labels_column], where, "--labels-column (embed --keep-columns)")
     columns = list(job.columns or dense_columns(dataset.schema))
@@ -124,7 +126,8 @@ def run_classify(job: ClassifyJob) -> dict:
     with watch.stage("read"):
         rows, labelled_total = read_labelled(dataset, job, columns, with_text)
     result: dict = {"table": job.table, "labels_column": job.labels_column, "folds": job.folds, "seed": job.seed,
-                    "rows": dataset.count_rows(), "labelled_rows": labelled_total, "rows_used": len(rows.ids)}
+                    "table_version": dataset.version, "rows": dataset.count_rows(), "labelled_rows": labelled_total,
+                    "rows_used": len(rows.ids)}
     keep, dropped = usable_classes(rows.labels, job.folds)
     scored = rows.subset(keep)
     classes, sizes = np.unique(scored.labels, return_counts=True)

@@ -20,6 +20,7 @@ import yaml
 from operators.errors import Terminated, UsageError, interrupt_on_sigterm, one_line
 from operators.storage import redacted_errors
 from pipelines.commands.options import JobParser
+from pipelines.stderr_filter import quiet_stderr_lines
 from pipelines.storage_cli import storage_from_args
 
 # Each name is a module in pipelines.commands with add_parser(subparsers) and run(args) -> result
@@ -116,14 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as stop:
         return interrupted(stop)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
-        with redacted_errors(storage_from_args(args)):  # no failure message may echo a credential
-            result = modules[args.command].run(args)
+        with quiet_stderr_lines(enabled=not args.verbose), redacted_errors(storage_from_args(args)):
+            logging.basicConfig(  # inside: the handler writes where Python's stderr goes while Ray's is filtered
+                level=logging.DEBUG if args.verbose else logging.INFO,
+                stream=sys.stderr,
+                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            )
+            result = modules[args.command].run(args)  # no failure message may echo a credential (redacted_errors)
     except KeyboardInterrupt as stop:
         return interrupted(stop)
     except Exception as error:  # noqa: BLE001 - the CLI reports every failure as one line

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -62,17 +61,12 @@ def using_ray(address: str | None, watch: Stopwatch | None = None):
     """Ray for the parallel pass: join `address` (or the running Ray), else start a local one and stop it
     afterwards. Ray Data's progress bars are off: progress goes to the log."""
     import ray
-    from ray.data import DataContext
 
-    from pipelines.ray_runtime import start_ray
+    from pipelines.ray_runtime import quiet_ray_data, start_ray
 
-    with (watch or Stopwatch()).stage("ray_start"), warnings.catch_warnings():
-        # Ray spawns its services by fork+exec; lance's at-fork hooks warn about forks that never run lance.
-        warnings.filterwarnings("ignore", message=".*fork")
+    with (watch or Stopwatch()).stage("ray_start"):  # start_ray drops lance's at-fork warnings (ray_runtime.py)
         we_started = start_ray(address, num_cpus=os.cpu_count())
-    context = DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+    quiet_ray_data()
     try:
         yield
     finally:

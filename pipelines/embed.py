@@ -60,7 +60,7 @@ from operators.table_meta import TableMeta, with_meta
 from operators.tables import Lake, TableRef, check_table_name
 from pipelines.calibrate import plan_existing, requantize_stored, requested_storage, settle_new
 from pipelines.embed_writer import EmbedSink, RunCounts, Tables, clear_quarantined
-from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
+from pipelines.ray_runtime import cluster_cpus, cluster_gpus, quiet_ray_data, start_ray
 from pipelines.workers import (
     ROWS_PER_PARTITION,
     SCAN_FRACTION,
@@ -428,15 +428,13 @@ def _quarantine_bad_files(plan: ReadPlan, tables: Tables, run_id: str) -> None:
 def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, storage: VectorStorage,
              tables: Tables, workers, model_id: str, run_id: str) -> RunCounts:
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import DataContext
 
-    from operators.embed import EmbedRows
-    from operators.embed_passages import EmbedPassages
+    from pipelines.embed_progress import ProgressMonitor
     from pipelines.embed_source import LakeSource, TableKeysSource
 
+    quiet_ray_data()  # Ray Data's own progress off: ours counts rows encoded and committed (embed_progress.py)
     context = DataContext.get_current()
-    context.enable_progress_bars = job.progress
-    context.print_on_execution_start = False
     # One block per hash partition of ids: `decide` must see every row of an id at once.
     context.target_max_block_size = None
     # Shuffle map tasks take this much input at a time (Ray's default, 1 GiB, makes a map task's memory
@@ -465,7 +463,22 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
     decision = Decision(state.skipped_indexes(shards.files), job.sync_deletes)
     chunking = job.passages()
     partitions = plan_partitions(state.plan.rows_in + (table_rows if scan else 0))
-    sink = EmbedSink(tables, run_id, files, plan_rows_per_write(state.plan.rows_in, workers, job.rows_per_write))
+    progress = ProgressMonitor(state.plan.rows_in, enabled=job.progress)
+    with progress:
+        sink = EmbedSink(tables, run_id, files, plan_rows_per_write(state.plan.rows_in, workers, job.rows_per_write),
+                         counter=progress.counter)
+        _write(dataset, sink, job, workers, partitions, decision, keep_fields, spec, storage, chunking,
+               progress.counter)
+    return sink.counts
+
+
+def _write(dataset, sink: EmbedSink, job: EmbedJob, workers, partitions: int, decision: Decision,
+           keep_fields: list[pa.Field], spec: EncoderSpec, storage: VectorStorage, chunking, counter) -> None:
+    """decide per hash partition of ids -> encoder actor pool (rows, or their passages) -> the sink's upserts."""
+    from ray.data import ActorPoolStrategy
+
+    from pipelines.embed_progress import ReportingEmbedPassages, ReportingEmbedRows
+
     (
         dataset.repartition(partitions, keys=[ID])
         .map_batches(decide, fn_kwargs={"decision": decision, "schema": decided_row_schema(keep_fields)},
@@ -473,9 +486,9 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
         # A partition's rows to embed are one block; cut it so that every encoder actor gets some.
         .repartition(target_num_rows_per_block=workers.rows_per_batch)
         .map_batches(
-            EmbedRows if chunking is None else EmbedPassages,
+            ReportingEmbedRows if chunking is None else ReportingEmbedPassages,
             fn_constructor_kwargs={"spec": spec, "keep_fields": keep_fields, "threads": workers.threads,
-                                   "storage": storage, "keep_text": job.keep_text,
+                                   "storage": storage, "keep_text": job.keep_text, "counter": counter,
                                    **({} if chunking is None else {"chunking": chunking})},
             batch_size=workers.rows_per_batch,
             batch_format="pyarrow",
@@ -487,4 +500,3 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
         )
         .write_datasink(sink, ray_remote_args={"num_cpus": workers.io_cpus})
     )
-    return sink.counts

@@ -230,11 +230,12 @@ def table_rows(embedded: pa.Table, schema: pa.Schema, files: pa.Array) -> pa.Tab
 class EmbedSink(Datasink[RunCounts]):
     """Writes the embed job's encoded rows; `counts` holds the sum of every write task's counts."""
 
-    def __init__(self, tables: Tables, run_id: str, files: pa.Array, rows_per_write: int) -> None:
+    def __init__(self, tables: Tables, run_id: str, files: pa.Array, rows_per_write: int, counter=None) -> None:
         self.tables = tables
         self.run_id = run_id
         self.files = files
         self.rows_per_write = rows_per_write
+        self.counter = counter  # the run's progress counter actor (pipelines/embed_progress.py), if any
         self.counts = RunCounts()
 
     @property
@@ -245,7 +246,10 @@ class EmbedSink(Datasink[RunCounts]):
         blocks = [block for block in blocks if block.num_rows]
         if not blocks:
             return RunCounts()
-        return write_batch(pa.concat_tables(blocks), self.tables, self.run_id, self.files)
+        counts = write_batch(pa.concat_tables(blocks), self.tables, self.run_id, self.files)
+        if self.counter is not None:
+            self.counter.add.remote(committed=counts.rows_read)
+        return counts
 
     def on_write_complete(self, write_result) -> None:
         total = RunCounts()

@@ -18,7 +18,7 @@ from operators.search.ann import create_index, measure_recall
 from operators.search.index_plan import MIN_ROWS, IndexPlan, IndexType, plan_index
 from operators.search.sparse_index import open_sparse_index
 from operators.search.store import TableStore
-from operators.serving import advance_serving
+from operators.serving import advance_serving, same_rows
 from operators.tables import check_table_name
 
 log = logging.getLogger(__name__)
@@ -106,5 +106,9 @@ def build_for_serving(store: TableStore, plans: Sequence[IndexPlan]) -> tuple[Ta
     for plan in plans:
         seconds[plan.column] = create_index(writable, plan)
         log.info("%s on %s.%s built in %.1f s", plan.index_type, store.name, plan.column, seconds[plan.column])
+    if not same_rows(store.ref, store.version):  # an embed run began meanwhile: its rows must not be published
+        msg = (f"table {store.name!r}: rows were committed while the indexes were built (an embed run began); "
+               f"readers stay on version {store.version}, and that run publishes its rows with their indexes")
+        raise ValueError(msg)
     advance_serving(store.ref, store.version)
     return TableStore(store.uri, store.name, store.storage), seconds

@@ -80,3 +80,30 @@ def test_graded_pairs_for_bench_uses(tmp_path):
         same = section_of_title[pair["text_a"]] == section_of_text[pair["text_b"]]
         assert {2.0: own[pair["text_a"]] == pair["text_b"], 1.0: same and own[pair["text_a"]] != pair["text_b"],
                 0.0: not same}[pair["score"]]
+
+
+def test_bm25_weights_of_bench_routing_score_as_textbook_bm25():
+    """benchmarks/routing.py's stand-in sparse column: the product's lexical score of its query and document
+    weights is the BM25 score (Robertson's idf, k1 0.9, b 0.4), over the table's largest weight and the query's
+    distinct terms."""
+    import math
+    import re
+
+    from benchmarks.routing import K1, B, Bm25
+    from operators.scoring import sparse_scores
+
+    docs = ["The cat sat on the mat, the cat.", "Dogs and cats are friends", "the dog sat", "a mat is a mat"]
+    bm25 = Bm25(docs)
+    query = "cat sat mat"
+    ours = sparse_scores(bm25.query_rows([query])[0], bm25.document_rows())
+    tokens = [re.findall(r"(?u)\b\w\w+\b", doc.lower()) for doc in docs]
+    average = sum(map(len, tokens)) / len(tokens)
+    terms = sorted(set(re.findall(r"(?u)\b\w\w+\b", query)))
+    for doc, score in zip(tokens, ours, strict=True):
+        expected = 0.0
+        for term in terms:
+            df = sum(term in other for other in tokens)
+            tf = doc.count(term)
+            idf = math.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
+            expected += idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * len(doc) / average)) if tf else 0.0
+        assert score == pytest.approx(expected / bm25.scale / len(terms), rel=1e-5)

@@ -133,3 +133,28 @@ def test_label_predictor_gives_the_most_probable_class_and_its_probability():
 def test_usable_classes_counts_members():
     keep, dropped = usable_classes(np.asarray(["a", "a", "b", "a"], dtype=object), 2)
     assert keep.tolist() == [True, True, False, True] and dropped == {"b": 1}
+
+
+def test_cli_reads_the_serving_version_or_the_one_pinned(tmp_path):
+    """classify reads `serving` by default and --version N / --tag NAME instead, as search and evaluate do: an
+    unfinished run's rows on the main line are never scored."""
+    import lance
+
+    from operators.tables import SERVING
+    from tests.cli_runs import cli_result
+
+    uri = str(tmp_path)
+    table, _ = labelled_table(160, seed=3)
+    lancedb.connect(uri).create_table("docs", table.slice(0, 100))
+    dataset = lance.dataset(f"{uri}/docs.lance")
+    dataset.tags.create("first", dataset.version)
+    lancedb.connect(uri).open_table("docs").add(table.slice(100))
+    published = lance.dataset(f"{uri}/docs.lance").version
+    lance.dataset(f"{uri}/docs.lance").tags.create(SERVING, published)
+    lancedb.connect(uri).open_table("docs").delete("true")  # an unfinished run on top: no rows
+    options = ("--table", "docs", "--labels-column", "section", "--folds", "3", "--no-baseline", "--json")
+    served = cli_result("classify", uri, *options, "--report", str(tmp_path / "a.json"))
+    assert served["table_version"] == published and served["rows"] == 160
+    for pin in (("--version", str(dataset.version)), ("--tag", "first")):
+        pinned = cli_result("classify", uri, *options, *pin, "--report", str(tmp_path / "b.json"))
+        assert pinned["table_version"] == dataset.version and pinned["rows"] == 100

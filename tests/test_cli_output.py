@@ -76,3 +76,56 @@ def test_ray_token_auth_notice_is_dropped_unless_verbose():
     finally:
         root.setLevel(level)
         logger.removeHandler(records)
+
+
+def test_progress_counts_encoded_and_committed_rows_with_a_rate_and_eta():
+    from pipelines.embed_progress import ProgressView
+
+    view = ProgressView(total=1000, started=100.0)
+    view.update(0, 110.0)
+    assert view.line(0, 0, 110.0) == "embed: 1,000 rows to read; starting encoders (0:10)"
+    view.update(200, 140.0)  # the first batch, after the model loaded: no rate yet
+    assert view.line(200, 0, 141.0).endswith("200/1,000 encoded (20%), 0 committed; measuring the rate (0:41)")
+    view.update(400, 150.0)  # 200 rows in 10 s: 20 rows/s, 600 rows left -> 30 s, 2 s of them gone by
+    assert view.line(400, 200, 152.0) == "embed: 400/1,000 encoded (40%), 200 committed; 20.0 rows/s, ETA 0:28 (0:52)"
+    view.update(1000, 180.0)
+    assert view.line(1000, 600, 181.0).endswith("committing the last rows (1:21)")
+    assert view.line(1000, 1000, 182.0) == "embed: 1,000/1,000 encoded (100%), 1,000 committed (1:22)"
+
+
+def test_stderr_filter_drops_only_the_named_native_lines():
+    import os
+    import threading
+
+    from pipelines.stderr_filter import QUIET_STDERR_LINES, _pump_stderr
+
+    source_read, source_write = os.pipe()
+    out_read, out_write = os.pipe()
+    pump = threading.Thread(target=_pump_stderr, args=(source_read, out_write, QUIET_STDERR_LINES))
+    pump.start()
+    noise = b"[2026-11-29 01:25:13,144 E 13015 13015] core_worker.cc:2465: Actor with class name: 'MapWorker' and " \
+            b"ID: '87c7' has constructor arguments in the object store and max_restarts > 0. If the arguments ...\n"
+    os.write(source_write, b"progress 1\r")  # a partial line is passed on at once
+    os.write(source_write, noise[:40])  # a native line split across writes waits for its end
+    os.write(source_write, noise[40:] + b"[2026-11-29 01:25:14 E 1 1] raylet_client.cc:1: a real error\nend")
+    os.close(source_write)
+    pump.join(timeout=5)
+    os.close(out_write)
+    with os.fdopen(out_read, "rb") as out:
+        assert out.read() == b"progress 1\r[2026-11-29 01:25:14 E 1 1] raylet_client.cc:1: a real error\nend"
+
+
+def test_cli_and_embed_imports_load_no_lance():
+    """Importing the CLI and the embed job loads neither lance nor lancedb: the first table opened does, so a
+    job that starts its local Ray before opening one forks no process that has them (pipelines/ray_runtime.py)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from pipelines.cli import parse_args; parse_args(['embed', 'in', 'out']); "
+            "import pipelines.embed, pipelines.embed_progress; "
+            "print(sorted(m for m in ('lance', 'lancedb') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -62,3 +62,28 @@ def test_index_rejects_non_dense_columns(tmp_path):
     make_table(str(tmp_path), n=20)
     with pytest.raises(ValueError, match="not a dense vector column"):
         run_index(IndexJob(str(tmp_path), "docs", columns=["sparse"]))
+
+
+def test_rows_committed_during_the_build_are_not_published(tmp_path, monkeypatch):
+    """An embed run that commits while `index` builds: serving must not move onto its rows."""
+    import pipelines.index as index_module
+    from operators.serving import SERVING, serving_version
+    from operators.tables import Lake
+
+    path = str(tmp_path)
+    make_table(path, n=1200, seed=2, sparse=False, colbert=False)
+    target = Lake(path).table("docs")
+    target.dataset().tags.create(SERVING, target.dataset().version)  # served, as embed leaves a table
+    served = serving_version(target.dataset())
+    build = index_module.create_index
+
+    def build_while_a_run_commits(table, plan):
+        seconds = build(table, plan)
+        target.dataset().delete("id = 'doc00003'")  # a concurrent writer's commit between two index builds
+        return seconds
+
+    monkeypatch.setattr(index_module, "create_index", build_while_a_run_commits)
+    with pytest.raises(ValueError, match="rows were committed while the indexes were built"):
+        run_index(IndexJob(path, "docs", columns=[DENSE], min_rows=1000, sample=10))
+    assert serving_version(target.dataset()) == served
+    assert "doc00003" in target.snapshot().to_table(columns=["id"]).column("id").to_pylist()

@@ -131,3 +131,23 @@ def test_sample_topk_blocks_merge_to_the_exact_neighbours():
 
 def test_recall_at_k_counts_the_overlap():
     assert recall_at_k({"a": ["x", "y"], "b": ["z"]}, {"a": ["x", "q"], "b": ["z", "w"]}, 2) == pytest.approx(0.5)
+
+
+def test_cli_pin_options_reach_the_job(tmp_path):
+    """`neighbors --version N / --tag NAME` read that snapshot (the job's pin; the pipeline's tests run it), one
+    or the other; `--tag serving` is the default read, not a pin."""
+    from operators.tables import Pin
+    from pipelines.cli import parse_args
+    from pipelines.commands.options import job_from_args
+    from pipelines.neighbors import NeighborsJob
+    from tests.cli_runs import cli_error
+
+    def job(*options: str) -> NeighborsJob:
+        args, _ = parse_args(["neighbors", str(tmp_path), "--table", "docs", *options])
+        return job_from_args(NeighborsJob, args)
+
+    assert job("--tag", "golden").pin == Pin(tag="golden")
+    assert job("--version", "3").pin == Pin(version=3)
+    assert job().pin == job("--tag", "serving").pin == Pin()
+    assert "not allowed with argument" in cli_error("neighbors", str(tmp_path), "--table", "docs", "--version", "2",
+                                                    "--tag", "x", status=2, alone=True)

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import lance
 import pyarrow as pa
 
 from operators.storage import redacted_errors
 from operators.tables import TableRef
+
+if TYPE_CHECKING:  # lance loads where a table is first touched, not on import (pipelines/ray_runtime.py)
+    import lance
 
 log = logging.getLogger(__name__)
 DELETE_CHUNK = 2000  # ids per delete predicate
@@ -68,6 +71,8 @@ def ensure_table(
             dataset.add_columns(added)  # all null: a table written before the column existed
             dataset = target.dataset()
         return dataset
+    import lance
+
     dataset = lance.write_dataset(
         schema.empty_table(),
         target.dataset_uri,

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.commands.options import add_address_option, add_table_arguments, job_from_args, name_list
-from pipelines.storage_cli import add_storage_option
+from pipelines.commands.options import add_reader_options, job_from_args, name_list
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -21,7 +20,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "rows and writes T_predictions (id, label, probability) for the unlabelled ones, scored by Ray "
         "workers. The JSON and a PNG go to OUTPUT/T.classification.{json,png} (or --report).",
     )
-    add_table_arguments(parser, required=True)
+    add_reader_options(parser, table_required=True, ray=True)
     parser.add_argument("--labels-column", required=True, help="kept column of labels (embed --keep-columns); "
                                                                "null or empty = unlabelled")
     parser.add_argument("--columns", type=name_list, help="vector columns to score (default: every dense column)")
@@ -34,8 +33,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--predict", action="store_true",
                         help="label the unlabelled rows with the best column's classifier: T_predictions")
     parser.add_argument("--report", help="JSON report path (the PNG goes next to it)")
-    add_address_option(parser)
-    add_storage_option(parser)
     return parser
 
 

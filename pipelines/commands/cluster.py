@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.commands.options import add_address_option, add_pin_options, add_table_arguments, job_from_args
-from pipelines.storage_cli import add_storage_option
+from pipelines.commands.options import add_reader_options, job_from_args
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -18,7 +17,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "silhouette and Davies-Bouldin (on the fitted sample), cluster sizes, and NMI/ARI/V-measure against "
         "--labels-column. PNGs and the JSON go to OUTPUT/T_cluster_report/ (or --plot-dir).",
     )
-    add_table_arguments(parser, required=True)
+    add_reader_options(parser, table_required=True, ray=True)
     parser.add_argument("--k", type=int, required=True, help="number of clusters")
     parser.add_argument("--column", help="vector column: dense or any dense_<d>")
     parser.add_argument("--labels-column", help="known labels to score against (NMI, ARI, V)")
@@ -28,9 +27,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--max-points-per-centroid", type=int,
                         help="fit on at most this many sampled rows per cluster (faiss' own cap)")
     parser.add_argument("--plot-dir", help="folder for the PNGs and JSON report")
-    add_address_option(parser)
-    add_pin_options(parser)
-    add_storage_option(parser)
     return parser
 
 

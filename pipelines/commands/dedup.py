@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 
 from operators.dedup import Keep, Ranking
-from pipelines.commands.options import add_address_option, add_pin_options, add_table_arguments, job_from_args
+from pipelines.commands.options import add_reader_options, job_from_args
 from pipelines.dedup import Method
-from pipelines.storage_cli import add_storage_option
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -26,7 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "Writes T_duplicates (id, duplicate_of, similarity): one row per duplicate, pointing at the kept "
         "member of its group.",
     )
-    add_table_arguments(parser, required=True)
+    add_reader_options(parser, table_required=True, ray=True)
     parser.add_argument("--eps", type=float,
                         help="duplicates have cosine >= 1 - eps (0.03 catches small edits too, with MiniLM)")
     parser.add_argument("--column", help="vector column: dense or any dense_<d>")
@@ -45,9 +44,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--ngram", type=int, help="MinHash: character n-gram size")
     parser.add_argument("--work-dir", help="scratch folder every Ray node can read (default: OUTPUT/.embedlake_work "
                                            "locally)")
-    add_address_option(parser)
-    add_pin_options(parser)
-    add_storage_option(parser)
     return parser
 
 

@@ -80,7 +80,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "(sign bits, 16x smaller); a table keeps what it was first written with")
     parser.add_argument("--colbert-pool-factor", type=at_least(1, float),
                         help="keep ~1/F of each document's ColBERT vectors (hierarchical token pooling; default 1)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress line (rows encoded and committed, rate, ETA) on stderr")
     parser.add_argument("--actor-resources", type=resource_amounts, metavar="NAME=AMOUNT,...",
                         help="custom Ray resources each encoder actor needs, to place actors on node groups")
     parser.add_argument("--no-maintain", dest="maintain", action="store_false",

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.commands.options import add_pin_options, add_table_arguments, job_from_args, weights_list
-from pipelines.storage_cli import add_storage_option
+from pipelines.commands.options import add_reader_options, job_from_args, weights_list
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -18,7 +17,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "column, and the hybrid, on queries with relevance labels, with bytes per row; per (query "
                     "language, document language) pair when they carry languages; and with --pairs the STS "
                     "correlations of similarity with human scores.")
-    add_table_arguments(parser)
+    add_reader_options(parser)
     parser.add_argument("--queries", help="Parquet with query_id, text (and language: metrics per language pair)")
     parser.add_argument("--qrels", help="Parquet with query_id, doc_id, relevance (>0 relevant)")
     parser.add_argument("--pairs", help="Parquet with text_a, text_b, score: Spearman and Pearson correlation of "
@@ -46,8 +45,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="rank dense columns with the ANN index, as search does, instead of exactly")
     parser.add_argument("--limit", type=int, help="evaluate only the first N queries")
     parser.add_argument("--model", help="encoder for the queries when the table carries no metadata")
-    add_pin_options(parser)
-    add_storage_option(parser)
     return parser
 
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 
 from operators.search.index_plan import IndexType
-from pipelines.commands.options import add_table_arguments, job_from_args, name_list
-from pipelines.storage_cli import add_storage_option
+from pipelines.commands.options import add_reader_options, job_from_args, name_list
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -15,13 +14,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "index", job="pipelines.index:IndexJob", help="build ANN indexes (and the sparse inverted index) for a table",
         description="Build an ANN index per dense vector column with parameters chosen from the table size, "
                     "report each index's recall@k against exact search, and refresh the sparse index.")
-    add_table_arguments(parser)
+    add_reader_options(parser, pin=False)  # indexes are built for the serving version only
     parser.add_argument("--columns", type=name_list, help="comma-separated dense columns (default: every dense column)")
     parser.add_argument("--index-type", choices=list(IndexType), help="auto is IVF_HNSW_SQ")
     parser.add_argument("--min-rows", type=int, help="skip tables smaller than this: exact search is fast there")
     parser.add_argument("--sample", type=int, help="queries for the recall measurement")
     parser.add_argument("--k", type=int, help="cut-off of the recall measurement")
-    add_storage_option(parser)
     return parser
 
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 
 from operators.maintenance import DEFAULT_KEEP_RUNS, Retention, maintain, parse_age
-from operators.storage import redacted_errors
-from pipelines.commands.options import add_table_arguments, age, existing_table, positive_int, run_logged
-from pipelines.storage_cli import add_storage_option, storage_from_args
+from pipelines.commands.options import add_reader_options, age, opened_table, positive_int, run_logged
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -18,19 +16,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "move to the result, same rows), keep the versions of the last --keep-runs runs, the serving "
                     "one and every tagged one, and remove every other version older than --older-than from the "
                     "table and its _files, _runs and _quarantine tables. Reports bytes on disk before and after.")
-    add_table_arguments(parser)
+    add_reader_options(parser, pin=False)  # maintains the serving version
     parser.add_argument("--keep-runs", type=positive_int, default=DEFAULT_KEEP_RUNS,
                         help=f"runs whose versions are kept, the serving one included (default {DEFAULT_KEEP_RUNS})")
     parser.add_argument("--older-than", type=age, default="0", metavar="AGE",
                         help="remove only versions older than this: 7d, 12h, 30m (default 0: any age)")
-    add_storage_option(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> dict:
-    storage = storage_from_args(args)
     retention = Retention(args.keep_runs, parse_age(args.older_than))
-    with redacted_errors(storage):
-        target = existing_table(args, storage)
+    with opened_table(args) as target:
         return run_logged(target, args, "maintain", {"keep_runs": args.keep_runs, "older_than": args.older_than},
                           lambda: maintain(target.lake, target.name, retention))

@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 
 from operators.search.index_plan import IndexType
-from pipelines.commands.options import add_address_option, add_table_arguments, job_from_args
-from pipelines.storage_cli import add_storage_option
+from pipelines.commands.options import add_reader_options, job_from_args
 
 METHODS = ("auto", "exact", "ann")  # pipelines/neighbors.py Method (not imported: --help stays light)
 
@@ -19,10 +18,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="the k-NN graph: every row's k nearest rows in T_neighbors (id, neighbor, rank, score)",
         description="Every row's k nearest other rows by cosine similarity, written to T_neighbors in one "
         "commit by Ray workers. Exact (ties by id, as search) on tables up to --exact-max-rows rows, else "
-        "through the column's ANN index (built first when missing), with recall@k against exact search "
-        "reported on --recall-sample sampled rows.",
+        "through the ANN index of the version read (built for the serving version, and published with it, "
+        "when missing), with recall@k against exact search reported on --recall-sample sampled rows.",
     )
-    add_table_arguments(parser, required=True)
+    add_reader_options(parser, table_required=True, ray=True)
     parser.add_argument("--k", type=int, help="neighbours per row")
     parser.add_argument("--column", help="vector column: dense or any dense_<d>")
     parser.add_argument("--method", choices=METHODS, help="auto: exact up to --exact-max-rows rows, the ANN index "
@@ -34,8 +33,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                                       "none")
     parser.add_argument("--seed", type=int, help="the recall sample")
     parser.add_argument("--actors", type=int, help="scoring actors (default: one per CPU)")
-    add_address_option(parser)
-    add_storage_option(parser)
     return parser
 
 

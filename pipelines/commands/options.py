@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import MISSING, fields
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from pipelines.storage_cli import STORAGE_DEST, storage_from_args
+from pipelines.storage_cli import STORAGE_DEST, add_storage_option, storage_from_args
+
+if TYPE_CHECKING:
+    from operators.tables import TableRef
 
 Job = TypeVar("Job")
 
@@ -102,6 +107,30 @@ def job_from_args(job_type: type[Job], args: argparse.Namespace, **values: objec
     if STORAGE_DEST in names:
         given[STORAGE_DEST] = storage_from_args(args)
     return job_type(**given, **values)
+
+
+def add_reader_options(parser: argparse.ArgumentParser, *, table_required: bool = False, pin: bool = True,
+                       ray: bool = False) -> None:
+    """The options every command that reads a table embed wrote shares, declared once: OUTPUT and --table, with
+    `pin` --version N / --tag NAME (the snapshot read instead of the serving one), with `ray` --address, and
+    --storage. (--json, --config and --verbose are every command's: pipelines/cli.py.)"""
+    add_table_arguments(parser, required=table_required)
+    if pin:
+        add_pin_options(parser)
+    if ray:
+        add_address_option(parser)
+    add_storage_option(parser)
+
+
+@contextmanager
+def opened_table(args: argparse.Namespace) -> Iterator[TableRef]:
+    """The table a table command (versions, rollback, maintain) works on: `--storage` resolved, the table
+    checked to exist, storage errors redacted (no credential in a message)."""
+    from operators.storage import redacted_errors
+
+    storage = storage_from_args(args)
+    with redacted_errors(storage):
+        yield existing_table(args, storage)
 
 
 def add_table_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:

@@ -7,15 +7,14 @@ import argparse
 
 from operators.scoring import Fusion
 from operators.search.retriever import SearchMode
-from pipelines.commands.options import add_pin_options, add_table_arguments, job_from_args, weights_list
-from pipelines.storage_cli import add_storage_option
+from pipelines.commands.options import add_reader_options, job_from_args, weights_list
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("search", job="pipelines.search:SearchJob", help="query a table written by embed",
                                    description="Query a table: dense (any nested column, optional Matryoshka "
                                                "funnel), sparse, colbert or hybrid. Prints {id, score}, best first.")
-    add_table_arguments(parser)
+    add_reader_options(parser)
     wanted = parser.add_mutually_exclusive_group(required=True)
     wanted.add_argument("--query", help="query text (encoded with the model's query prompt)")
     wanted.add_argument("--like", metavar="ID", help="the items nearest this stored item (itself excluded)")
@@ -47,8 +46,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="a passage table (embed --chunk-tokens): documents ranked by their best passage, each "
                              "with that passage and its character span")
     parser.add_argument("--model", help="encoder for the queries when the table carries no metadata")
-    add_pin_options(parser)
-    add_storage_option(parser)
     return parser
 
 

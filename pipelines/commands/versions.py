@@ -8,9 +8,7 @@ import argparse
 from operators.maintenance import bytes_on_disk
 from operators.run_log import read_runs
 from operators.serving import SERVING, list_versions, pin_tag, serving_version, unpin_tag
-from operators.storage import redacted_errors
-from pipelines.commands.options import add_table_arguments, existing_table
-from pipelines.storage_cli import add_storage_option, storage_from_args
+from pipelines.commands.options import add_reader_options, opened_table
 
 RECENT_RUNS = 10
 
@@ -19,23 +17,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "versions", help="list a table's serving and previous runs' versions; tag one to keep it",
         description="List the versions of a table readers can pin (--version N / --tag NAME on search, evaluate, "
-                    "cluster, dedup): the serving one, earlier runs' that maintain keeps, tagged ones, and an "
-                    "unfinished run's, with model, time, rows and bytes, and the table's recent runs (<T>_runs). "
+                    "cluster, dedup, classify, neighbors): the serving one, earlier runs' that maintain keeps, "
+                    "tagged ones, and an unfinished run's, with model, time, rows and bytes, and the table's recent "
+                    "runs (<T>_runs). "
                     "--tag NAME [--version N] tags a version (default the serving one) so that maintain never "
                     "removes it; --untag NAME removes such a tag.")
-    add_table_arguments(parser)
+    add_reader_options(parser, pin=False)  # its own --tag/--version name the version to tag
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--tag", default=None, metavar="NAME", help="tag a version NAME (kept by maintain)")
     action.add_argument("--untag", default=None, metavar="NAME", help="remove your tag NAME")
     parser.add_argument("--version", type=int, default=None, metavar="N", help="with --tag: the version to tag")
-    add_storage_option(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> dict | None:
-    storage = storage_from_args(args)
-    with redacted_errors(storage):
-        target = existing_table(args, storage)
+    with opened_table(args) as target:
         lake = target.lake
         if args.version is not None and args.tag is None:
             msg = "--version goes with --tag NAME (the version to tag)"
