@@ -51,7 +51,7 @@ from operators.schema import (
     quarantine_table_name,
     require_columns,
 )
-from operators.serving import REBUILT, RunBase, begin_run, mark_building, publish
+from operators.serving import REBUILT, RunBase, begin_run, mark_building, publish, serving_version
 from operators.sinks.lance_sink import check_columns, ensure_table, upsert
 from operators.sources import Footers, ReadPlan, ShardReader, ShardSet, find_shards, read_footers, read_schema
 from operators.storage import as_settings
@@ -210,8 +210,8 @@ def run_embed(job: EmbedJob) -> dict:
                     passages=chunking is not None)
     retention = Retention(job.keep_runs, parse_age(job.older_than))
     manifest = FileManifest(lake, job.table)
-    _check_tables(job, tables, manifest, lake.table(f"{job.table}{RUNS_SUFFIX}"))
-    state = _input_state(job, shards, required, manifest, model_id)
+    rebuilds = _check_tables(job, tables, manifest, lake.table(f"{job.table}{RUNS_SUFFIX}"))
+    state = _input_state(job, shards, required, manifest, model_id, rebuilds)
     base = _prepare_tables(job, tables, manifest)
     if stale_codes and base.action != REBUILT:  # the new codes are part of this run: published with it
         requantize_stored(tables.main, storage)
@@ -282,17 +282,31 @@ def check_chunking(job: EmbedJob, max_length: int) -> Chunking | None:
     return job.passages()
 
 
-def _check_tables(job: EmbedJob, tables: Tables, manifest: FileManifest, runs: TableRef) -> None:
-    """Every clash with tables already in OUTPUT, found before the run writes anything: the table's
-    columns (unless --overwrite replaces it), and companion tables (`<T>_quarantine`, `<T>_files`, `<T>_runs`)
-    that are some other table of the same name, which no run may replace."""
+def _check_tables(job: EmbedJob, tables: Tables, manifest: FileManifest, runs: TableRef) -> bool:
+    """Every clash with tables already in OUTPUT, found before the run writes anything: the table's columns,
+    and companion tables (`<T>_quarantine`, `<T>_files`, `<T>_runs`) that are some other table of the same name,
+    which no run may replace. Other columns in a table a run has published (a `serving` tag) are a rebuild that
+    readers do not see until it is published (docs/lifecycle.md); in a table without one (written by something
+    else, or before serving tags) nothing would keep its readers' version, so only --overwrite replaces it."""
+    rebuilds = job.overwrite
     if not job.overwrite:
-        check_columns(tables.main, tables.schema)
+        try:
+            check_columns(tables.main, tables.schema, hint="it has no serving version that readers could keep "
+                          "while a run rebuilds it: write to another --table or pass --overwrite")
+        except ValueError:
+            if not _served(tables.main):
+                raise
+            rebuilds = True  # begin_run rebuilds it from empty: every shard is read again, whatever the manifest says
     not_ours = ("it is not the {} of table {!r} but another table of that name: choose another --table, "
                 "or move that table away")
     for target, schema, what in ((tables.quarantine, QUARANTINE_SCHEMA, "quarantine"),
                                  (manifest.target, FILES_SCHEMA, "file manifest"), (runs, RUNS_SCHEMA, "run log")):
         check_columns(target, schema, hint=not_ours.format(what, job.table))
+    return rebuilds
+
+
+def _served(target: TableRef) -> bool:
+    return target.exists() and serving_version(target.dataset()) is not None
 
 
 def _prepare_tables(job: EmbedJob, tables: Tables, manifest: FileManifest) -> RunBase:
@@ -320,10 +334,10 @@ class InputState:
 
 
 def _input_state(job: EmbedJob, shards: ShardSet, required: list[str], manifest: FileManifest,
-                 model_id: str) -> InputState:
+                 model_id: str, rebuilds: bool = False) -> InputState:
     """The shards to read and their footers, before the run writes anything or starts Ray: a shard that cannot
     be read or lacks a column fails here (or, with --skip-bad-files, is set aside to be quarantined)."""
-    recorded = {} if job.overwrite else manifest.load()
+    recorded = {} if job.overwrite or rebuilds else manifest.load()
     skipped = {} if job.rescan else unchanged_files(shards.versions, recorded, model_id)
     listed = set(shards.files)
     vanished = sorted(path for path in recorded if path not in listed)
