@@ -91,6 +91,13 @@ def make_lake(folder: Path, rows: int, shards: int) -> list[str]:
     return texts
 
 
+def dense_only(model: str) -> list[str]:
+    """`outputs` for a model: dense only for a BGE-M3 folder (what the peers compute), none for an MRL model."""
+    from operators.encoders.loader import model_kind
+
+    return ["dense"] if model_kind(model) == "bge-m3" else []
+
+
 def build_model(folder: Path) -> str:
     from benchmarks.models import build_random_bge_m3
 
@@ -178,7 +185,7 @@ def stage_profile(lake: Path, model: str, rows_per_write: int, scratch: Path, ro
     decided = decide(keys, Decision(), decided_row_schema([]))
     timer.add("decide", clock() - started)
 
-    spec = EncoderSpec(model=model, outputs=["dense"])
+    spec = EncoderSpec(model=model, outputs=dense_only(model))
     embed = ReportingEmbedRows(spec, threads=1)
     encoder = embed.encoder
     encode, tokenize = encoder.encode, encoder.tokenize_flat
@@ -238,7 +245,7 @@ def encoder_alone(model: str, texts: list[str], batch_rows: int) -> tuple[float,
     from operators.encoders.loader import load_encoder
 
     torch.set_num_threads(os.cpu_count() or 1)
-    encoder = load_encoder(EncoderSpec(model=model, outputs=["dense"], device="cpu"))
+    encoder = load_encoder(EncoderSpec(model=model, outputs=dense_only(model), device="cpu"))
     encoder.encode(texts[:batch_rows])  # warm
     started, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(texts), batch_rows):
@@ -286,8 +293,10 @@ def embedlake_embed(lake: Path, model: str, out: Path) -> tuple[float, dict]:
     """The CLI, as a user runs it: wall seconds of the whole command and its JSON summary (with `cpu_seconds`,
     the command's and its Ray processes' CPU time)."""
     shutil.rmtree(out, ignore_errors=True)
-    command = [str(Path(sys.executable).parent / "embedlake"), "embed", str(lake), str(out), "--model", model,
-               "--outputs", "dense", "--overwrite", "--no-progress", "--json"]
+    # `embedlake` is `python -m pipelines.cli`; run as a module so that this benchmark's own tree is the one run
+    # (its progress line on, as a user gets it: the counter actor is part of the cost)
+    command = [sys.executable, "-m", "pipelines.cli", "embed", str(lake), str(out), "--model", model,
+               *(["--outputs", "dense"] if dense_only(model) else []), "--overwrite", "--json"]
     started, cpu = time.perf_counter(), children_cpu()
     done = subprocess.run(command, capture_output=True, text=True, cwd=str(PROJECT_ROOT), check=False)
     seconds = time.perf_counter() - started
@@ -327,6 +336,7 @@ def abba(names: list[str], rounds: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from operators.encoders.loader import resolve_model_path
     from pipelines import workers
     from pipelines.workers import plan_rows_per_write, plan_workers
 
@@ -336,13 +346,14 @@ def run(args: argparse.Namespace) -> dict:
     try:
         lake = scratch / "lake"
         texts = make_lake(lake, args.rows, args.shards)
-        model = build_model(scratch)
+        model = build_model(scratch) if args.model == "tiny" else resolve_model_path(args.model)
         cpus = os.cpu_count() or 1
         plan = plan_workers(cpus, 0)
         if plan_rows_per_call is not None:
             plan = plan_rows_per_call(args.rows, plan)
         calls, rows_per_write = plan.rows_per_batch, plan_rows_per_write(args.rows, plan)
-        result: dict = {"rows": args.rows, "shards": args.shards, "cpus": cpus, "rows_per_call": calls,
+        result: dict = {"rows": args.rows, "shards": args.shards, "model": args.model if args.model != "tiny" else
+                        "tiny random BGE-M3-shaped, dense only", "cpus": cpus, "rows_per_call": calls,
                         "rows_per_write": rows_per_write,
                         "load_before": [round(x, 2) for x in os.getloadavg()], "date": time.strftime(
                             "%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -420,7 +431,7 @@ def _daft_installed() -> bool:
 
 def report(result: dict, title: str) -> str:
     lines = [f"## {title}", "",
-             f"{result['rows']:,} synopses in {result['shards']} shards, tiny random BGE-M3-shaped model, dense only; "
+             f"{result['rows']:,} synopses in {result['shards']} shards, model {result['model']}; "
              f"{result['cpus']} CPUs; load {result['load_before']} before, {result['load_after']} after.", "",
              "| stage (one process, no Ray) | CPU us/row |", "| --- | ---: |"]
     lines += [f"| {name}: {STAGES[name]} | {value} |" for name, value in result["stages_us_per_row"].items()]
@@ -448,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=60_000)
     parser.add_argument("--shards", type=int, default=6)
+    parser.add_argument("--model", default="tiny", help="tiny (a random BGE-M3-shaped checkpoint, dense only: the "
+                        "pipeline's cost shows), minilm, or a model folder")
     parser.add_argument("--repeats", type=int, default=2, help="A-B-B-A rounds of each peer")
     parser.add_argument("--no-daft", dest="daft", action="store_false", help="leave Daft out")
     parser.add_argument("--profile-only", action="store_true", help="part 1 only (no Ray, no peers)")

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 import pyarrow as pa
 
 from operators.encoders.base import EncoderSpec
-from operators.encoders.bge_m3 import OUTPUTS
+from operators.encoders.folders import OUTPUTS
 from operators.encoders.loader import describe_encoder, model_kind
 from operators.encoders.precision import Precision
 from operators.errors import UsageError, check_choices, check_positive, one_line, option_name

@@ -120,7 +120,7 @@ def test_overhead_lake_rounds_and_stage_profile(tmp_path):
     assert abba(["a", "b"], 2) == ["a", "b", "b", "a"]
     seconds = stage_profile(tmp_path / "lake", build_model(tmp_path), 128, tmp_path)
     assert set(seconds) == set(STAGES) and all(value >= 0 for value in seconds.values())
-    text = report({"rows": 300, "shards": 3, "cpus": 2, "load_before": [1.0], "load_after": [1.0],
+    text = report({"rows": 300, "shards": 3, "model": "tiny", "cpus": 2, "load_before": [1.0], "load_after": [1.0],
                    "stages_us_per_row": dict.fromkeys(STAGES, 1.0), "run_us_per_row": {"prepare": 2.0},
                    "encoder_docs_per_s": 10.0, "pipeline_docs_per_s": 8.0, "pipeline_vs_encoder": 0.8,
                    "whole_command_docs_per_s": 5.0, "whole_command_vs_encoder": 0.5, "seconds": {},
