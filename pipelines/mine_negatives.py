@@ -39,6 +39,7 @@ from operators.sources import ShardSet, find_shards
 from operators.storage import redacted_errors
 from operators.tables import Pin
 from operators.training.mining import (
+    EXACT_MATRIX_BYTES,
     MiningCounts,
     MiningSettings,
     NegativeMiner,
@@ -110,7 +111,7 @@ def open_mining_table(location: str, table: str | None, text_column: str, storag
             msg = (f"{where} has no dense column {DENSE!r} to search for negatives (vector columns: "
                    f"{', '.join(store.vector_columns()) or 'none'}); embed it with a dense output")
             raise ValueError(msg)
-        vector_dim(store.schema, DENSE, where)
+        dim = vector_dim(store.schema, DENSE, where)
         require_columns(store.schema, [text_column], where,
                         why="the negatives' texts: `embed --keep-text` stores them as 'text', or name a kept "
                             "text column with --mine-text-column")
@@ -122,6 +123,10 @@ def open_mining_table(location: str, table: str | None, text_column: str, storag
             msg = f"{where} has no rows at version {store.version}"
             raise ValueError(msg)
         index = store.vector_index(DENSE)
+        if index is None and store.rows * dim * 4 > EXACT_MATRIX_BYTES:
+            log.warning("table %s has no ANN index on %s: each batch of %d anchors scans its %d rows exactly; "
+                        "`embedlake index %s --table %s` builds one", name, DENSE, ANCHORS_PER_CALL, store.rows, uri,
+                        name)
         outputs = [DENSE] if meta.kind == "bge-m3" else []
         spec = meta.encoder_spec(prompt_name=QUERY_PROMPT, dims=[], outputs=outputs, storage=dict(storage))
         return MiningTable(uri=uri, name=name, version=store.version, rows=store.rows, text_column=text_column,
