@@ -231,7 +231,7 @@ def run_train(job: TrainJob) -> dict:
 
         mining_table = open_mining_table(job.mine_negatives, job.mine_table, job.mine_text_column, job.storage)
 
-    from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
+    from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray, stop_ray
 
     we_started_ray = start_ray(job.address, num_cpus=os.cpu_count())
     try:
@@ -255,9 +255,7 @@ def run_train(job: TrainJob) -> dict:
         publish_model(job, final["path"], final["filesystem"])
     finally:
         if we_started_ray:
-            import ray
-
-            ray.shutdown()
+            stop_ray()
     summary = {
         "model_out": job.model_out,
         "base": job.base,
