@@ -30,7 +30,7 @@ from operators.training.pairs import ANCHOR, NEGATIVE, POSITIVE, PairColumns, Pa
 from tests.cli_runs import cli_error, run_cli
 from tests.minilm_lake import write_minilm_table
 
-TABLE_DOCS = 120
+TABLE_DOCS = 90
 ANCHORS = 40
 
 
@@ -129,7 +129,8 @@ def pairs_of(docs: pa.Table, rows: int = ANCHORS) -> pa.Table:
     (MiningSettings(), {"relative_margin": 0.05, "num_negatives": 1}),
     (MiningSettings(count=2, skip=2, margin=None), {"range_min": 2, "num_negatives": 2}),
 ])
-def test_mined_negatives_match_sentence_transformers(docs, miner_parts, minilm_path, settings, theirs):
+def test_mined_negatives_match_sentence_transformers(docs, miner_parts, minilm_path, settings, theirs,
+                                                    tmp_path_factory):
     """Our miner on the table's stored vectors gives the triplets sentence-transformers' `mine_hard_negatives`
     gives on the same texts with the same model (it encodes the corpus itself, in one process)."""
     from datasets import Dataset
@@ -140,8 +141,10 @@ def test_mined_negatives_match_sentence_transformers(docs, miner_parts, minilm_p
     pairs = pairs_of(docs)
     mined, counts = NegativeMiner(store, encoder, settings, "text")(group_by_anchor(pairs))
     model = SentenceTransformer(minilm_path, device="cpu", local_files_only=True)
+    cache = str(tmp_path_factory.getbasetemp() / "st_mining_cache")  # its embeddings, encoded once for both cases
     expected = mine_hard_negatives(Dataset.from_dict(pairs.to_pydict()), model, corpus=docs.column("text").to_pylist(),
-                                   sampling_strategy="top", output_format="triplet", verbose=False, **theirs)
+                                   sampling_strategy="top", output_format="triplet", verbose=False,
+                                   cache_folder=cache, **theirs)
     ours = set(zip(*(mined.column(c).to_pylist() for c in (ANCHOR, POSITIVE, NEGATIVE)), strict=True))
     assert ours == set(zip(expected[ANCHOR], expected[POSITIVE], expected[NEGATIVE], strict=True))
     assert counts.triplets == mined.num_rows == len(expected) and counts.anchors == ANCHORS
