@@ -449,7 +449,8 @@ def report(result: dict, title: str) -> str:
         lines.append(f"- Daft: {result['daft']}")
     if "import_seconds" in result:
         lines.append(f"- imports in a fresh interpreter (wall s, CPU s): {json.dumps(result['import_seconds'])}")
-    lines.append(f"- CPU us per row (all processes of the command, Ray's included): "
+    lines.append(f"- CPU us per row (finished child processes; embedlake's is a lower bound: Ray's processes run under "
+                 f"pipelines/ray_launcher.py and are not all reaped through the command): "
                  f"{json.dumps(result['cpu_us_per_row'])}")
     lines.append(f"- seconds per round (A-B-B-A): {json.dumps(result['seconds'])}")
     return "\n".join(lines) + "\n"
