@@ -45,7 +45,7 @@ demo: install
 	@echo "  $(VENV)/bin/embedlake dedup $(DEMO_LAKE) --table docs"
 
 test: install-test
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
 
 # The inner loop: every test that needs neither Ray nor a slow benchmark (operators, encoders against the
 # reference libraries, storage, CLI parsing); `make test` before landing.

@@ -290,9 +290,9 @@ def main() -> None:
         with RESULTS_FILE.open("a") as handle:
             handle.write(report(result))
     if args.driver == "pipeline":
-        import ray
+        from pipelines.ray_runtime import stop_ray
 
-        ray.shutdown()
+        stop_ray()
 
 
 DRIVERS = {

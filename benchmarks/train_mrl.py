@@ -86,6 +86,7 @@ def main() -> None:
         pairs, count = training_pairs(scratch)
         result["train_pairs_input"] = count
         result["base"] = evaluate_model("minilm", scratch, "base")
+        print(json.dumps({"base": result["base"]}), file=sys.stderr)
         result["runs"] = []
         for workers in [int(w) for w in args.workers.split(",")]:
             load_before = list(os.getloadavg())
@@ -102,15 +103,20 @@ def main() -> None:
                    "holdout": summary["evaluation"], "evaluation": evaluate_model(str(out), scratch, f"t{workers}")}
             result["runs"].append(run)
             print(json.dumps(run), file=sys.stderr)
+            save(result, args.out)  # a run stopped later keeps the figures of the runs that finished
             if run is result["runs"][0]:
                 import shutil
 
                 shutil.copy(out / "training_report.png", Path(args.out).with_name("train_mrl_report.png"))
     result["seconds"] = round(time.time() - started, 1)
     result["load_at_end"] = list(os.getloadavg())
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    plot(result, str(Path(args.out).with_suffix(".png")))
+    save(result, args.out)
     print(markdown(result))
+
+
+def save(result: dict, out: str) -> None:
+    Path(out).write_text(json.dumps(result, indent=2))
+    plot(result, str(Path(out).with_suffix(".png")))
 
 
 def plot(result: dict, path: str) -> None:

@@ -60,18 +60,17 @@ class Stopwatch:
 def using_ray(address: str | None, watch: Stopwatch | None = None):
     """Ray for the parallel pass: join `address` (or the running Ray), else start a local one and stop it
     afterwards. Ray Data's progress bars are off: progress goes to the log."""
-    import ray
 
-    from pipelines.ray_runtime import quiet_ray_data, start_ray
+    from pipelines.ray_runtime import quiet_ray_data, start_ray, stop_ray
 
-    with (watch or Stopwatch()).stage("ray_start"):  # start_ray drops lance's at-fork warnings (ray_runtime.py)
+    with (watch or Stopwatch()).stage("ray_start"):
         we_started = start_ray(address, num_cpus=os.cpu_count())
     quiet_ray_data()
     try:
         yield
     finally:
         if we_started:
-            ray.shutdown()
+            stop_ray()
 
 
 def read_ray_dataset(lake: Lake, dataset, columns: list[str], dim: int):

@@ -60,7 +60,7 @@ from operators.table_meta import TableMeta, with_meta
 from operators.tables import Lake, TableRef, check_table_name
 from pipelines.calibrate import plan_existing, requantize_stored, requested_storage, settle_new
 from pipelines.embed_writer import EmbedSink, RunCounts, Tables, clear_quarantined
-from pipelines.ray_runtime import cluster_cpus, cluster_gpus, quiet_ray_data, start_ray
+from pipelines.ray_runtime import cluster_cpus, cluster_gpus, quiet_ray_data, start_ray, stop_ray
 from pipelines.workers import (
     ROWS_PER_PARTITION,
     SCAN_FRACTION,
@@ -367,10 +367,8 @@ def _run(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, 
             counts = _execute(job, shards, state, spec, storage, tables, workers, model_id, run_id)
         finally:
             if we_started_ray:
-                import ray
-
                 stopping = time.time()
-                ray.shutdown()
+                stop_ray()
                 shutdown_seconds = time.time() - stopping
     if counts.rows_read != state.plan.rows_in:
         msg = (f"row accounting failed: {state.plan.rows_in} rows read, {counts.rows_read} written, unchanged or "

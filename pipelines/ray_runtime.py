@@ -4,13 +4,11 @@
 `address="local"` to start a private one when the user gave no address, and join only the address
 they name (`--address` or RAY_ADDRESS).
 
-Ray forks its services (GCS, raylet, ...) from the driver with a `preexec_fn`, so the child runs the at-fork
-hooks of every module loaded before it execs. lance and lancedb register such hooks: lance warns ("not
-fork-safe"), lancedb restarts its async runtime in the child and warns ("a small chance of deadlock"). Jobs
-check their tables before they start Ray (bad input fails before any work), so both are loaded by then; the
-warnings are dropped around the start of a local Ray (`_quiet_fork_warnings`) and the risk they name stays
-until a local Ray is started from a process that has not loaded them (issue 22's report). Nothing under
-`operators` imports lance at module level (tables load lance and lancedb when first opened).
+Ray starts its services (GCS, raylet, ...) with a Python `preexec_fn`, so each child runs the at-fork hooks
+of every module its parent has loaded. Jobs check their tables before they start Ray (bad input fails before any
+work), so lance and lancedb are loaded by then, and their hooks (a "not fork-safe" warning, an async runtime
+restarted in the child: a deadlock risk) would run at every start. A private local Ray is therefore started by
+pipelines/ray_launcher.py, a subprocess that has loaded neither, and the driver joins it; `stop_ray` stops it.
 
 What Ray prints that names no risk for our jobs and no step for the user is dropped here, deliberately and
 each with its reason; `--verbose` keeps all of it.
@@ -18,11 +16,15 @@ each with its reason; `--verbose` keeps all of it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import secrets
+import select
+import subprocess
+import sys
+import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import ray
 
@@ -46,9 +48,8 @@ QUIET_ENV = {
 # actors hold those, so every reader and writer task started a fresh Python process and paid its
 # imports and its first Lance open (2-3 s of CPU each, taken from the encoders on a small machine).
 SPARE_WORKERS = 4
-# Ray gives its raylet 30 s to register and then gives up; on a loaded machine that happens, and a second
-# start usually succeeds.
-START_ATTEMPTS = 3
+# How long the launcher may take to start Ray (it retries Ray's own 30 s start-up timeout up to three times).
+LAUNCH_TIMEOUT_S = 300.0
 
 
 # Ray's notices that name no risk for a private local Ray and no step for the user: token authentication
@@ -111,7 +112,7 @@ def start_ray(
     object_store_memory: int | None = None,
 ) -> bool:
     """Connect to `address` (or RAY_ADDRESS), else start a private local Ray. True when we started it
-    (the caller then shuts it down)."""
+    (the caller then stops it with `stop_ray`)."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
@@ -125,40 +126,79 @@ def start_ray(
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING)
         reinstall_sigterm()
         return False
-    for attempt in range(START_ATTEMPTS):
-        try:
-            with _quiet_fork_warnings():
-                ray.init(
-                    address="local",
-                    num_cpus=num_cpus,
-                    object_store_memory=object_store_memory,
-                    include_dashboard=False,
-                    runtime_env=runtime_env,
-                    logging_level=logging.WARNING,
-                    log_to_driver=True,
-                    _system_config={"num_workers_soft_limit": (num_cpus or os.cpu_count() or 1) + SPARE_WORKERS},
-                )
-                reinstall_sigterm()  # Ray's own SIGTERM handler dumps a C++ stack; the CLI's exits 130
-            return True
-        except Exception as error:  # noqa: BLE001 - Ray raises a bare Exception for this
-            if "timed out during startup" not in str(error) or attempt == START_ATTEMPTS - 1:
-                raise
-            log.warning("local Ray did not start in time (a loaded machine?), trying again")
-            ray.shutdown()
+    _launch_local_ray(num_cpus, object_store_memory)
+    try:
+        ray.init(address=_LAUNCHED["address"], runtime_env=runtime_env, logging_level=logging.WARNING,
+                 log_to_driver=True)
+    except BaseException:
+        stop_ray()
+        raise
+    reinstall_sigterm()  # Ray's own SIGTERM handler dumps a C++ stack; the CLI's exits 130
     return True
 
 
-@contextmanager
-def _quiet_fork_warnings() -> Iterator[None]:
-    """The two at-fork warnings of lance and lancedb, for the forks that start a local Ray (the module's
-    docstring says why they fire and what stays open)."""
-    with warnings.catch_warnings():
-        if verbose():
-            yield
-            return
-        warnings.filterwarnings("ignore", message="lance is not fork-safe", category=UserWarning)
-        warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
-        yield
+# The launcher of the local Ray this process started, if any (one per process, like Ray itself).
+_LAUNCHED: dict = {}
+
+
+def _launch_local_ray(num_cpus: int | None, object_store_memory: int | None) -> None:
+    """Start pipelines/ray_launcher.py and wait for the address of the Ray it started."""
+    if "RAY_AUTH_MODE" not in os.environ:
+        # Ray's default for a new local cluster is token authentication with a token it writes to ~/.ray; the
+        # launcher and this driver share one of their own instead (children inherit the environment).
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        from ray._raylet import Config
+
+        Config.initialize("")  # Ray's config is read at import: refreshed as Ray's own ray.init does for its token
+    settings = {"num_cpus": num_cpus, "object_store_memory": object_store_memory,
+                "_system_config": {"num_workers_soft_limit": (num_cpus or os.cpu_count() or 1) + SPARE_WORKERS}}
+    launcher = subprocess.Popen(  # no preexec_fn: no at-fork hooks of ours run in the child
+        [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ray_launcher.py"),
+         json.dumps(settings)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None if verbose() else subprocess.DEVNULL,
+        start_new_session=True, env={**os.environ, "PYTHONPATH": _worker_pythonpath()})
+    _LAUNCHED["process"] = launcher
+    reply = _read_line(launcher, LAUNCH_TIMEOUT_S)
+    try:
+        message = json.loads(reply) if reply else {"error": f"the Ray launcher exited ({launcher.poll()})"}
+    except ValueError:
+        message = {"error": f"the Ray launcher said {reply[:200]!r}"}
+    if "address" not in message:
+        stop_ray()
+        msg = f"could not start a local Ray: {message.get('error', 'no address')}"
+        raise RuntimeError(msg)
+    _LAUNCHED["address"] = message["address"]
+
+
+def _read_line(process: subprocess.Popen, timeout: float) -> str:
+    """The launcher's first stdout line, '' if it exits or `timeout` passes first."""
+    deadline = time.monotonic() + timeout
+    pipe = process.stdout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([pipe], [], [], 1.0)
+        if ready:
+            return pipe.readline().decode(errors="replace").strip()
+        if process.poll() is not None:
+            return ""
+    return ""
+
+
+def stop_ray() -> None:
+    """Disconnect, and stop the local Ray `start_ray` started (a joined cluster is left running)."""
+    ray.shutdown()
+    launcher = _LAUNCHED.pop("process", None)
+    _LAUNCHED.pop("address", None)
+    if launcher is None:
+        return
+    try:
+        launcher.stdin.close()  # the launcher's cue to shut its Ray down
+        launcher.wait(timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        launcher.kill()
+        launcher.wait()
+    finally:
+        launcher.stdout.close()
 
 
 def _worker_pythonpath() -> str:

@@ -184,7 +184,7 @@ def run_train(job: TrainJob) -> dict:
         log.info("MODEL_OUT %s already holds this finished run; nothing to do", job.model_out)
         return done
 
-    from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray
+    from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray, stop_ray
 
     we_started_ray = start_ray(job.address, num_cpus=os.cpu_count())
     try:
@@ -204,9 +204,7 @@ def run_train(job: TrainJob) -> dict:
         publish_model(job, final["path"], final["filesystem"])
     finally:
         if we_started_ray:
-            import ray
-
-            ray.shutdown()
+            stop_ray()
     summary = {
         "model_out": job.model_out,
         "base": job.base,

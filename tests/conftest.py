@@ -46,12 +46,12 @@ def ray_session():
     read/write tasks fit, no dashboard, a small object store. Shut down at the end."""
     import ray
 
-    from pipelines.ray_runtime import start_ray
+    from pipelines.ray_runtime import start_ray, stop_ray
 
     started = start_ray(address=None, num_cpus=4, object_store_memory=300 * 1024 * 1024)
     yield ray
     if started:
-        ray.shutdown()
+        stop_ray()
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import argparse
 
 import lancedb
 import pyarrow as pa
+import pytest
 
 from pipelines.commands import embed as embed_command
 from pipelines.search import SearchJob, format_hits, kept_text
@@ -116,8 +117,8 @@ def test_stderr_filter_drops_only_the_named_native_lines():
 
 
 def test_cli_and_embed_imports_load_no_lance():
-    """Importing the CLI and the embed job loads neither lance nor lancedb: the first table opened does, so a
-    job that starts its local Ray before opening one forks no process that has them (pipelines/ray_runtime.py)."""
+    """Importing the CLI and the embed job loads neither lance nor lancedb: the first table opened does, so
+    `--help` and a usage error stay cheap."""
     import subprocess
     import sys
     from pathlib import Path
@@ -129,3 +130,36 @@ def test_cli_and_embed_imports_load_no_lance():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+FORK_PROBE = """
+import logging, subprocess, sys, tempfile
+logging.getLogger().setLevel(logging.DEBUG)  # as --verbose: nothing of Ray's start is silenced
+import lancedb, pyarrow as pa
+lancedb.connect(tempfile.mkdtemp()).create_table("t", pa.table({"a": [1, 2]}))  # lance and lancedb loaded
+import ray
+from pipelines.ray_runtime import _LAUNCHED, start_ray, stop_ray
+assert start_ray(None, num_cpus=1, object_store_memory=80 * 1024**2)
+session = ray._private.worker.global_worker.node.session_name
+print(ray.get(ray.remote(lambda: 41 + 1).remote()), flush=True)
+launcher = _LAUNCHED["process"]
+stop_ray()
+left = subprocess.run(["pgrep", "-f", session], capture_output=True, text=True).stdout.split()
+print("launcher", launcher.poll() is not None, "left", left, flush=True)
+"""
+
+
+@pytest.mark.ray
+def test_local_ray_starts_without_forking_lance():
+    """A driver that has opened a table starts its local Ray through pipelines/ray_launcher.py, so no process
+    runs lance's or lancedb's at-fork hooks (no "not fork-safe" / "fork support is experimental" warning even
+    with nothing silenced), and stop_ray leaves no process of that Ray behind."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-W", "always", "-c", FORK_PROBE],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["42", "launcher True left []"], done.stdout
+    assert "fork" not in done.stderr.lower(), [line for line in done.stderr.splitlines() if "fork" in line.lower()]
