@@ -147,7 +147,7 @@ def uptime() -> str:
 
 
 def bench_neighbors(root: str, rows: int, dim: int, exact_up_to: int, seed: int,
-                    methods: tuple[str, ...] = ("exact", "ivf")) -> dict:
+                    methods: tuple[str, ...] = ("exact", "ivf"), probes: int | None = None) -> dict:
     uri = os.path.join(root, f"vectors_{rows}")
     write_vectors(uri, rows, dim, seed)
     record: dict = {"rows": rows, "dim": dim, "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -155,8 +155,9 @@ def bench_neighbors(root: str, rows: int, dim: int, exact_up_to: int, seed: int,
     for method in [m for m in methods if m != "exact" or rows <= exact_up_to]:
         record[f"{method}_uptime_before"] = uptime()
         try:
+            extra = ["--probes", str(probes)] if probes and method == "ivf" else []
             result, seconds, memory = run_command(["neighbors", uri, "--table", TABLE, "--k", "10", "--method",
-                                                   method, "--recall-sample", "1000", "--seed", str(seed)])
+                                                   method, "--recall-sample", "1000", "--seed", str(seed), *extra])
         except RuntimeError as error:  # keep the figures so far
             record[method] = {"error": str(error)}
             continue
@@ -236,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--neighbor-methods", default="exact,ivf",
                         help="neighbors methods to run at each size (exact only up to --exact-up-to; ann: one index "
                              "query per row, ~3.6 CPU ms per row)")
+    parser.add_argument("--probes", type=int, help="neighbors --probes for the ivf runs (default: the command's)")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--scratch", help="scratch folder (default: a temporary one)")
     parser.add_argument("--ann-probe", default="", help="sizes at which to probe the ANN path's CPU costs and recall "
@@ -257,7 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["neighbors"] = []
         for rows in [int(r) for r in args.neighbor_rows.split(",") if r.strip()]:
             results["neighbors"].append(bench_neighbors(root, rows, args.dim, args.exact_up_to, args.seed,
-                                                        tuple(m for m in args.neighbor_methods.split(",") if m)))
+                                                        tuple(m for m in args.neighbor_methods.split(",") if m),
+                                                        args.probes))
             _save(results, args.out)
     results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     _save(results, args.out)
