@@ -155,7 +155,7 @@ def validate_mining(job: TrainJob) -> None:
 
 
 def model_dimension(folder: str) -> int:
-    from operators.encoders.mrl import describe_folder
+    from operators.encoders.folders import describe_mrl_folder as describe_folder
 
     return describe_folder(folder).dimension
 
