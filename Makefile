@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo test test-fast lint docs bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale bench-lifecycle bench-uses bench-chunk bench-routing clean
+.PHONY: install install-test demo test test-fast lint docs bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale bench-lifecycle bench-uses bench-chunk bench-routing bench-overhead clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,14 @@ lint: install-test
 # Throughput: encoders alone and the whole pipeline against sentence-transformers (~16 min on 2 cores).
 bench: install-test
 	$(VENV)/bin/python -m benchmarks.run
+
+# Issue 21: where `embedlake embed` spends its time per row (CPU us/row of each stage, the run's wall stages) with a
+# tiny random BGE-M3-shaped model on 60k short synopses, against the encoder alone and Daft's pipeline (A-B-B-A,
+# wall clock; Daft comes from the benchmark-only extra `.[bench]`, skipped with a note when it cannot be installed).
+bench-overhead: install-test
+	$(PY) -m pip install -q -e '.[bench]' || echo "bench-overhead: daft not installed, its rows are skipped"
+	nice -n 10 $(PY) -m benchmarks.overhead --rows 60000 --shards 6 --repeats 2 \
+		--out benchmarks/results/overhead_60k_2cpu.json --append-results
 
 # Peak memory of the driver and every Ray process at two corpus sizes, same object store (short rows,
 # a tiny random model so that a million rows take minutes: ~12 min).

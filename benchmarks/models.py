@@ -64,7 +64,7 @@ def build_random_bge_m3(
     is where the weights are drawn: on a GPU the large size takes a second instead of minutes."""
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
-    from operators.encoders.bge_m3 import COLBERT_HEAD, SPARSE_HEAD
+    from operators.encoders.folders import COLBERT_HEAD, SPARSE_HEAD
 
     shape = SIZES[size]
     copy_tokenizer(folder)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from operators.figures import save_figure
+
 # Colours beyond this many clusters or labels repeat, so the projection colours the largest ones only.
 MAX_COLOURED = 20
 
@@ -40,10 +42,7 @@ def plot_sizes(sizes: np.ndarray, path: str, title: str) -> str:
     ax.set_xlabel("cluster (largest first)")
     ax.set_ylabel("rows")
     ax.set_title(f"{title}: {len(ordered)} clusters, {int(ordered.sum())} rows")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def project_2d(vectors: np.ndarray, seed: int) -> np.ndarray:
@@ -75,10 +74,7 @@ def plot_projection(
         ax.set_title(f"{title}: sample of {len(points)} coloured by {name}")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def _scatter(ax, points: np.ndarray, values: np.ndarray) -> None:

@@ -13,12 +13,12 @@ table have no language and count in no pair.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from operators.figures import save_figure
 from operators.metrics import evaluate_run, metric_name
 from operators.schema import SPARSE, require_columns
 from operators.scoring import top_k
@@ -172,11 +172,7 @@ def plot_language_pairs(entries: dict, k: int, path: str, column: str = "dense",
     axis.set_ylabel("query language")
     axis.set_title(f"{key} of {column} per language pair{': ' + title if title else ''}", fontsize=10)
     figure.colorbar(image, ax=axis, fraction=0.046)
-    figure.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def cross_lingual_report(evaluator, queries_path: str, language_column: str | None = None,

@@ -78,17 +78,20 @@ class EmbedRows:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         status = batch.column(STATUS_COL).combine_chunks()
-        todo = np.flatnonzero(pc.equal(status, Status.EMBEDDED.value).to_numpy(zero_copy_only=False))
-        texts = batch.column(TEXT_COL).take(pa.array(todo)).to_pylist()
-        ids = batch.column("id").take(pa.array(todo)).to_pylist()
+        todo = np.flatnonzero(_is_embedded(status))
+        rows = pa.array(todo)
+        texts = batch.column(TEXT_COL).take(rows).to_pylist()
+        ids = batch.column("id").take(rows).to_pylist()
         encoded, failures = self.encode_isolating_failures(texts, ids)
         encoded.columns = self.storage.apply(encoded.columns)
-        status_list = status.to_pylist()
-        reasons = batch.column(REASON_COL).to_pylist()
-        for position, error in failures.items():
-            row = int(todo[position])
-            status_list[row], reasons[row] = Status.QUARANTINED.value, f"{ENCODER_ERROR}: {error}"
-        return self.assemble(batch, status_list, reasons, todo, encoded)
+        reasons = batch.column(REASON_COL).combine_chunks()
+        if failures:  # rare: per row, in Python
+            status_list, reason_list = status.to_pylist(), reasons.to_pylist()
+            for position, error in failures.items():
+                row = int(todo[position])
+                status_list[row], reason_list[row] = Status.QUARANTINED.value, f"{ENCODER_ERROR}: {error}"
+            status, reasons = pa.array(status_list, pa.string()), pa.array(reason_list, pa.string())
+        return self.assemble(batch, status, reasons, todo, encoded)
 
     def encode_isolating_failures(
         self, texts: Sequence[str], ids: Sequence[str]
@@ -127,13 +130,14 @@ class EmbedRows:
     def assemble(
         self,
         batch: pa.Table,
-        status: list[str],
-        reasons: list[str | None],
+        status: pa.Array,
+        reasons: pa.Array,
         todo: np.ndarray,
         encoded: EncodedBatch,
     ) -> pa.Table:
+        """The output rows, in Arrow compute (no per-row Python): vectors of embedded rows, nulls elsewhere."""
         rows = batch.num_rows
-        embedded = np.array([s == Status.EMBEDDED for s in status], dtype=bool)
+        embedded = _is_embedded(status)
         positions = np.full(rows, -1, dtype=np.int64)
         positions[todo] = np.arange(len(todo))
         take = pa.array(positions, mask=~embedded)  # null index -> null vectors for rows not embedded
@@ -141,7 +145,8 @@ class EmbedRows:
         columns.pop(TEXT_COL, None)
         if self.keep_text:
             columns[TEXT] = batch.column(TEXT_COL)
-        columns[MODEL] = pa.array([self.encoder.model_id if ok else None for ok in embedded], pa.string())
+        columns[MODEL] = pc.if_else(pa.array(embedded), pa.scalar(self.encoder.model_id, pa.string()),
+                                    pa.scalar(None, pa.string()))
         for f in self.fields:
             columns[f.name] = encoded.columns[f.name].take(take)
         tokens = np.zeros(rows, dtype=np.int32)
@@ -150,8 +155,8 @@ class EmbedRows:
         truncated[todo] = encoded.truncated
         tokens[~embedded] = 0
         truncated[~embedded] = False
-        columns[REASON_COL] = pa.array(reasons, pa.string())
-        columns[STATUS_COL] = pa.array(status, pa.string())
+        columns[REASON_COL] = reasons
+        columns[STATUS_COL] = status
         return self.measured(columns, tokens, truncated, encoded)
 
     def measured(self, columns: dict[str, pa.Array], tokens: np.ndarray, truncated: np.ndarray,
@@ -168,6 +173,11 @@ class EmbedRows:
         columns[OOM_SPLITS_COL] = pa.array(per_batch[1])
         columns[WORKER_COL] = pa.array([self.worker] * rows, pa.string())
         return conform(columns, self.schema, rows)
+
+
+def _is_embedded(status: pa.Array) -> np.ndarray:
+    """True where a row's status is EMBEDDED (to encode before the encoder, encoded after)."""
+    return pc.fill_null(pc.equal(status, Status.EMBEDDED.value), False).to_numpy(zero_copy_only=False)
 
 
 def merge_encoded(encoder: Encoder, pieces: list[tuple[np.ndarray, EncodedBatch]], total: int) -> EncodedBatch:

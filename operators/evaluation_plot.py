@@ -8,8 +8,7 @@ trade-off a deployment has to choose on.
 
 from __future__ import annotations
 
-import os
-
+from operators.figures import save_figure
 from operators.metrics import METRICS, metric_name
 
 FUNNEL_PREFIX = "funnel_"
@@ -76,18 +75,4 @@ def plot_quality(results: dict[str, dict], k: int, path: str, title: str = "") -
     by_bytes.grid(True, alpha=0.3)
     if title:
         figure.suptitle(f"retrieval quality: {title}")
-    figure.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
-
-
-def save_figure(figure, path: str, dpi: int = 110) -> str:
-    """Write a matplotlib figure as PNG (its folder made first), close it, return the path."""
-    import matplotlib.pyplot as plt
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=dpi)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

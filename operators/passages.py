@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
-import torch
 
 from operators.chunking import ChunkSpec, Passage, Window, chunk_offsets, plan_windows
 from operators.encoders.base import EncodedBatch, TransformerEncoder, _scatter
@@ -116,6 +115,8 @@ def _late(encoder: TransformerEncoder, ids: list[np.ndarray], passages: list[lis
     total = int(first_row[-1])
     outputs: dict[str, list | np.ndarray] = {}
     padded = 0
+    import torch  # here, in the worker: a run's driver never loads it
+
     for batch in plan_batches(flat.lengths, encoder.limits.max_tokens, encoder.limits.max_rows):
         input_ids, mask = (torch.from_numpy(a).to(encoder.device) for a in pad_rows(flat, batch, encoder.pad_id))
         states = encoder.token_states(input_ids, mask)

@@ -20,7 +20,7 @@ import numpy as np
 
 from operators import scoring
 from operators.evaluation import Evaluator
-from operators.evaluation_plot import save_figure
+from operators.figures import save_figure
 from operators.metrics import metric_name
 from operators.schema import DENSE, SPARSE
 from operators.scoring import Fusion
@@ -119,6 +119,5 @@ def plot_routing(entry: dict, path: str, title: str = "") -> str:
                    f"{heldout['folds']}-fold held-out: routing won {heldout['wins']}, lost {heldout['losses']} "
                    "queries against the best fixed route", fontsize=9)
     axis.grid(True, axis="y", alpha=0.3)
-    figure.tight_layout()
     return save_figure(figure, path)
 

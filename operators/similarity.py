@@ -13,7 +13,6 @@ those similarities (lexical matching, MaxSim), computed as FlagEmbedding does (o
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from operators import scoring
+from operators.figures import save_figure
 from operators.schema import COLBERT, DENSE, SPARSE, nested_dim, require_columns
 from operators.scoring import QueryVectors
 
@@ -139,11 +139,7 @@ def plot_sts(result: dict, path: str, title: str = "") -> str:
     axis.set_title(f"STS ({result.get('pairs', 0)} pairs){': ' + title if title else ''}")
     axis.grid(True, alpha=0.3)
     axis.legend()
-    figure.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def _full_dim(result: dict) -> int:

@@ -317,6 +317,11 @@ class Footers:
     sizes: dict[str, list[int]]  # readable shard -> rows per row group
     bad_files: dict[str, str]  # shard -> reason
 
+    @property
+    def rows(self) -> int:
+        """Rows of the readable shards."""
+        return sum(sum(sizes) for sizes in self.sizes.values())
+
     def plan(self, rows_per_piece: int) -> ReadPlan:
         """Read tasks: consecutive row groups of a shard together until they reach `rows_per_piece` (Ray hands
         an encoder actor whole blocks, and one task per big shard would leave actors idle)."""

@@ -43,6 +43,7 @@ from operators.classify import (
     tfidf_baseline,
     usable_classes,
 )
+from operators.figures import save_figure
 from operators.schema import ID, dense_columns, require_columns, vector_dim
 from operators.tables import Lake, Pin, check_table_name
 from operators.vectors import as_matrix
@@ -266,8 +267,4 @@ def plot_classification(result: dict, columns: list[str], path: str, title: str 
                    + (f": {title}" if title else ""), fontsize=10)
     axis.legend(fontsize=8, loc="lower right")
     axis.grid(True, axis="y", alpha=0.3)
-    figure.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 import pyarrow as pa
 
 from operators.encoders.base import EncoderSpec
-from operators.encoders.bge_m3 import OUTPUTS
+from operators.encoders.folders import OUTPUTS
 from operators.encoders.loader import describe_encoder, model_kind
 from operators.encoders.precision import Precision
 from operators.errors import UsageError, check_choices, check_positive, one_line, option_name
@@ -66,6 +66,7 @@ from pipelines.workers import (
     SCAN_FRACTION,
     SHUFFLE_INPUT_BYTES,
     plan_partitions,
+    plan_rows_per_call,
     plan_rows_per_write,
     plan_workers,
 )
@@ -102,7 +103,7 @@ class EmbedJob:
     actors: int | None = None  # encoder actors; default one per GPU, else one per CPU (pipelines/workers.py)
     actor_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per encoder actor
     threads_per_actor: int | None = None
-    rows_per_batch: int | None = None  # rows per encoder call; default pipelines/workers.py ROWS_PER_BATCH
+    rows_per_batch: int | None = None  # rows per encoder call; default pipelines/workers.py plan_rows_per_call
     rows_per_write: int | None = None  # rows per upsert commit; default: pipelines/workers.py plan_rows_per_write
     max_tokens_per_batch: int | None = None  # default per device (operators/encoders/base.py)
     precision: Precision = Precision.AUTO  # operators/encoders/precision.py
@@ -219,9 +220,10 @@ def run_embed(job: EmbedJob) -> dict:
     run_log = RunLog.for_table(lake, job.table, job="embed",
                                command=job.command or sys.argv, config=config, model=model_id)
     run_log.start()
+    stages = {"prepare": time.time() - started}  # listing, schema, footers, table checks, run log
     try:
         summary = _run(job, shards, state, spec, storage, tables, manifest, model_id,
-                       run_log.run_id, started, base)
+                       run_log.run_id, started, base, stages)
         # Every row is accounted for and committed and the manifest is current: indexes for this version,
         # then readers switch to it (metadata, vectors and indexes together), then old versions go.
         finishing = time.time()
@@ -232,7 +234,8 @@ def run_embed(job: EmbedJob) -> dict:
             before = bytes_on_disk(lake, job.table)
             summary["maintain"] = {**retain(lake, job.table, retention), "bytes_before": before,
                                    "bytes_after": bytes_on_disk(lake, job.table)}
-        summary["finish_seconds"] = round(time.time() - finishing, 3)
+        summary["finish_seconds"] = stages["finish"] = round(time.time() - finishing, 3)
+        summary["stage_seconds"] = {name: round(seconds, 3) for name, seconds in stages.items()}
     except BaseException as error:
         try:
             run_log.finish({}, error=one_line(error, 1000, job.storage))
@@ -346,7 +349,11 @@ def _input_state(job: EmbedJob, shards: ShardSet, required: list[str], manifest:
 
 
 def _run(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, storage: VectorStorage,
-         tables: Tables, manifest: FileManifest, model_id: str, run_id: str, started: float, base: RunBase) -> dict:
+         tables: Tables, manifest: FileManifest, model_id: str, run_id: str, started: float, base: RunBase,
+         stages: dict[str, float] | None = None) -> dict:
+    """Read, decide, encode and write; `stages` gets the wall seconds of each step of the run (the summary's
+    `stage_seconds`: where a run's time goes besides encoding, benchmarks/overhead.py)."""
+    stages = {} if stages is None else stages
     skipped, vanished = state.skipped, state.vanished
     counts = RunCounts()
     shutdown_seconds = 0.0  # stopping the Ray we started: wall time, not embedding time
@@ -355,21 +362,24 @@ def _run(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, 
             # Before the first commit, so that a killed run can be resumed. A rescan usually writes nothing (and
             # must leave the table's version as it was); unmarked, a killed one restarts from the serving version.
             mark_building(tables.main, base.serving)
+        starting = time.time()
         we_started_ray = start_ray(job.address, num_cpus=os.cpu_count(), object_store_memory=job.object_store_memory)
+        stages["ray_start"] = time.time() - starting
         try:
             workers = plan_workers(cluster_cpus(), cluster_gpus(), job.actors, job.threads_per_actor,
                                    job.rows_per_batch)
+            workers = plan_rows_per_call(state.footers.rows, workers, job.rows_per_batch)
             state.plan = state.footers.plan(workers.rows_per_batch)
             _quarantine_bad_files(state.plan, tables, run_id)
             log.info("embedding %d rows from %d shard(s) (%d unchanged shards of %d rows skipped, %d bad files) "
                      "with %s", state.plan.rows_in, len(state.plan.rows), len(skipped), sum(skipped.values()),
                      len(state.plan.bad_files), model_id)
-            counts = _execute(job, shards, state, spec, storage, tables, workers, model_id, run_id)
+            counts = _execute(job, shards, state, spec, storage, tables, workers, model_id, run_id, stages)
         finally:
             if we_started_ray:
                 stopping = time.time()
                 stop_ray()
-                shutdown_seconds = time.time() - stopping
+                shutdown_seconds = stages["ray_shutdown"] = time.time() - stopping
     if counts.rows_read != state.plan.rows_in:
         msg = (f"row accounting failed: {state.plan.rows_in} rows read, {counts.rows_read} written, unchanged or "
                "quarantined; the table holds what was committed, re-run the same command to finish")
@@ -380,6 +390,8 @@ def _run(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, 
     if job.sync_deletes:
         manifest.forget(vanished)
     finished = time.time()
+    stages["manifest"] = finished - stages.get("executed_at", finished) - shutdown_seconds
+    stages.pop("executed_at", None)
     rows_skipped = sum(skipped.values())
     # First read to last commit (deletes and compaction included), not counting Ray's shutdown.
     encode_seconds = max(finished - shutdown_seconds - (counts.first_read_at or started), 1e-9)
@@ -438,7 +450,8 @@ def _quarantine_bad_files(plan: ReadPlan, tables: Tables, run_id: str) -> None:
 
 
 def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSpec, storage: VectorStorage,
-             tables: Tables, workers, model_id: str, run_id: str) -> RunCounts:
+             tables: Tables, workers, model_id: str, run_id: str, stages: dict[str, float]) -> RunCounts:
+    planning = time.time()
     import ray
     from ray.data import DataContext
 
@@ -479,9 +492,17 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
     with progress:
         sink = EmbedSink(tables, run_id, files, plan_rows_per_write(state.plan.rows_in, workers, job.rows_per_write),
                          counter=progress.counter)
+        executing = time.time()
+        stages["plan"] = executing - planning  # calibration, the table's keys, the read plan
         _write(dataset, sink, job, workers, partitions, decision, keep_fields, spec, storage, chunking,
                progress.counter)
-    return sink.counts
+    stages["executed_at"] = done = time.time()
+    counts = sink.counts
+    first_read, last_commit = counts.first_read_at or executing, counts.last_commit_at or done
+    # Ray Data's planning and task start-up; reading to the last commit; the end of the writers' stage.
+    stages.update(to_first_read=first_read - executing, first_read_to_last_commit=last_commit - first_read,
+                  after_last_commit=done - last_commit)
+    return counts
 
 
 def _write(dataset, sink: EmbedSink, job: EmbedJob, workers, partitions: int, decision: Decision,
@@ -491,8 +512,10 @@ def _write(dataset, sink: EmbedSink, job: EmbedJob, workers, partitions: int, de
 
     from pipelines.embed_progress import ReportingEmbedPassages, ReportingEmbedRows
 
+    # One partition (up to ROWS_PER_PARTITION rows): every row in one block, without the hash shuffle's
+    # aggregator actor (a process of its own to start).
     (
-        dataset.repartition(partitions, keys=[ID])
+        (dataset.repartition(partitions, keys=[ID]) if partitions > 1 else dataset.repartition(1))
         .map_batches(decide, fn_kwargs={"decision": decision, "schema": decided_row_schema(keep_fields)},
                      batch_size=None, batch_format="pyarrow", num_cpus=workers.io_cpus)
         # A partition's rows to embed are one block; cut it so that every encoder actor gets some.

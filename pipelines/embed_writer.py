@@ -77,7 +77,8 @@ class Tables:
 
 @dataclass
 class RunCounts:
-    """What write tasks report; summed field by field (ints add, times take the earliest, sets and
+    """What write tasks report; summed field by field (ints add, the first read takes the earliest and the last
+    commit the latest time, sets and
     per-column sizes merge), so a new count is one field here and nowhere else."""
 
     rows_written: int = 0  # documents (in a passage table, each with all its passages)
@@ -96,6 +97,7 @@ class RunCounts:
     commits: int = 0
     commit_seconds: float = 0.0
     first_read_at: float | None = None
+    last_commit_at: float | None = None  # when the last write task finished its commits
     workers: set[str] = field(default_factory=set)
     # Shards with rows an encoder error quarantined: left out of the manifest, so the next run tries them again.
     files_to_retry: set[int] = field(default_factory=set)
@@ -109,9 +111,9 @@ class RunCounts:
             elif isinstance(mine, dict):
                 for name, size in theirs.items():
                     mine[name] = mine.get(name, 0) + size
-            elif f.name == "first_read_at":
+            elif f.name in ("first_read_at", "last_commit_at"):
                 known = [t for t in (mine, theirs) if t is not None]
-                setattr(self, f.name, min(known) if known else None)
+                setattr(self, f.name, (min if f.name == "first_read_at" else max)(known) if known else None)
             else:
                 setattr(self, f.name, mine + theirs)
         return self
@@ -166,6 +168,7 @@ def write_batch(batch: pa.Table, tables: Tables, run_id: str, files: pa.Array) -
         commits=1 if embedded.num_rows else 0,
         commit_seconds=seconds if embedded.num_rows else 0.0,
         first_read_at=pc.min(batch.column(READ_AT_COL)).as_py(),
+        last_commit_at=time.time(),
         workers=set(pc.drop_null(pc.unique(batch.column(WORKER_COL))).to_pylist()),
         files_to_retry=set(pc.unique(file_of(pc.filter(bad.column(ORDER_COL), pc.starts_with(
             bad.column(REASON_COL), ENCODER_ERROR)))).to_pylist()),

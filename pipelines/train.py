@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
+from operators.errors import UsageError, option_name
 from operators.model_store import (
     filesystem,
     is_remote,
@@ -33,8 +34,10 @@ from operators.model_store import (
     write_bytes,
     write_json,
 )
+from operators.schema import TEXT
 from operators.sources import ShardSet, find_shards
 from operators.storage import redacted_errors
+from operators.tables import check_table_name
 from operators.training.matryoshka import (
     TRAINING_FILE,
     MatryoshkaSettings,
@@ -44,6 +47,7 @@ from operators.training.matryoshka import (
     loss_curve,
     options_of,
 )
+from operators.training.mining import DEFAULT_MARGIN, MiningSettings
 from operators.training.pairs import PairCheck, PairColumns, PairReader, check_input
 from pipelines.train_worker import FINAL_DIR
 
@@ -56,6 +60,11 @@ REPORT_FILE = "training_report.json"
 PLOT_FILE = "training_report.png"
 LOSS_POINTS = 200  # about this many logged losses per run
 MAX_FAILURES = 2  # worker failures Ray Train recovers from (from the last checkpoint) before giving up
+
+
+# The --mine-* options besides --mine-negatives, with their defaults (TrainJob's).
+MINE_DEFAULTS = {"mine_table": None, "mine_count": 1, "mine_skip": 0, "mine_depth": None,
+                 "mine_margin": DEFAULT_MARGIN, "mine_text_column": TEXT}
 
 
 @dataclass(kw_only=True)
@@ -79,20 +88,33 @@ class TrainJob(TrainingOptions):
     progress: bool = True
     storage: dict = field(default_factory=dict, repr=False)  # resolved settings (operators/storage.py)
     command: list[str] = field(default_factory=list)
+    # --mine-negatives: hard negatives from an embedlake table (pipelines/mine_negatives.py)
+    mine_negatives: str | None = None  # OUTPUT (the table from mine_table) or a table folder OUTPUT/NAME.lance
+    mine_table: str | None = None  # default: docs
+    mine_count: int = 1  # negatives per anchor (one training row each)
+    mine_skip: int = 0  # candidates passed over before taking negatives
+    mine_depth: int | None = None  # hits considered per anchor; default skip + 10 x count
+    mine_margin: float | None = DEFAULT_MARGIN  # relative margin to the positive's score; None: off
+    mine_text_column: str = TEXT
 
     def columns(self) -> PairColumns:
         return PairColumns(self.anchor_column, self.positive_column, self.negative_column)
 
+    def mining(self) -> MiningSettings:
+        return MiningSettings(count=self.mine_count, skip=self.mine_skip, depth=self.mine_depth,
+                              margin=self.mine_margin)
+
     def identity(self) -> dict:
-        """What makes two runs the same run (a resume must match it); resources are not part of it."""
+        """What makes two runs the same run (a resume must match it); resources are not part of it, nor the
+        mining options of a run that mines nothing (so runs from before they existed keep their identity)."""
         skip = {"workers", "cpus_per_worker", "address", "overwrite", "progress", "storage", "command"}
+        if self.mine_negatives is None:
+            skip |= set(MINE_DEFAULTS)
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
 def validate(job: TrainJob) -> None:
     """Option checks that need no data: fail (exit status 2) before anything starts."""
-    from pipelines.cli import UsageError
-
     checks = [
         (job.epochs >= 1, f"--epochs must be at least 1, got {job.epochs}"),
         (job.batch_size >= 2, f"--batch-size must be at least 2 (in-batch negatives), got {job.batch_size}"),
@@ -108,17 +130,37 @@ def validate(job: TrainJob) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    validate_mining(job)
+
+
+def validate_mining(job: TrainJob) -> None:
+    """--mine-* options: with --mine-negatives only, never with --negative-column, and possible."""
+    from pipelines.mine_negatives import table_location
+
+    if job.mine_negatives is None:
+        given = [option_name(name) for name, default in MINE_DEFAULTS.items() if getattr(job, name) != default]
+        if given:
+            msg = f"{', '.join(given)} only apply with --mine-negatives TABLE, which is not given"
+            raise UsageError(msg)
+        return
+    if job.negative_column is not None:
+        msg = ("--mine-negatives and --negative-column both give the hard negatives: mine them from a table or "
+               "read them from a column, not both")
+        raise UsageError(msg)
+    check_table_name(table_location(job.mine_negatives, job.mine_table)[1])
+    try:
+        job.mining().check()
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def model_dimension(folder: str) -> int:
-    from operators.encoders.mrl import describe_folder
+    from operators.encoders.folders import describe_mrl_folder as describe_folder
 
     return describe_folder(folder).dimension
 
 
 def settings_for(job: TrainJob, base_folder: str) -> MatryoshkaSettings:
-    from pipelines.cli import UsageError
-
     try:
         dims, weights = check_dims(job.dims, job.dim_weights, model_dimension(base_folder))
     except ValueError as error:
@@ -183,6 +225,11 @@ def run_train(job: TrainJob) -> dict:
     if done is not None:
         log.info("MODEL_OUT %s already holds this finished run; nothing to do", job.model_out)
         return done
+    mining_table = None
+    if job.mine_negatives is not None:  # the table is checked before Ray starts (pipelines/mine_negatives.py)
+        from pipelines.mine_negatives import open_mining_table
+
+        mining_table = open_mining_table(job.mine_negatives, job.mine_table, job.mine_text_column, job.storage)
 
     from pipelines.ray_runtime import cluster_cpus, cluster_gpus, start_ray, stop_ray
 
@@ -191,15 +238,19 @@ def run_train(job: TrainJob) -> dict:
         reader = PairReader(job.columns(), job.holdout, job.storage)
         counts = check_pairs(reader, shards, job.batch_size)
         claim_output(job)
-        steps_per_epoch = counts.train // job.batch_size
+        source = TrainSource(shards, reader, counts.train)
+        if mining_table is not None:
+            source = mine(job, mining_table, source, base_folder)
+        steps_per_epoch = source.rows // job.batch_size
         gpus = cluster_gpus()
         cpus = job.cpus_per_worker or (1 if gpus else max(1, cluster_cpus() // job.workers))
         log.info("training on %d pairs (%d held out) from %d shard(s): %d workers (%s), %d steps per epoch",
-                 counts.train, counts.holdout, counts.files, job.workers, "GPU" if gpus else f"{cpus} CPUs each",
+                 source.rows, counts.holdout, counts.files, job.workers, "GPU" if gpus else f"{cpus} CPUs each",
                  steps_per_epoch)
         train_started = time.time()
         final = fit(job, settings, shards, reader, counts, use_gpu=gpus > 0, cpus_per_worker=cpus,
-                    logging_steps=max(1, steps_per_epoch * job.epochs // LOSS_POINTS), private_ray=we_started_ray)
+                    logging_steps=max(1, steps_per_epoch * job.epochs // LOSS_POINTS), private_ray=we_started_ray,
+                    source=source)
         train_seconds = time.time() - train_started
         publish_model(job, final["path"], final["filesystem"])
     finally:
@@ -209,7 +260,7 @@ def run_train(job: TrainJob) -> dict:
         "model_out": job.model_out,
         "base": job.base,
         "pairs": counts.rows,
-        "train_pairs": counts.train,
+        "train_pairs": source.rows,
         "holdout_pairs": counts.holdout,
         "evaluated_pairs": final["evaluation"].get("pairs", 0),
         "files": counts.files,
@@ -229,9 +280,44 @@ def run_train(job: TrainJob) -> dict:
         "seconds": round(time.time() - started, 1),
         "job": json.loads(json.dumps(job.identity())),
     }
+    if source.mining is not None:
+        summary["mining"] = source.mining
     write_report(job, summary)
     remove_tree(join(job.model_out, CHECKPOINTS), job.storage)
     return summary
+
+
+@dataclass
+class TrainSource:
+    """Where the workers read their training rows: the input's training split, or the mined triplets."""
+
+    shards: ShardSet
+    reader: PairReader
+    rows: int
+    mining: dict | None = None  # the mining summary, for mined triplets
+
+
+def mine(job: TrainJob, table, source: TrainSource, base_folder: str) -> TrainSource:
+    """The training rows with negatives mined from `table` (pipelines/mine_negatives.py), by the table's own
+    model whatever --base is; fails, before training, when fewer than one batch of them is found."""
+    from dataclasses import replace
+
+    from pipelines.mine_negatives import mine_negatives, mined_reader, mined_uri, same_model
+
+    settings = replace(job.mining(), passages=table.passages)
+    log.info("mining %d negative(s) per anchor for %d training pairs from table %s (version %d, %d rows, %s search)",
+             settings.count, source.rows, table.name, table.version, table.rows, table.method)
+    shards, summary = mine_negatives(table, settings, source.shards, source.reader, source.rows,
+                                     mined_uri(job.model_out, CHECKPOINTS), job.storage)
+    if summary["triplets"] < job.batch_size:
+        msg = (f"mining table {table.name!r} gave {summary['triplets']} training row(s), fewer than one batch of "
+               f"{job.batch_size}; lower --batch-size, or loosen --mine-margin / --mine-skip")
+        raise ValueError(msg)
+    summary["table_model_is_base"] = same_model(table, base_folder)
+    if summary["anchors_without_negative"]:
+        log.warning("%d of %d anchors got no negative from table %s and are left out of training",
+                    summary["anchors_without_negative"], summary["anchors"], table.name)
+    return TrainSource(shards, mined_reader(job.storage), summary["triplets"], summary)
 
 
 def check_pairs(reader: PairReader, shards: ShardSet, batch_size: int) -> PairCheck:
@@ -268,7 +354,8 @@ def ray_results(refs: list) -> list:
 
 
 def fit(job: TrainJob, settings: MatryoshkaSettings, shards: ShardSet, reader: PairReader, counts: PairCheck,
-        use_gpu: bool, cpus_per_worker: int, logging_steps: int, private_ray: bool) -> dict:
+        use_gpu: bool, cpus_per_worker: int, logging_steps: int, private_ray: bool,
+        source: TrainSource | None = None) -> dict:
     """Run (or resume) the Ray Train run; returns the final checkpoint's location and the loss curve."""
     import pyarrow.fs as pafs
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -280,8 +367,10 @@ def fit(job: TrainJob, settings: MatryoshkaSettings, shards: ShardSet, reader: P
     storage_fs = pafs.PyFileSystem(pafs.FSSpecHandler(fs)) if is_remote(job.model_out) else None
     config = {
         "settings": settings.as_dict(),
-        "shards": shards,
+        "shards": shards,  # the input: held-out pairs (and the training pairs, unless `source` says otherwise)
         "reader": reader,
+        "train_shards": source.shards if source is not None else shards,
+        "train_reader": source.reader if source is not None else reader,
         "holdout_pairs": counts.holdout,
         "per_device_batch": job.batch_size // job.workers,
         "logging_steps": logging_steps,

@@ -58,7 +58,7 @@ def _train(config: dict, rank: int, world: int, resume_from: str | None) -> None
 
     quiet_libraries()
     settings = MatryoshkaSettings(**config["settings"])
-    pairs = config["reader"].read(config["shards"].files, TRAIN)
+    pairs = config["train_reader"].read(config["train_shards"].files, TRAIN)
     # A fingerprint of our own: otherwise `datasets` pickles the whole table to hash it.
     train_dataset = datasets.Dataset(datasets.table.InMemoryTable(pairs), fingerprint=config["fingerprint"])
     model = load_model(settings, device=None if config["use_gpu"] else "cpu")

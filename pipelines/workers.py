@@ -20,16 +20,25 @@ queue then feeds whichever actor is free) and batches stay below a shard's size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from operators.encoders.limits import ROWS_PER_BATCH
 
 # Logical CPUs left to reader, shuffle and writer tasks on a CPU-only cluster: a whole one, because
 # Ray Data's shuffle reduce tasks ask for one CPU each and would wait forever behind the actors.
 IO_CPUS = 1.0
-IO_TASK_CPUS = 0.25
+# Each reader, decide and writer task: two at a time beside the encoders. Each task running at once is a
+# worker process Ray must start and import into (~1 s of CPU); four at a time (0.25 each) started more of them
+# than the reads gained on two cores (benchmarks/overhead.py).
+IO_TASK_CPUS = 0.5
 GPU_CONCURRENT_CALLS = 2
 MAX_ROWS_PER_WRITE = 4096
+# Rows per encoder call on CPUs grow with the run (the encoder still cuts its forward passes at ROWS_PER_BATCH
+# rows and TOKENS_PER_BATCH tokens): each call is a Ray task, a block through the object store and an output
+# block, ~ms of scheduling each, and texts sorted by length within a bigger call pad less. Every actor still
+# gets CALLS_PER_ACTOR calls or more, so none waits long for the last one (benchmarks/overhead.py).
+MAX_ROWS_PER_CALL = 2048
+CALLS_PER_ACTOR = 8
 WRITES_PER_ACTOR = 4
 # The incremental decision (operators/incremental.py) runs per hash partition of ids: rows per
 # partition bound the memory of one decide task (~250 bytes a row with a short text), and the number
@@ -85,6 +94,17 @@ def plan_workers(
         concurrent_calls=1,
         tasks_in_flight=1,
     )
+
+
+def plan_rows_per_call(rows_in: int, plan: WorkerPlan, given: int | None = None) -> WorkerPlan:
+    """The plan with rows per encoder call for a run of `rows_in` rows: on CPUs, a whole number of the default
+    batches, up to MAX_ROWS_PER_CALL, leaving every actor CALLS_PER_ACTOR calls; GPU plans and a given size
+    stay as they are."""
+    if given or plan.actor_gpus:
+        return plan
+    wanted = rows_in // (CALLS_PER_ACTOR * max(plan.actors, 1))
+    rows = min(MAX_ROWS_PER_CALL, wanted // plan.rows_per_batch * plan.rows_per_batch)
+    return replace(plan, rows_per_batch=max(plan.rows_per_batch, rows))
 
 
 def plan_rows_per_write(rows_in: int, plan: WorkerPlan, given: int | None = None) -> int:

@@ -21,7 +21,7 @@ from collections import Counter
 
 import torch
 
-from operators.encoders.bge_m3 import COLBERT_HEAD, SPARSE_HEAD
+from operators.encoders.folders import COLBERT_HEAD, SPARSE_HEAD
 
 SEED = 1234
 HIDDEN = 32

@@ -41,6 +41,14 @@ def sample_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, minilm_path) -> str:
+    """A tiny random sentence-transformers model (tests/tiny_st_model.py): training steps in milliseconds."""
+    from tests.tiny_st_model import build_tiny_st_model
+
+    return build_tiny_st_model(str(tmp_path_factory.mktemp("tiny-st")), minilm_path)
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole run: 4 logical CPUs on 2 cores so two encoder actors and the
     read/write tasks fit, no dashboard, a small object store. Shut down at the end."""

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from operators.encoders.base import EncoderSpec
-from operators.schema import ID, MODEL, TEXT_HASH, embeddings_schema, text_hash
+from operators.schema import ID, MODEL, TEXT, TEXT_HASH, embeddings_schema, text_hash
 from operators.table_meta import TableMeta, with_meta
 
 DIMS = [256, 128, 64]
@@ -27,18 +27,22 @@ def sample_docs(sample_dir: str, count: int = DOCS) -> pa.Table:
     return table.take(np.sort(rows))
 
 
-def write_minilm_table(uri: str, docs: pa.Table, name: str = "docs") -> str:
+def write_minilm_table(uri: str, docs: pa.Table, name: str = "docs", model: str = "minilm",
+                       dims: list[int] | None = None, keep_text: bool = False) -> str:
+    """The table `embed --model MODEL --dims DIMS [--keep-text]` writes for `docs` (id, text)."""
     from operators.encoders.loader import load_encoder, model_kind
 
-    spec = EncoderSpec(model="minilm", dims=DIMS)
+    dims = DIMS if dims is None else dims
+    spec = EncoderSpec(model=model, dims=dims)
     encoder = load_encoder(spec)
     texts = docs.column("text").to_pylist()
     encoded = encoder.encode(texts, prompt_name="document")
-    meta = TableMeta(model="minilm", model_id=encoder.model_id, kind=model_kind("minilm"), dims=DIMS,
+    meta = TableMeta(model=model, model_id=encoder.model_id, kind=model_kind(model), dims=dims,
                      outputs=["dense"], max_length=encoder.max_length)
-    schema = with_meta(embeddings_schema(encoder.output_fields()), meta)
+    row_fields = [pa.field(TEXT, pa.string())] if keep_text else []
+    schema = with_meta(embeddings_schema(encoder.output_fields(), row_fields=row_fields), meta)
     columns = {ID: docs.column("id"), TEXT_HASH: pa.array([text_hash(t) for t in texts]),
-               MODEL: pa.array([encoder.model_id] * len(texts)), **encoded.columns}
+               MODEL: pa.array([encoder.model_id] * len(texts)), TEXT: docs.column("text"), **encoded.columns}
     table = pa.Table.from_arrays([columns.get(field.name, pa.nulls(len(texts), field.type)) for field in schema],
                                  schema=schema)
     lancedb.connect(uri).create_table(name, table)

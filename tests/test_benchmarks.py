@@ -107,3 +107,23 @@ def test_bm25_weights_of_bench_routing_score_as_textbook_bm25():
             idf = math.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
             expected += idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * len(doc) / average)) if tf else 0.0
         assert score == pytest.approx(expected / bm25.scale / len(terms), rel=1e-5)
+
+
+def test_overhead_lake_rounds_and_stage_profile(tmp_path):
+    """benchmarks/overhead.py's plumbing on a small lake: unique ids, A-B-B-A order, and a stage profile
+    (no Ray) that times every stage, its re-run finding every row unchanged."""
+    from benchmarks.overhead import STAGES, abba, build_model, make_lake, report, stage_profile
+
+    texts = make_lake(tmp_path / "lake", 300, 3)
+    table = pq.read_table(tmp_path / "lake")
+    assert table.num_rows == len(texts) == 300 and len(set(table.column("id").to_pylist())) == 300
+    assert abba(["a", "b"], 2) == ["a", "b", "b", "a"]
+    seconds = stage_profile(tmp_path / "lake", build_model(tmp_path), 128, tmp_path)
+    assert set(seconds) == set(STAGES) and all(value >= 0 for value in seconds.values())
+    text = report({"rows": 300, "shards": 3, "model": "tiny", "cpus": 2, "load_before": [1.0], "load_after": [1.0],
+                   "stages_us_per_row": dict.fromkeys(STAGES, 1.0), "run_us_per_row": {"prepare": 2.0},
+                   "encoder_docs_per_s": 10.0, "pipeline_docs_per_s": 8.0, "pipeline_vs_encoder": 0.8,
+                   "whole_command_docs_per_s": 5.0, "whole_command_vs_encoder": 0.5, "seconds": {},
+                   "pipeline_vs_sentence_transformers": 1.5, "rows_per_call": 256, "rows_per_write": 1024,
+                   "cpu_us_per_row": {}}, "title")
+    assert "| prepare | 2.0 |" in text and "0.80x" in text

@@ -68,3 +68,30 @@ def test_rows_to_embed_get_vectors_and_the_others_pass_through(embed_rows):
 def test_no_rows_to_embed(embed_rows):
     assert embed_rows(batch(["a"], [None], [Status.QUARANTINED.value])).column(REASON_COL).to_pylist() == [None]
     assert embed_rows(batch([], [])).num_rows == 0
+
+
+def test_a_runs_driver_describes_the_encoder_without_importing_torch(tmp_path):
+    """The driver plans, checks and writes but never encodes: importing torch there cost ~2 s of CPU per
+    command (benchmarks/overhead.py). Describing a model (MRL and dense-only BGE-M3) reads config files only."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from operators.encoders.folders import MODULE_KINDS
+    from operators.encoders.modules import MODULES
+    from tests.bge_m3_checkpoint import build_tiny_bge_m3
+
+    assert set(MODULE_KINDS) == set(MODULES)
+    folder = build_tiny_bge_m3(str(tmp_path / "bge-m3"))
+    code = f"""
+import sys
+import pipelines.embed, pipelines.embed_progress, pipelines.embed_source, pipelines.embed_writer
+from operators.encoders.base import EncoderSpec
+from operators.encoders.loader import describe_encoder
+describe_encoder(EncoderSpec(model="minilm", dims=[64]))
+describe_encoder(EncoderSpec(model={folder!r}, outputs=["dense", "sparse"]))
+assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))[:5]
+"""
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=str(repo))
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -51,6 +51,11 @@ def test_summary_accounts_for_every_row(embedded):
     assert summary["encoder_actors"] == 2
     for key in ("seconds", "docs_per_s", "tokens_per_s", "table", "uri"):
         assert key in summary
+    # where the run's wall time went (benchmarks/overhead.py): every step timed, none longer than the run
+    stages = summary["stage_seconds"]
+    assert set(stages) >= {"prepare", "ray_start", "plan", "to_first_read", "first_read_to_last_commit",
+                           "after_last_commit", "manifest", "finish"}
+    assert all(0 <= seconds <= summary["seconds"] + summary["finish_seconds"] for seconds in stages.values())
 
 
 def test_every_row_lands_exactly_once_with_its_id(embedded, sample_rows):

@@ -73,6 +73,30 @@ def test_incremental_runs_skip_unchanged_replace_changed_and_sync_deletes(ray_se
     assert files == [str(lake / "a.parquet")]
 
 
+def test_hash_partitions_decide_as_one_partition_does(ray_session, corpus, tmp_path, monkeypatch):
+    """A run of up to ROWS_PER_PARTITION rows gathers them in one block without a hash shuffle; a bigger one
+    hash-partitions ids. Forced here to many partitions: duplicates across shards, unchanged rows and deletes
+    come out as in one."""
+    from pipelines import workers
+
+    monkeypatch.setattr(workers, "ROWS_PER_PARTITION", 8)
+    lake, output = tmp_path / "lake", str(tmp_path / "out")
+    lake.mkdir()
+    pq.write_table(corpus.slice(0, 20), lake / "a.parquet")
+    pq.write_table(corpus.slice(10, 20), lake / "b.parquet")  # ids 10-19 again: duplicates of a's
+    first = embed(str(lake), output)
+    assert (first["rows_in"], first["rows_written"], first["rows_quarantined"], first["duplicate_ids"]) == \
+        (40, 30, 10, 10)
+    ids = corpus.column("id").to_pylist()
+    assert set(table_rows(output)) == set(ids[:30])
+    assert {row["source_file"] for row in table_rows(output).values() if row["id"] in ids[10:20]} == \
+        {str(lake / "a.parquet")}  # the first in input order is the one embedded
+    pq.write_table(corpus.slice(20, 5), lake / "b.parquet")  # ids 25-29 leave the input
+    again = embed(str(lake), output, "--rescan", "--sync-deletes")  # the table's keys scanned and shuffled too
+    assert (again["rows_in"], again["rows_unchanged"], again["rows_written"], again["rows_deleted"]) == (25, 25, 0, 5)
+    assert set(table_rows(output)) == set(ids[:25])
+
+
 def test_bad_input_is_quarantined_with_reasons(ray_session, corpus, tmp_path):
     lake, output = tmp_path / "lake", str(tmp_path / "out")
     lake.mkdir()

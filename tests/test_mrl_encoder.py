@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from operators.encoders.base import BatchLimits, EncoderSpec
+from operators.encoders.folders import read_layout
 from operators.encoders.loader import describe_encoder, load_encoder
-from operators.encoders.mrl import MatryoshkaEncoder, read_layout
+from operators.encoders.mrl import MatryoshkaEncoder
 from tests.simulated_oom import fail_batches_above
 
 

@@ -26,13 +26,6 @@ TINY_DIMS = "48,16,8"
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, minilm_path) -> str:
-    from tests.tiny_st_model import build_tiny_st_model
-
-    return build_tiny_st_model(str(tmp_path_factory.mktemp("tiny-st")), minilm_path)
-
-
-@pytest.fixture(scope="module")
 def docs(sample_dir) -> pa.Table:
     return ds.dataset(str(sample_dir)).to_table(columns=["id", "title", "text"]).slice(0, 48)
 

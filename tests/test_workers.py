@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from pipelines.workers import IO_CPUS, MAX_ROWS_PER_WRITE, plan_rows_per_write, plan_workers
+from pipelines.workers import (
+    CALLS_PER_ACTOR,
+    IO_CPUS,
+    MAX_ROWS_PER_CALL,
+    MAX_ROWS_PER_WRITE,
+    plan_rows_per_call,
+    plan_rows_per_write,
+    plan_workers,
+)
 
 
 def test_cpu_cluster_gets_one_single_threaded_actor_per_core_and_room_for_io():
@@ -34,6 +42,20 @@ def test_commits_come_several_per_actor_in_whole_encoder_batches_up_to_the_cap()
     assert plan_rows_per_write(10_000_000, cpu, given=100) == 100
     gpu = plan_workers(cpus=32, gpus=4)
     assert plan_rows_per_write(1_000_000, gpu) == max(gpu.rows_per_batch, MAX_ROWS_PER_WRITE)
+
+
+def test_cpu_calls_grow_with_the_run_in_whole_batches_leaving_every_actor_several():
+    cpu = plan_workers(cpus=2, gpus=0)
+    assert plan_rows_per_call(2714, cpu) == cpu  # a small corpus keeps the default batch
+    big = plan_rows_per_call(60_000, cpu)
+    assert big.rows_per_batch % cpu.rows_per_batch == 0 and cpu.rows_per_batch < big.rows_per_batch
+    assert 60_000 // (big.rows_per_batch * big.actors) >= CALLS_PER_ACTOR
+    assert plan_rows_per_call(10**9, cpu).rows_per_batch == MAX_ROWS_PER_CALL
+    assert plan_rows_per_call(10**9, cpu, given=64) == cpu  # --rows-per-batch wins (the plan already has it)
+    gpu = plan_workers(cpus=32, gpus=4)
+    assert plan_rows_per_call(10**9, gpu) == gpu
+    # commits stay whole calls
+    assert plan_rows_per_write(60_000, big) % big.rows_per_batch == 0
 
 
 def test_object_store_sizes_read_like_people_write_them():

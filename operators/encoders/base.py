@@ -14,14 +14,17 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from operators.encoders.batching import FlatTokens, pad_rows, plan_batches, run_splitting_on_oom
 from operators.encoders.limits import ROWS_PER_BATCH, TOKENS_PER_BATCH
 from operators.encoders.precision import Precision, compute_dtype
+
+if TYPE_CHECKING:  # torch loads in the workers that encode, never in a run's driver (operators/encoders/folders.py)
+    import torch
 
 # A fast tokenizer still tokenises a whole 1 MB text before truncating it; no token covers more
 # than this many characters per allowed token, so cutting the text first changes nothing we keep.
@@ -69,6 +72,8 @@ class BatchLimits:
 
 
 def default_device() -> torch.device:
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -257,6 +262,8 @@ class TransformerEncoder(Encoder):
     def _device_batch(self, tokens: FlatTokens, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad rows on the host and move them to the device; on a GPU through pinned memory, so the
         copy does not block the host."""
+        import torch
+
         input_ids, mask = (torch.from_numpy(array) for array in pad_rows(tokens, rows, self.pad_id))
         if self.device.type != "cuda":
             return input_ids.to(self.device), mask.to(self.device)

@@ -8,12 +8,15 @@ even (docs/encoders.md).
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads in the workers that encode, never in a run's driver (operators/encoders/folders.py)
+    import torch
 
 T = TypeVar("T")
 
@@ -87,13 +90,16 @@ def pad_rows(tokens: FlatTokens, rows: np.ndarray, pad_id: int) -> tuple[np.ndar
 def pad_batch(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token id lists into (input_ids, attention_mask) int64 tensors."""
     tokens = FlatTokens.from_lists(token_ids)
+    import torch
+
     input_ids, mask = pad_rows(tokens, np.arange(len(tokens)), pad_id)
     return torch.from_numpy(input_ids), torch.from_numpy(mask)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
     """True for CUDA OOM and for CPU allocation failures torch reports as RuntimeError."""
-    if isinstance(error, torch.OutOfMemoryError | MemoryError):
+    torch = sys.modules.get("torch")  # a torch error comes only from a process that loaded torch
+    if isinstance(error, MemoryError) or (torch is not None and isinstance(error, torch.OutOfMemoryError)):
         return True
     message = str(error).lower()
     return isinstance(error, RuntimeError) and (
@@ -113,6 +119,8 @@ def run_splitting_on_oom(
     except Exception as error:  # noqa: BLE001 - re-raised unless it is an OOM we can split
         if not is_out_of_memory(error) or len(indices) <= 1:
             raise
+    import torch
+
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if on_split is not None:

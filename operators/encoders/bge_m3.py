@@ -8,7 +8,6 @@ torch instead of a Python loop per token. Semantics: docs/encoders.md.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -18,43 +17,23 @@ import torch
 
 from operators.encoders.base import (
     BatchLimits,
-    EncoderDescription,
     EncoderSpec,
     TransformerEncoder,
     default_device,
-    folder_name,
-    weights_fingerprint,
 )
+from operators.encoders.folders import (
+    COLBERT_HEAD,
+    DEFAULT_MAX_LENGTH,
+    SPARSE_HEAD,
+    bge_m3_fields,
+    requested_outputs,
+)
+from operators.encoders.folders import describe_bge_m3_folder as describe_folder
 from operators.encoders.modules import span_means, unit
 from operators.encoders.precision import compute_dtype
-from operators.schema import COLBERT, DENSE, SPARSE, SPARSE_TYPE, colbert_type, dense_type
-
-OUTPUTS = (DENSE, SPARSE, COLBERT)
-DEFAULT_MAX_LENGTH = 8192  # what BAAI/bge-m3 was trained for; capped by a smaller checkpoint's positions
-COLBERT_HEAD = "colbert_linear.pt"
-SPARSE_HEAD = "sparse_linear.pt"
-HEAD_FILES = (COLBERT_HEAD, SPARSE_HEAD)  # beside the backbone, they make a folder BGE-M3
+from operators.schema import COLBERT, DENSE, SPARSE, SPARSE_TYPE
 
 SparseRow = tuple[np.ndarray, np.ndarray]  # (token ids int32 ascending, weights float32)
-
-
-def is_bge_m3_folder(path: str) -> bool:
-    """A folder in BAAI/bge-m3's layout carries both head files next to the backbone."""
-    return all(os.path.isfile(os.path.join(path, name)) for name in HEAD_FILES)
-
-
-def requested_outputs(outputs: Sequence[str]) -> list[str]:
-    """The outputs to compute, in canonical order; empty means all three."""
-    unknown = sorted(set(outputs) - set(OUTPUTS))
-    if unknown:
-        msg = f"unknown BGE-M3 outputs {unknown}; choose from {list(OUTPUTS)}"
-        raise ValueError(msg)
-    return [name for name in OUTPUTS if name in outputs] if outputs else list(OUTPUTS)
-
-
-def bge_m3_fields(outputs: Sequence[str], dense_dim: int, colbert_dim: int) -> list[pa.Field]:
-    types = {DENSE: dense_type(dense_dim), SPARSE: SPARSE_TYPE, COLBERT: colbert_type(colbert_dim)}
-    return [pa.field(name, types[name]) for name in outputs]
 
 
 def _linear_state(path: str, device: torch.device | str = "cpu", mmap: bool = False) -> dict[str, torch.Tensor]:
@@ -74,36 +53,6 @@ def _load_linear(path: str, device: torch.device) -> torch.nn.Linear:
     head = torch.nn.Linear(in_features, out_features, bias="bias" in state, device=device)
     head.load_state_dict(state)
     return head.float().eval()
-
-
-def _position_limit(config: dict) -> int:
-    """Longest input the position table allows: XLM-R positions start after pad_token_id (8194 -> 8192)."""
-    pad = config.get("pad_token_id")
-    return int(config["max_position_embeddings"]) - (pad + 1 if pad is not None else 0)
-
-
-def describe_folder(folder: str, spec: EncoderSpec) -> EncoderDescription:
-    """Identity, output columns and length limit of a BGE-M3 folder without loading the backbone.
-
-    The driver writes this model_id into the table's metadata and the workers write the encoder's
-    into every row, so both come from here. It leaves out the compute dtype on purpose: that is
-    chosen per worker (fp32 on CPU, bf16 on GPU) and the driver cannot know it.
-    """
-    if spec.dims:
-        msg = f"nested sizes (--dims {spec.dims}) apply to Matryoshka models, not BGE-M3"
-        raise ValueError(msg)
-    with open(os.path.join(folder, "config.json")) as handle:
-        config = json.load(handle)
-    limit = _position_limit(config)
-    max_length = int(spec.max_length or min(DEFAULT_MAX_LENGTH, limit))
-    if not 2 <= max_length <= limit:
-        msg = f"max_length {max_length} is outside what {folder} supports (2..{limit} tokens)"
-        raise ValueError(msg)
-    dense_dim = int(config["hidden_size"])
-    colbert_dim = int(_linear_state(os.path.join(folder, COLBERT_HEAD), mmap=True)["weight"].shape[0])
-    fields = bge_m3_fields(requested_outputs(spec.outputs), dense_dim, colbert_dim)
-    model_id = f"bge-m3:{folder_name(folder)}:{weights_fingerprint(folder)}:max_length={max_length}"
-    return EncoderDescription(model_id, fields, max_length, dense_dim)
 
 
 class BgeM3Encoder(TransformerEncoder):

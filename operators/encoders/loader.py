@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 
 from operators.encoders.base import Encoder, EncoderDescription, EncoderSpec
-from operators.encoders.bge_m3 import is_bge_m3_folder
-from operators.encoders.int8 import quantize_linears
+from operators.encoders.folders import describe_bge_m3_folder, describe_mrl_folder, is_bge_m3_folder
 from operators.encoders.precision import Precision, check_precision, model_id_suffix
 
 MINILM = "minilm"
@@ -61,6 +60,8 @@ def apply_precision(encoder: Encoder, precision: str) -> Encoder:
     swaps the backbone's Linear layers, and an explicit precision marks the model id, in one place
     for every encoder so the driver's id (describe_encoder) and the workers' agree."""
     if precision == Precision.INT8:
+        from operators.encoders.int8 import quantize_linears
+
         check_precision(precision, getattr(encoder, "device", None))
         quantize_linears(encoder.model)  # type: ignore[attr-defined]
     encoder.model_id += model_id_suffix(precision)
@@ -72,12 +73,8 @@ def describe_encoder(spec: EncoderSpec) -> EncoderDescription:
     check_precision(spec.precision)
     path = resolve_model_path(spec.model, spec.storage)
     if is_bge_m3_folder(path):
-        from operators.encoders.bge_m3 import describe_folder as describe_bge_m3
-
-        description = describe_bge_m3(path, spec)
+        description = describe_bge_m3_folder(path, spec)
     else:
-        from operators.encoders.mrl import describe_folder
-
-        description = describe_folder(path, spec.dims, spec.max_length)
+        description = describe_mrl_folder(path, spec.dims, spec.max_length)
     description.model_id += model_id_suffix(spec.precision)
     return description

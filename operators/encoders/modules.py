@@ -8,7 +8,6 @@ the output dimension (`output_dim`), so the driver can describe an encoder witho
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -16,24 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-EMBEDDING = "sentence_embedding"
-POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
-LEGACY_POOLING_KEYS = {  # sentence-transformers < 5 saved one flag per mode, in this concatenation order
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-    "pooling_mode_weightedmean_tokens": "weightedmean",
-    "pooling_mode_lasttoken": "lasttoken",
-}
+from operators.encoders.folders import (
+    EMBEDDING,
+    POOLING_MODES,
+    module_output_dim,
+    pooling_modes,
+    read_json,
+)
+
 DEFAULT_ACTIVATION = "torch.nn.modules.activation.Tanh"  # sentence-transformers' Dense default
-
-
-def read_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as handle:
-        return json.load(handle)
 
 
 def unit(vectors: torch.Tensor) -> torch.Tensor:
@@ -64,15 +54,11 @@ class Pooling(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict) -> Pooling:
-        modes = config.get("pooling_mode")
-        if modes is None:
-            modes = [mode for key, mode in LEGACY_POOLING_KEYS.items() if config.get(key)]
-        modes = (modes,) if isinstance(modes, str) else tuple(modes or ("mean",))
-        return cls(modes, bool(config.get("include_prompt", True)))
+        return cls(pooling_modes(config), bool(config.get("include_prompt", True)))
 
     @staticmethod
     def output_dim(config: dict, input_dim: int) -> int:
-        return input_dim * len(Pooling.from_config(config).modes)
+        return module_output_dim("Pooling", config, input_dim)
 
     def forward(self, features: dict) -> dict:
         states = features["token_embeddings"].float()
@@ -133,7 +119,7 @@ class Dense(nn.Module):
 
     @staticmethod
     def output_dim(config: dict, input_dim: int) -> int:
-        return int(config["out_features"])
+        return module_output_dim("Dense", config, input_dim)
 
     def forward(self, features: dict) -> dict:
         features[EMBEDDING] = self.activation(self.linear(features[EMBEDDING].to(self.linear.weight.dtype)))
@@ -150,7 +136,7 @@ class Normalize(nn.Module):
 
     @staticmethod
     def output_dim(config: dict, input_dim: int) -> int:
-        return input_dim
+        return module_output_dim("Normalize", config, input_dim)
 
     def forward(self, features: dict) -> dict:
         features[EMBEDDING] = unit(features[EMBEDDING])

@@ -11,9 +11,7 @@ requires). A plain Hugging Face folder (no modules.json) gets mean pooling, as s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -23,76 +21,20 @@ from torch import nn
 
 from operators.encoders.base import (
     BatchLimits,
-    EncoderDescription,
     EncoderSpec,
     TransformerEncoder,
     default_device,
     default_dtype,
-    folder_name,
-    weights_fingerprint,
 )
-from operators.encoders.modules import EMBEDDING, MODULES, Pooling, read_json, span_means, unit
+from operators.encoders.folders import (
+    FolderLayout,
+    mrl_fields,
+    read_layout,
+)
+from operators.encoders.folders import describe_mrl_folder as describe_folder
+from operators.encoders.modules import EMBEDDING, MODULES, Pooling, span_means, unit
 from operators.encoders.precision import compute_dtype
-from operators.schema import DENSE, dense_column, dense_type
-
-TRANSFORMER = "Transformer"
-
-
-@dataclass
-class FolderLayout:
-    """What a sentence-transformers folder declares: the backbone, the modules after it, text handling."""
-
-    transformer_path: str
-    modules: list[tuple[str, str]] = field(default_factory=list)  # (kind, folder) after the Transformer, in order
-    max_seq_length: int | None = None
-    do_lower_case: bool = False
-    prompts: dict[str, str] = field(default_factory=dict)
-    default_prompt_name: str | None = None
-
-    @property
-    def kinds(self) -> list[str]:
-        return [kind for kind, _path in self.modules]
-
-    def module_config(self, index: int) -> dict:
-        kind, path = self.modules[index]
-        return read_json(os.path.join(path, "config.json")) if path else {}
-
-
-def read_layout(folder: str) -> FolderLayout:
-    """Parse a model folder. A plain HF folder (no modules.json) is a Transformer and mean Pooling."""
-    declared = read_json(os.path.join(folder, "modules.json")) or [
-        {"type": TRANSFORMER, "path": ""}, {"type": "Pooling", "path": ""}]
-    layout = FolderLayout(transformer_path=folder)
-    for module in declared:
-        kind = module["type"].rsplit(".", 1)[-1]
-        path = os.path.join(folder, module.get("path", ""))
-        if kind == TRANSFORMER:
-            layout.transformer_path = path
-            bert_config = read_json(os.path.join(path, "sentence_bert_config.json"))
-            layout.max_seq_length = bert_config.get("max_seq_length")
-            layout.do_lower_case = bool(bert_config.get("do_lower_case", False))
-        elif kind in MODULES:
-            layout.modules.append((kind, path if module.get("path") else ""))
-        else:
-            supported = ", ".join([TRANSFORMER, *MODULES])
-            msg = f"model folder {folder}: module {module['type']} is not supported (supported: {supported})"
-            raise ValueError(msg)
-    if layout.max_seq_length is None:
-        layout.max_seq_length = _tokenizer_max_length(layout.transformer_path)
-    st_config = read_json(os.path.join(folder, "config_sentence_transformers.json"))
-    layout.prompts = {k: v for k, v in (st_config.get("prompts") or {}).items() if v}
-    layout.default_prompt_name = st_config.get("default_prompt_name")
-    return layout
-
-
-def _tokenizer_max_length(path: str) -> int | None:
-    """Where sentence-transformers 5+ keeps the length limit (`model_max_length`), capped as it caps it at
-    the model's `max_position_embeddings`; None when neither says (huge sentinels count as unsaid)."""
-    limit = read_json(os.path.join(path, "tokenizer_config.json")).get("model_max_length")
-    positions = read_json(os.path.join(path, "config.json")).get("max_position_embeddings")
-    if not isinstance(limit, int) or limit <= 0 or limit > 10**6:
-        return None
-    return min(limit, positions) if isinstance(positions, int) and positions > 0 else limit
+from operators.schema import DENSE, dense_column
 
 
 def load_modules(layout: FolderLayout) -> nn.Sequential:
@@ -104,34 +46,6 @@ def load_modules(layout: FolderLayout) -> nn.Sequential:
         else:
             loaded.append(MODULES[kind].load(path))
     return nn.Sequential(*loaded)
-
-
-def check_nested_sizes(dims: Sequence[int], dimension: int) -> None:
-    """Nested Matryoshka sizes are prefixes of the embedding: each between 1 and its dimension."""
-    too_big = [d for d in dims if not 0 < int(d) <= dimension]
-    if too_big:
-        msg = f"nested sizes {too_big} must be between 1 and the model's dimension {dimension}"
-        raise ValueError(msg)
-
-
-def mrl_fields(dimension: int, dims: Sequence[int]) -> list[pa.Field]:
-    return [pa.field(DENSE, dense_type(dimension))] + [pa.field(dense_column(d), dense_type(d)) for d in dims]
-
-
-def describe_folder(
-    folder: str, dims: Sequence[int] = (), max_length: int | None = None, layout: FolderLayout | None = None
-) -> EncoderDescription:
-    """Identity, output columns and length limit of an MRL folder, from its config files alone."""
-    layout = layout or read_layout(folder)
-    config = read_json(os.path.join(layout.transformer_path, "config.json"))
-    dimension = int(config["hidden_size"])
-    for index, (kind, _path) in enumerate(layout.modules):
-        dimension = MODULES[kind].output_dim(layout.module_config(index), dimension)
-    check_nested_sizes(dims, dimension)
-    limit = int(max_length or layout.max_seq_length or config.get("max_position_embeddings", 512))
-    nested = sorted({int(d) for d in dims if int(d) != dimension}, reverse=True)
-    model_id = f"mrl:{folder_name(folder)}:{weights_fingerprint(folder)}:max_length={limit}"
-    return EncoderDescription(model_id, mrl_fields(dimension, nested), limit, dimension, nested)
 
 
 class MatryoshkaEncoder(TransformerEncoder):

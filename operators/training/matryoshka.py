@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
-from operators.encoders.mrl import check_nested_sizes
+from operators.encoders.folders import check_nested_sizes
 from operators.training.pairs import ANCHOR, NEGATIVE, POSITIVE
 
 QUERY, DOCUMENT = "query", "document"

@@ -122,13 +122,15 @@ class PairReader:
     def source_name(self, trainer_name: str) -> str:
         return {v: k for k, v in self.columns.mapping().items()}[trainer_name]
 
+    def split_batches(self, path: str, split: str) -> Iterator[pa.Table]:
+        """One shard's pairs of one split (TRAIN or HOLDOUT), a batch at a time."""
+        for _offset, table in self.batches(path):
+            mask = [in_holdout(a, self.holdout) == (split == HOLDOUT) for a in table[ANCHOR].to_pylist()]
+            yield table.filter(pa.array(mask, pa.bool_()))
+
     def read(self, files: Sequence[str], split: str) -> pa.Table:
         """Every pair of one split (TRAIN or HOLDOUT) from `files`, in file order."""
-        parts = []
-        for path in files:
-            for _offset, table in self.batches(path):
-                mask = [in_holdout(a, self.holdout) == (split == HOLDOUT) for a in table[ANCHOR].to_pylist()]
-                parts.append(table.filter(pa.array(mask, pa.bool_())))
+        parts = [table for path in files for table in self.split_batches(path, split)]
         if not parts:
             return pa.table({name: pa.array([], pa.string()) for name in self.columns.mapping().values()})
         return pa.concat_tables(parts, promote_options="permissive").combine_chunks()

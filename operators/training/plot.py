@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from operators.figures import save_figure
 from operators.metrics import METRICS, metric_name
 from operators.schema import DENSE, nested_dim
 
@@ -42,7 +43,4 @@ def plot_training(summary: dict, path: str) -> str:
     loss.set_ylabel("Matryoshka loss (sum over sizes)")
     loss.set_title(f"training loss ({summary.get('steps', 0)} steps, {summary.get('workers', 1)} worker(s))")
     loss.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -21,6 +21,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--anchor-column", required=True, help="query-side text (encoded with the query prompt)")
     parser.add_argument("--positive-column", required=True, help="its relevant document text")
     parser.add_argument("--negative-column", help="a hard negative document per pair (optional)")
+    mining = parser.add_argument_group(
+        "hard negatives mined from an embedlake table",
+        "Anchors are encoded by the table's own model (its query prompt) and searched on its dense column at its "
+        "serving version; the first hits that are not one of the anchor's positives (compared by text) and pass "
+        "the margin become its negatives (sentence-transformers' mine_hard_negatives rules). Not with "
+        "--negative-column.")
+    mining.add_argument("--mine-negatives", metavar="TABLE",
+                        help="LanceDB OUTPUT holding the table (see --mine-table), or a table folder OUTPUT/NAME.lance")
+    mining.add_argument("--mine-table", metavar="NAME", help="the table in OUTPUT (default: docs)")
+    mining.add_argument("--mine-count", type=int, metavar="N", help="negatives per anchor, one training row each")
+    mining.add_argument("--mine-skip", type=int, metavar="N",
+                        help="candidates passed over before taking negatives (sentence-transformers' range_min)")
+    mining.add_argument("--mine-depth", type=int, metavar="N",
+                        help="hits considered per anchor besides its positives (range_max; default: skip + 10 x count)")
+    mining.add_argument("--mine-margin", type=margin, metavar="M",
+                        help="drop candidates scoring above positive - |positive| x M as likely false negatives "
+                             "(relative_margin; 'off' to keep them)")
+    mining.add_argument("--mine-text-column", metavar="NAME",
+                        help="the table's column of document texts (embed --keep-text writes 'text')")
     parser.add_argument("--base", help="'minilm' (packaged all-MiniLM-L6-v2) or a model folder")
     parser.add_argument("--dims", type=int_list,
                         help="nested sizes trained, incl. the full size (default: full, then 1024..64 below it)")
@@ -44,6 +63,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     add_storage_option(parser)
     return parser
+
+
+def margin(value: str) -> float | None:
+    """A relative margin, or 'off'."""
+    if value.strip().lower() in ("off", "none"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        msg = f"expected a number in [0, 1) or 'off', got {value!r}"
+        raise argparse.ArgumentTypeError(msg) from None
 
 
 def run(args: argparse.Namespace) -> dict:
