@@ -16,8 +16,9 @@ samples the process tree's memory), JSON results read from their last line.
   same section) = 1, (synopsis, a description from another section) = 0; 200 synopses, 600 pairs, fixed seed.
 - Scale: synthetic clustered unit vectors (benchmarks/cluster_dedup.py's hierarchical topics, no planted copies)
   at each size of --neighbor-rows in --dim dimensions; `neighbors --method exact` up to --exact-up-to rows (the
-  peer, same run) and `neighbors --method ann` with recall@10 on 1,000 sampled rows; the ANN graph's recall is also
-  re-checked here with a numpy brute force on its own 1,000-row sample.
+  peer, same run) and the other --neighbor-methods (ivf by default; ann) with recall@10 on 1,000 sampled rows,
+  wall seconds per stage, rows/s and `uptime` before and after each; the graph's recall is also re-checked here
+  with a numpy brute force on its own 1,000-row sample.
 - ANN probe (`--ann-probe ROWS`, no Ray, no subprocess): each index type's build and 1,000 queries searched as
   `neighbors` searches them, in CPU seconds of this process (Lance's threads included), recall@10 against numpy,
   and the search CPU a whole graph of ROWS rows would take at that rate: the figures a loaded machine distorts
@@ -138,22 +139,35 @@ def brute_recall(uri: str, sample: int, k: int, seed: int) -> float:
     return float(np.mean(values))
 
 
-def bench_neighbors(root: str, rows: int, dim: int, exact_up_to: int, seed: int) -> dict:
+def uptime() -> str:
+    """`uptime`'s line: the machine's load when a figure was taken."""
+    import subprocess
+
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def bench_neighbors(root: str, rows: int, dim: int, exact_up_to: int, seed: int,
+                    methods: tuple[str, ...] = ("exact", "ivf"), probes: int | None = None) -> dict:
     uri = os.path.join(root, f"vectors_{rows}")
     write_vectors(uri, rows, dim, seed)
-    record: dict = {"rows": rows, "dim": dim, "load_average": [round(x, 2) for x in os.getloadavg()]}
-    methods = ["exact", "ann"] if rows <= exact_up_to else ["ann"]
-    for method in methods:
+    record: dict = {"rows": rows, "dim": dim, "load_average": [round(x, 2) for x in os.getloadavg()],
+                    "uptime": uptime()}
+    for method in [m for m in methods if m != "exact" or rows <= exact_up_to]:
+        record[f"{method}_uptime_before"] = uptime()
         try:
+            extra = ["--probes", str(probes)] if probes and method == "ivf" else []
             result, seconds, memory = run_command(["neighbors", uri, "--table", TABLE, "--k", "10", "--method",
-                                                   method, "--recall-sample", "1000", "--seed", str(seed)])
+                                                   method, "--recall-sample", "1000", "--seed", str(seed), *extra])
         except RuntimeError as error:  # keep the figures so far
             record[method] = {"error": str(error)}
             continue
-        record[method] = {**result, "wall_seconds": round(seconds, 1), "peak_pss_mib": memory.peak_pss >> 20}
-        if method == "ann":
+        record[method] = {**result, "wall_seconds": round(seconds, 1), "rows_per_second": round(rows / seconds, 1),
+                          "peak_pss_mib": memory.peak_pss >> 20}
+        record[f"{method}_uptime_after"] = uptime()
+        if method != "exact":
             record[method]["numpy_recall@10"] = brute_recall(uri, 1000, 10, seed)
     record["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    record["uptime_end"] = uptime()
     shutil.rmtree(uri, ignore_errors=True)
     return record
 
@@ -220,6 +234,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--neighbor-rows", default="100000,1000000", help="sizes of the k-NN graph runs ('' none)")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--exact-up-to", type=int, default=100_000, help="also run exact up to this size")
+    parser.add_argument("--neighbor-methods", default="exact,ivf",
+                        help="neighbors methods to run at each size (exact only up to --exact-up-to; ann: one index "
+                             "query per row, ~3.6 CPU ms per row)")
+    parser.add_argument("--probes", type=int, help="neighbors --probes for the ivf runs (default: the command's)")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--scratch", help="scratch folder (default: a temporary one)")
     parser.add_argument("--ann-probe", default="", help="sizes at which to probe the ANN path's CPU costs and recall "
@@ -240,7 +258,9 @@ def main(argv: list[str] | None = None) -> dict:
             _save(results, args.out)
         results["neighbors"] = []
         for rows in [int(r) for r in args.neighbor_rows.split(",") if r.strip()]:
-            results["neighbors"].append(bench_neighbors(root, rows, args.dim, args.exact_up_to, args.seed))
+            results["neighbors"].append(bench_neighbors(root, rows, args.dim, args.exact_up_to, args.seed,
+                                                        tuple(m for m in args.neighbor_methods.split(",") if m),
+                                                        args.probes))
             _save(results, args.out)
     results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     _save(results, args.out)

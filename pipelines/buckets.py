@@ -9,6 +9,7 @@ The root must be a folder every Ray node can read (local disk on one machine, or
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 
 import pyarrow as pa
@@ -42,3 +43,16 @@ def bucket_folders(root: str) -> list[str]:
 def read_bucket(folder: str) -> pa.Table:
     """Every row written to one bucket (without the bucket column)."""
     return pads.dataset(folder, format="ipc").to_table()
+
+
+def work_folder(uri: str, name: str, work_dir: str | None = None) -> str:
+    """A fresh scratch folder for one job's bucket files: under `work_dir` when given (it must be shared by
+    every Ray node), else beside the tables of a local OUTPUT, else in the temporary folder."""
+    from pipelines.downstream import is_local_uri, local_path
+
+    name = f"{name}_{uuid.uuid4().hex[:8]}"
+    if work_dir:
+        return os.path.join(work_dir, name)
+    if is_local_uri(uri):
+        return os.path.join(local_path(uri), ".embedlake_work", name)
+    return os.path.join(tempfile.gettempdir(), name)

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
-import tempfile
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -64,8 +61,8 @@ from operators.schema import (
 )
 from operators.tables import Lake, Pin, check_table_name
 from operators.vectors import as_matrix
-from pipelines.buckets import BUCKET, bucket_folders, read_bucket, write_buckets
-from pipelines.downstream import Stopwatch, is_local_uri, local_path, read_ray_dataset, sample_rows, using_ray
+from pipelines.buckets import BUCKET, bucket_folders, read_bucket, work_folder, write_buckets
+from pipelines.downstream import Stopwatch, read_ray_dataset, sample_rows, using_ray
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +225,7 @@ def _semantic(
     del sample
 
     buckets = max(1, min(k, math.ceil(rows / job.rows_per_bucket)))
-    work = _work_dir(job)
+    work = work_folder(job.uri, f"{job.table}_dedup", job.work_dir)
     text_column = job.text_column if job.keep == Keep.LONGEST else None
     columns = [ID, job.column] + ([text_column] if text_column else [])
     try:
@@ -269,16 +266,6 @@ def _dedup_bucket(folder: str, column: str, config: SemDedupConfig) -> tuple[pa.
         lengths,
     )
     return result.duplicates, result.scores
-
-
-def _work_dir(job: DedupJob) -> str:
-    """Scratch space for the bucket files: --work-dir, else beside the tables for a local OUTPUT."""
-    name = f"{job.table}_dedup_{uuid.uuid4().hex[:8]}"
-    if job.work_dir:
-        return os.path.join(job.work_dir, name)
-    if is_local_uri(job.uri):
-        return os.path.join(local_path(job.uri), ".embedlake_work", name)
-    return os.path.join(tempfile.gettempdir(), name)
 
 
 def _minhash(job: DedupJob, lake: Lake, dataset, removed: frozenset, watch: Stopwatch) -> tuple[pa.Table, dict]:

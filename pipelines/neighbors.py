@@ -2,21 +2,30 @@
 
 1. The driver opens the table at its serving version (or the version or tag pinned) for the whole job, checks
    the column and picks the method: exact when the table has at most `exact_max_rows` rows (each worker then
-   holds the column: rows x dim float32), else the column's ANN index in the version read. A serving version
-   without one gets it as `embedlake index` builds it (`serving` moves to the version that holds it, same
-   rows); a pinned version, or a serving one with an unfinished run on top, is never indexed here (refused).
-2. Ray Data reads (id, vector) blocks; a pool of actors scores them (operators/neighbors.py: ExactNeighbors or
-   AnnNeighbors, the row itself excluded, ties by id) and FragmentWriter tasks write the edges as data files;
-   the driver receives fragment metadata and counts only, and commits T_neighbors once, so readers see the
-   previous graph or the new one.
-3. With the ANN method, `recall_sample` seeded rows get their exact top-k from a Ray pass over the table
-   (SampleTopK per 256 MB of vectors, each task's best merged in the driver: sample x k rows at a time),
-   and the graph's recall@k against it is reported.
+   holds the column: rows x dim float32), else `ivf` (below). `ann` queries the column's ANN index in the
+   version read, one LanceDB search per row: a serving version without one gets it as `embedlake index`
+   builds it (`serving` moves to the version that holds it, same rows); a pinned version, or a serving one
+   with an unfinished run on top, is never indexed here (refused).
+2. exact / ann: Ray Data reads (id, vector) blocks; a pool of actors scores them (operators/neighbors.py:
+   ExactNeighbors or AnnNeighbors, the row itself excluded, ties by id).
+   ivf (operators/neighbors_ivf.py): k-means on a seeded sample gives ~sqrt(rows) partitions (driver: the
+   centroids only); Ray tasks assign every row its partition and write it to scratch bucket files of nearby
+   partitions (pipelines/buckets.py), returning per-partition counts; then one Ray task per bucket reads the
+   rows of its partitions' probe lists back and scores each partition's rows against them with one matrix
+   product (exact top-k among the probed rows, self excluded, ties by id). The scratch folder is removed.
+   Either way FragmentWriter tasks write the edges as data files; the driver receives fragment metadata and
+   counts only, and commits T_neighbors once, so readers see the previous graph or the new one.
+3. With the ann and ivf methods, `recall_sample` seeded rows get their exact top-k from a Ray pass over the
+   table (SampleTopK per 256 MB of vectors, each task's best merged in the driver: sample x k rows at a
+   time), and the graph's recall@k against it is reported.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -24,6 +33,7 @@ from enum import StrEnum
 import numpy as np
 import pyarrow as pa
 
+from operators.errors import check_positive
 from operators.neighbors import (
     ID,
     NEIGHBOR,
@@ -37,11 +47,23 @@ from operators.neighbors import (
     neighbors_table_name,
     recall_at_k,
 )
+from operators.neighbors_ivf import (
+    BUCKET,
+    DEFAULT_PROBES,
+    PARTITION,
+    PartitionAssigner,
+    PartitionedNeighbors,
+    bucket_of_partitions,
+    fit_centroids,
+    partition_count,
+    probe_lists,
+)
 from operators.schema import DENSE, vector_dim
 from operators.search.index_plan import IndexType, plan_index, plan_type
 from operators.search.store import TableStore
 from operators.tables import SERVING, Pin, check_table_name
 from operators.vectors import as_matrix
+from pipelines.buckets import work_folder, write_buckets
 from pipelines.downstream import Stopwatch, num_blocks, sample_rows, using_ray, write_table_from_ray
 from pipelines.index import build_for_serving, require_serving_latest
 
@@ -52,6 +74,8 @@ DEFAULT_SEED = 1234
 # (a minute or two per core) and 150 MB per worker. Beyond it the ANN index answers.
 EXACT_MAX_ROWS = 100_000
 IO_TASK_CPUS = 0.25  # reader and writer tasks mostly wait on storage
+# ivf: rows per scratch bucket, the unit a scoring task reads (with the probed partitions of its neighbours).
+ROWS_PER_BUCKET = 65_536
 # Vectors per recall-check task: each returns at most (sample x k) candidates to the driver, which keeps the best.
 SAMPLE_BATCH_BYTES = 256 * 1024 * 1024
 
@@ -60,6 +84,7 @@ class Method(StrEnum):
     AUTO = "auto"
     EXACT = "exact"
     ANN = "ann"
+    IVF = "ivf"
 
 
 @dataclass(frozen=True)
@@ -74,6 +99,9 @@ class NeighborsJob:
     exact_max_rows: int = EXACT_MAX_ROWS
     recall_sample: int = 1000
     index_type: IndexType = IndexType.AUTO
+    partitions: int | None = None  # ivf: k-means partitions (default ~sqrt(rows))
+    probes: int = DEFAULT_PROBES  # ivf: partitions each partition's rows are scored against (itself included)
+    work_dir: str | None = None  # ivf: scratch folder every Ray node can read
     seed: int = DEFAULT_SEED
     actors: int | None = None
     address: str | None = None
@@ -83,6 +111,7 @@ class NeighborsJob:
 
     def __post_init__(self) -> None:
         check_table_name(self.table)  # before Ray starts or storage is touched
+        check_positive(self, "partitions", "probes")
 
     @property
     def pin(self) -> Pin:
@@ -94,9 +123,11 @@ def choose_method(job: NeighborsJob, rows: int) -> Method:
     if job.method not in list(Method):
         msg = f"--method must be one of {', '.join(Method)}, got {job.method!r}"
         raise ValueError(msg)
-    if job.method != Method.AUTO:
-        return Method(job.method)
-    return Method.EXACT if rows <= job.exact_max_rows else Method.ANN
+    if job.method == Method.AUTO:
+        return Method.EXACT if rows <= job.exact_max_rows else Method.IVF
+    if job.method == Method.IVF and rows == 0:
+        return Method.EXACT  # nothing to partition: the empty graph
+    return Method(job.method)
 
 
 def run_neighbors(job: NeighborsJob) -> dict:
@@ -121,25 +152,111 @@ def run_neighbors(job: NeighborsJob) -> dict:
 
         cpus = cluster_cpus()
         actors = job.actors or max(1, cpus)
-        with watch.stage("graph"):
-            dataset = _read(store, [ID, job.column], dim, cpus)
-            worker, kwargs = (_ExactWorker, {}) if method == Method.EXACT else (_AnnWorker, index)
-            from ray.data import ActorPoolStrategy
+        if method == Method.IVF:
+            work = work_folder(job.uri, f"{job.table}_neighbors", job.work_dir)
+            try:
+                graph, result["ivf"] = _ivf_graph(store, job, dim, cpus, work, watch)
+                with watch.stage("graph"):
+                    edges, version = _write_graph(target, graph, rows, job.k)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        else:
+            with watch.stage("graph"):
+                dataset = _read(store, [ID, job.column], dim, cpus)
+                worker, kwargs = (_ExactWorker, {}) if method == Method.EXACT else (_AnnWorker, index)
+                from ray.data import ActorPoolStrategy
 
-            graph = dataset.map_batches(
-                worker, batch_format="pyarrow", batch_size=_batch_rows(method),
-                compute=ActorPoolStrategy(size=actors), num_cpus=max(cpus - 0.5, 0.1) / actors,
-                fn_constructor_kwargs={"ref": store.ref, "version": store.version, "column": job.column,
-                                       "k": job.k, **kwargs})
-            edges, version = write_table_from_ray(target, NEIGHBORS_SCHEMA, graph,
-                                                  total=rows * min(job.k, max(rows - 1, 0)), desc="edges")
+                graph = dataset.map_batches(
+                    worker, batch_format="pyarrow", batch_size=_batch_rows(method),
+                    compute=ActorPoolStrategy(size=actors), num_cpus=max(cpus - 0.5, 0.1) / actors,
+                    fn_constructor_kwargs={"ref": store.ref, "version": store.version, "column": job.column,
+                                           "k": job.k, **kwargs})
+                edges, version = _write_graph(target, graph, rows, job.k)
         result.update({"edges": edges, "neighbors_table": target.name, "neighbors_version": version})
-        if method == Method.ANN and job.recall_sample > 0 and rows > 1:
+        if method != Method.EXACT and job.recall_sample > 0 and rows > 1:
             with watch.stage("recall"):
                 result.update(_sample_recall(store, target, job, dim, cpus))
     result["table_version"] = store.version
     result["seconds"] = watch.summary()
     return result
+
+
+def _write_graph(target, graph, rows: int, k: int) -> tuple[int, int]:
+    return write_table_from_ray(target, NEIGHBORS_SCHEMA, graph, total=rows * min(k, max(rows - 1, 0)),
+                                desc="edges")
+
+
+def _ivf_graph(store: TableStore, job: NeighborsJob, dim: int, cpus: int, work: str, watch: Stopwatch):
+    """Steps 1-2 of the ivf method up to the edges (a lazy Ray dataset, one block per bucket) and its summary:
+    partitions, buckets, probes, and the candidates scored per row."""
+    import ray
+
+    rows = store.rows
+    partitions = partition_count(rows, job.partitions)
+    with watch.stage("partition"):
+        wanted = min(rows, partitions * 64, max(partitions, SAMPLE_BATCH_BYTES // (4 * dim)))
+        sample = sample_rows(store.dataset, wanted, [job.column], job.seed)
+        centroids = fit_centroids(as_matrix(sample.column(job.column)), partitions, job.seed)
+        del sample
+        bucket_of = bucket_of_partitions(centroids, math.ceil(rows / ROWS_PER_BUCKET), job.seed)
+        counts = _read(store, [ID, job.column], dim, cpus).map_batches(
+            _BucketWriter(centroids, bucket_of, job.column, work), batch_format="pyarrow", batch_size=None,
+            num_cpus=1)
+        sizes = np.zeros(len(centroids), dtype=np.int64)
+        for batch in counts.iter_batches(batch_format="numpy", batch_size=None):
+            np.add.at(sizes, batch[PARTITION], batch["rows"])
+        if int(sizes.sum()) != rows:
+            msg = f"partitioned {int(sizes.sum())} rows, expected {rows}; is --work-dir shared by every Ray node?"
+            raise RuntimeError(msg)
+        probes = probe_lists(centroids, sizes, job.probes, job.k)
+    items = []
+    for bucket in range(int(bucket_of.max(initial=-1)) + 1):
+        targets = [p for p in np.flatnonzero(bucket_of == bucket).tolist() if sizes[p]]
+        if targets:
+            lists = [probes[p].tolist() for p in targets]
+            read = sorted({int(bucket_of[p]) for probe in lists for p in probe})
+            items.append({BUCKET: bucket, "targets": targets, "probes": lists, "read": read})
+    scored = sum(int(sizes[p]) * int(sizes[probes[p]].sum()) for p in range(len(sizes)) if sizes[p])
+    summary = {"partitions": len(centroids), "probes": job.probes, "buckets": len(items),
+               "candidates_per_row": round(scored / max(rows, 1), 1)}
+    graph = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+        _score_buckets, batch_format="pyarrow", batch_size=1, num_cpus=1,
+        fn_kwargs={"work": work, "column": job.column, "k": job.k})
+    return graph, summary
+
+
+class _BucketWriter:
+    """Batch transform (step 2, ivf): the rows with their partition appended to their bucket's scratch files;
+    returns only the rows per partition."""
+
+    def __init__(self, centroids: np.ndarray, bucket_of: np.ndarray, column: str, work: str) -> None:
+        self.assign = PartitionAssigner(centroids, bucket_of, column)
+        self.work = work
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        assigned = self.assign(batch)
+        write_buckets(assigned, self.work)
+        partition, rows = np.unique(assigned.column(PARTITION).to_numpy(), return_counts=True)
+        return pa.table({PARTITION: pa.array(partition, pa.int32()), "rows": pa.array(rows, pa.int64())})
+
+
+def _score_buckets(batch: pa.Table, work: str, column: str, k: int) -> pa.Table:
+    """Step 2 (ivf) for buckets: the rows of every partition their partitions probe, read back from the
+    scratch files of the buckets holding them, scored by PartitionedNeighbors."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    parts = []
+    for targets, probes, read in zip(*(batch.column(c).to_pylist() for c in ("targets", "probes", "read")),
+                                     strict=True):
+        wanted = pa.array(sorted({p for probe in probes for p in probe}), pa.int32())
+        rows = pa.concat_tables([pads.dataset(os.path.join(work, f"{BUCKET}={b}"), format="ipc").to_table(
+            columns=[ID, PARTITION, column], filter=pc.field(PARTITION).isin(wanted)) for b in read])
+        _, first = np.unique(np.asarray(rows.column(ID).to_pylist(), dtype=str), return_index=True)
+        if len(first) < rows.num_rows:  # a retried writer task wrote its rows twice: keep one copy
+            rows = rows.take(np.sort(first))
+        parts.append(PartitionedNeighbors(column, k)(rows, targets, [np.asarray(p) for p in probes]))
+    return pa.concat_tables(parts) if parts else NEIGHBORS_SCHEMA.empty_table()
 
 
 def _batch_rows(method: Method) -> int:

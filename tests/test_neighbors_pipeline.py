@@ -3,6 +3,8 @@ through a real index, scores exactly, and its reported recall is what the writte
 
 from __future__ import annotations
 
+import os
+
 import lance
 import lancedb
 import numpy as np
@@ -59,6 +61,38 @@ def test_ann_graph_through_the_index_with_sampled_recall(ray_session, tmp_path):
     assert overall >= 0.95 and result["recall@10"] >= 0.9
 
 
+def test_ivf_graph_with_every_partition_probed_is_the_exact_graph(ray_session, tmp_path):
+    """--method ivf through Ray (scratch buckets, one scoring task per bucket): probing every partition gives
+    the exact graph, ties by id included; the scratch folder is removed."""
+    matrix, ids = tied_vectors(150, seed=11)
+    lancedb.connect(str(tmp_path)).create_table("docs", pa.table({ID: ids, "dense_8": to_vector_array(matrix)}))
+    result = cli_result("neighbors", str(tmp_path), "--table", "docs", "--k", "4", "--column", "dense_8",
+                        "--method", "ivf", "--partitions", "5", "--probes", "5", "--json")
+    assert result["method"] == "ivf" and result["edges"] == 600 and result["recall@4"] == 1.0
+    assert result["ivf"]["partitions"] == 5 and result["ivf"]["candidates_per_row"] == 150
+    found = graph_lists(lancedb.connect(str(tmp_path)).open_table("docs_neighbors").to_arrow())
+    expected = brute_force(matrix, ids, 4)
+    assert {doc: [n for n, _ in v] for doc, v in found.items()} == {doc: [n for n, _ in v]
+                                                                    for doc, v in expected.items()}
+    assert not os.listdir(tmp_path / ".embedlake_work")
+
+
+def test_auto_beyond_the_exact_threshold_is_ivf_with_its_recall(ray_session, tmp_path):
+    matrix, ids = clustered()
+    served_table(str(tmp_path), matrix, ids)
+    result = run_neighbors(NeighborsJob(uri=str(tmp_path), table="docs", k=10, exact_max_rows=100,
+                                        recall_sample=60, probes=3))
+    assert result["method"] == "ivf" and result["edges"] == 12_000 and result["recall_sample"] == 60
+    assert result["ivf"]["partitions"] == 35 and result["ivf"]["buckets"] >= 1
+    assert result["ivf"]["candidates_per_row"] < 1200 / 2  # a fraction of the table is scored per row
+    graph = graph_lists(lancedb.connect(str(tmp_path)).open_table("docs_neighbors").to_arrow())
+    exact = brute_force(matrix, ids, 10)
+    overall = recall_at_k({d: [n for n, _ in v] for d, v in graph.items()},
+                          {d: [n for n, _ in v] for d, v in exact.items()}, 10)
+    assert overall >= 0.95 and result["recall@10"] >= 0.9
+    assert not lance.dataset(f"{tmp_path}/docs.lance").list_indices()  # no index built, serving unmoved
+
+
 def served_table(uri: str, matrix: np.ndarray, ids: list[str]) -> lance.LanceDataset:
     """A table as embed leaves it: readers pinned to the `serving` tag at its only version."""
     lancedb.connect(uri).create_table("docs", pa.table({ID: ids, "dense": to_vector_array(matrix)}))
@@ -72,16 +106,16 @@ def indexed_columns(dataset: lance.LanceDataset) -> set[str]:
 
 
 def test_ann_on_a_served_table_uses_the_index_of_the_snapshot_it_reads(ray_session, tmp_path):
-    """Readers read `serving` (issue 13's lifecycle). The auto method past a (lowered) exact threshold on a served
-    table without an index: the index is built for the serving version and published with it (same rows), and
-    the graph is read there. With an unfinished run on top, the graph is still the serving version's, through
-    that version's index; a serving version without an index under an unfinished run, or a pinned version
-    without one, is refused rather than indexed on a version readers do not read (nothing is written)."""
+    """Readers read `serving` (issue 13's lifecycle). --method ann on a served table without an index: the index
+    is built for the serving version and published with it (same rows), and the graph is read there. With an
+    unfinished run on top, the graph is still the serving version's, through that version's index; a serving
+    version without an index under an unfinished run, or a pinned version without one, is refused rather than
+    indexed on a version readers do not read (nothing is written)."""
     matrix, ids = clustered()
     extra, extra_ids = clustered(200, seed=5, prefix="x")
     uri = str(tmp_path / "indexed")
     served_table(uri, matrix, ids)
-    built = run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, exact_max_rows=100, recall_sample=40))
+    built = run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, method="ann", recall_sample=40))
     assert built["method"] == "ann" and built["index"]["build_seconds"] > 0
     dataset = lance.dataset(f"{uri}/docs.lance")
     served = dataset.tags.list()[SERVING]["version"]
@@ -91,7 +125,7 @@ def test_ann_on_a_served_table_uses_the_index_of_the_snapshot_it_reads(ray_sessi
 
     lancedb.connect(uri).open_table("docs").add(pa.table({ID: extra_ids, "dense": to_vector_array(extra)}))
     latest = lance.dataset(f"{uri}/docs.lance").version  # an unfinished run's commit on the main line
-    result = run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, exact_max_rows=100, recall_sample=40))
+    result = run_neighbors(NeighborsJob(uri=uri, table="docs", k=5, method="ann", recall_sample=40))
     assert result["table_version"] == served and "build_seconds" not in result["index"]
     assert result["rows"] == 1200 and result["edges"] == 6000 and result["recall@5"] >= 0.9
     graph = graph_lists(lancedb.connect(uri).open_table("docs_neighbors").to_arrow())

@@ -166,6 +166,30 @@ def test_a_positive_missing_from_the_table_is_encoded_for_the_margin(docs, miner
     assert mined.num_rows == 0 or mined.column("negative_score")[0].as_py() <= mined.column("positive_score")[0].as_py()
 
 
+def test_an_indexed_table_is_searched_through_its_ann_index_with_the_exact_result(lake, docs, miner_parts, tmp_path):
+    """A table with an ANN index on `dense` is searched through it (hits rescored from their stored vectors):
+    on a small table the triplets are those of the exact search."""
+    import shutil
+
+    from operators.search.ann import create_index
+    from operators.search.index_plan import plan_index
+    from operators.search.store import TableStore
+    from operators.tables import Lake
+    from pipelines.mine_negatives import open_mining_table
+
+    copy = str(tmp_path / "indexed")
+    shutil.copytree(lake, copy)
+    create_index(Lake(copy).table("docs").open(), plan_index("dense", TABLE_DOCS, 384))
+    table = open_mining_table(copy, None, "text", {})
+    assert table.method.startswith("ann (")
+    exact_store, encoder = miner_parts
+    settings = MiningSettings(count=2)
+    indexed, _ = NegativeMiner(TableStore(copy, "docs"), encoder, settings, "text")(group_by_anchor(pairs_of(docs)))
+    exact, _ = NegativeMiner(exact_store, encoder, settings, "text")(group_by_anchor(pairs_of(docs)))
+    assert indexed.num_rows > 0
+    assert indexed.select([ANCHOR, NEGATIVE]).to_pylist() == exact.select([ANCHOR, NEGATIVE]).to_pylist()
+
+
 # -- the table and the options, checked before anything runs --------------------------------------
 def train_argv(pairs: str, out: str, model: str, *extra: str) -> list[str]:
     return ["train", pairs, out, "--base", model, "--anchor-column", "title", "--positive-column", "text",
