@@ -33,6 +33,27 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def kill_session(session: int) -> int:
+    """SIGKILL every process left in `session` (the launcher's own, which Ray's services and workers inherit),
+    but the caller: a worker that outlives its raylet (seen: a Ray Train controller) is ended with its Ray. Linux
+    only (/proc); returns how many were signalled."""
+    if not os.path.isdir("/proc"):
+        return 0
+    killed = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            if int(fields[3]) == session and fields[0] != "Z":
+                os.kill(int(entry), signal.SIGKILL)
+                killed += 1
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+    return killed
+
+
 def _start(settings: dict) -> str:
     import ray
 
@@ -72,6 +93,7 @@ def main() -> int:
         sys.stdin.read()  # until the driver closes its end or dies
     finally:
         ray.shutdown()
+        kill_session(os.getsid(0))
     return 0
 
 

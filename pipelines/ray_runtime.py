@@ -199,7 +199,10 @@ def stop_ray() -> None:
         launcher.stdin.close()  # the launcher's cue to shut its Ray down
         launcher.wait(timeout=60)
     except (OSError, subprocess.TimeoutExpired):
+        from pipelines.ray_launcher import kill_session
+
         launcher.kill()
+        kill_session(launcher.pid)  # its session (start_new_session), before wait() frees the pid for reuse
         launcher.wait()
     finally:
         launcher.stdout.close()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import lancedb
 import pyarrow as pa
@@ -163,3 +164,26 @@ def test_local_ray_starts_without_forking_lance():
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == ["42", "launcher True left []"], done.stdout
     assert "fork" not in done.stderr.lower(), [line for line in done.stderr.splitlines() if "fork" in line.lower()]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="/proc: Linux")
+def test_kill_session_ends_every_process_of_the_launchers_session():
+    """What a local Ray leaves when a worker outlives its raylet (a Ray Train controller did, reparented to init)
+    is ended with the launcher's session, and nothing outside it."""
+    import subprocess
+    import sys
+    import time
+
+    from pipelines.ray_launcher import kill_session
+
+    leader = subprocess.Popen([sys.executable, "-c", "import subprocess, time; subprocess.Popen(['sleep', '300']); "
+                               "time.sleep(300)"], start_new_session=True)
+    outsider = subprocess.Popen(["sleep", "300"])
+    time.sleep(1.0)
+    try:
+        assert kill_session(leader.pid) == 2  # the leader and its child
+        assert leader.wait(timeout=10) == -9
+        assert outsider.poll() is None
+    finally:
+        outsider.kill()
+        outsider.wait()
