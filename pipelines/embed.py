@@ -491,7 +491,7 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
     decision = Decision(state.skipped_indexes(shards.files), job.sync_deletes)
     chunking = job.passages()
     partitions = plan_partitions(state.plan.rows_in + (table_rows if scan else 0))
-    progress = ProgressMonitor(state.plan.rows_in, enabled=job.progress)
+    progress = ProgressMonitor(state.plan.rows_in, enabled=job.progress, run=run_id)
     with progress:
         sink = EmbedSink(tables, run_id, files, plan_rows_per_write(state.plan.rows_in, workers, job.rows_per_write),
                          counter=progress.counter)

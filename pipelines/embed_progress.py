@@ -1,18 +1,20 @@
 """Progress of an embed run on stderr: rows encoded and rows committed, with a rate and an ETA.
 
-Encoder actors and writer tasks report the rows they pass on to a small counter actor (one fire-and-forget
-call per batch); a thread of the driver polls it and draws one line, redrawn in place on a terminal, else
-logged every LOG_EVERY_S seconds. Rows count as the run's accounting counts them (written + unchanged +
-quarantined: `RunCounts.rows_read`), so both counts end at the rows the run read. The rate is that of
-encoding over the last RATE_WINDOW_S seconds, measured from the first encoded batch (loading the model is
-not encoding), and the ETA counts down the rows left at that rate.
+Encoder actors and writer tasks report the rows they pass on through Ray's own key-value store (the GCS's:
+each worker process puts its running totals under a key of its own, one small write per batch; no counter actor,
+so no process to start for it, ~2 CPU s on a small machine); a thread of the driver sums them and draws one line,
+redrawn in place on a terminal, else logged every LOG_EVERY_S seconds.
+Rows count as the run's accounting counts them (written + unchanged + quarantined: `RunCounts.rows_read`), so both
+counts end at the rows the run read. The rate is that of encoding over the last RATE_WINDOW_S seconds, measured
+from the first encoded batch (loading the model is not encoding), and the ETA counts down the rows left at that rate.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -39,19 +41,49 @@ def rows_of(batch: pa.Table) -> int:
     return int(pc.sum(batch.column(ROWS_COL)).as_py() or 0) if batch.num_rows else 0
 
 
-class RowCounter:
-    """The run's two counts, in one actor (no CPU) that encoders and writers add to."""
+KV_NAMESPACE = "embedlake"
+# This process's running totals per run (encoded, committed): an encoder actor and a reused task worker add to them.
+_TOTALS: dict[str, list[int]] = {}
+_TOTALS_LOCK = threading.Lock()
 
-    def __init__(self) -> None:
-        self.encoded = 0
-        self.committed = 0
+
+class RowCounter:
+    """The run's two counts in Ray's key-value store: what encoders and writers add in a worker process is its
+    running totals under `<run>/<host>:<pid>`, and the driver sums every key of the run. A plain object (a run
+    token), pickled into the actors and the sink; reporting never fails a run."""
+
+    def __init__(self, run: str) -> None:
+        self.prefix = f"progress/{run}/"
 
     def add(self, encoded: int = 0, committed: int = 0) -> None:
-        self.encoded += encoded
-        self.committed += committed
+        from ray.experimental import internal_kv
+
+        with _TOTALS_LOCK:
+            totals = _TOTALS.setdefault(self.prefix, [0, 0])
+            totals[0] += encoded
+            totals[1] += committed
+            value = f"{totals[0]},{totals[1]}"
+        try:
+            internal_kv._internal_kv_put(f"{self.prefix}{socket.gethostname()}:{os.getpid()}", value,
+                                         namespace=KV_NAMESPACE)
+        except Exception as error:  # noqa: BLE001 - progress never fails a run
+            log.debug("progress not reported: %s", error)
 
     def counts(self) -> tuple[int, int]:
-        return self.encoded, self.committed
+        from ray.experimental import internal_kv
+
+        encoded = committed = 0
+        for key in internal_kv._internal_kv_list(self.prefix, namespace=KV_NAMESPACE):
+            value = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
+            if value:
+                done = value.decode().split(",")
+                encoded, committed = encoded + int(done[0]), committed + int(done[1])
+        return encoded, committed
+
+    def clear(self) -> None:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_del(self.prefix, del_by_prefix=True, namespace=KV_NAMESPACE)
 
 
 class _Reporting:
@@ -65,7 +97,7 @@ class _Reporting:
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = super().__call__(batch)
         if self.counter is not None:
-            self.counter.add.remote(encoded=rows_of(out))
+            self.counter.add(encoded=rows_of(out))
         return out
 
 
@@ -125,12 +157,12 @@ def _clock(seconds: float) -> str:
 
 
 class ProgressMonitor:
-    """The counter actor and the driver's thread that draws the line; a context manager around the run."""
+    """The run's counter and the driver's thread that draws the line; a context manager around the run."""
 
-    def __init__(self, total: int, enabled: bool = True) -> None:
+    def __init__(self, total: int, enabled: bool = True, run: str = "run") -> None:
         self.view = ProgressView(total, time.time())
         self.enabled = enabled and total > 0
-        self.counter = None
+        self.counter = RowCounter(run) if self.enabled else None
         self.stream = sys.stderr
         self.terminal = self.stream.isatty()
         self._stop = threading.Event()
@@ -139,9 +171,6 @@ class ProgressMonitor:
 
     def __enter__(self) -> ProgressMonitor:
         if self.enabled:
-            import ray
-
-            self.counter = ray.remote(num_cpus=0)(RowCounter).remote()
             self._thread = threading.Thread(target=self._draw, daemon=True, name="embed-progress")
             self._thread.start()
         return self
@@ -155,16 +184,14 @@ class ProgressMonitor:
             self._show(final=True)
         elif self.terminal and self._width:
             self.stream.write("\n")
-        import ray
-
-        with contextlib.suppress(Exception):  # Ray may be gone with the error being raised
-            ray.kill(self.counter)
+        try:
+            self.counter.clear()
+        except Exception:  # noqa: BLE001 - Ray may be gone with the error being raised
+            log.debug("progress keys not cleared", exc_info=True)
 
     def _counts(self) -> tuple[int, int] | None:
-        import ray
-
         try:
-            return ray.get(self.counter.counts.remote(), timeout=10)
+            return self.counter.counts()
         except Exception:  # noqa: BLE001 - progress never fails a run
             return None
 

@@ -238,7 +238,7 @@ class EmbedSink(Datasink[RunCounts]):
         self.run_id = run_id
         self.files = files
         self.rows_per_write = rows_per_write
-        self.counter = counter  # the run's progress counter actor (pipelines/embed_progress.py), if any
+        self.counter = counter  # the run's progress counter (pipelines/embed_progress.py), if any
         self.counts = RunCounts()
 
     @property
@@ -251,7 +251,7 @@ class EmbedSink(Datasink[RunCounts]):
             return RunCounts()
         counts = write_batch(pa.concat_tables(blocks), self.tables, self.run_id, self.files)
         if self.counter is not None:
-            self.counter.add.remote(committed=counts.rows_read)
+            self.counter.add(committed=counts.rows_read)
         return counts
 
     def on_write_complete(self, write_result) -> None:

@@ -47,7 +47,7 @@ QUIET_ENV = {
 # Idle worker processes Ray keeps beyond one per CPU. By default it keeps one per CPU, and encoder
 # actors hold those, so every reader and writer task started a fresh Python process and paid its
 # imports and its first Lance open (2-3 s of CPU each, taken from the encoders on a small machine).
-# Actors count against the limit too: an embed run holds its encoders, its progress counter and Ray Data's
+# Actors count against the limit too: an embed run holds its encoders and Ray Data's
 # own three (stats, autoscaling coordinator, actor locations), so 4 spares still let Ray kill idle task
 # workers and start new ones for the next stage (9 task processes for a 20k-row run, 5 with 12 spares;
 # benchmarks/overhead.py).

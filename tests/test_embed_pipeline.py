@@ -129,3 +129,25 @@ def test_bge_m3_pipeline_writes_all_three_vector_types(ray_session, lake, tiny_b
     stored = np.array(first.column("colbert").to_pylist()[0], dtype=np.float32)
     expected = np.array(direct.columns["colbert"].to_pylist()[0], dtype=np.float32)
     assert stored.shape == expected.shape and np.allclose(stored, expected, atol=2e-3)
+
+
+def test_progress_counts_travel_through_rays_key_value_store(ray_session):
+    """Encoders and writers report to the run's counter from their own processes (no counter actor): each process
+    keeps running totals under its own key, the driver sums the run's keys, and clearing leaves none."""
+    import ray
+
+    from pipelines.embed_progress import RowCounter
+
+    counter = RowCounter("test-run")
+
+    @ray.remote(num_cpus=0)
+    def report(counter: RowCounter, encoded: int, committed: int) -> None:
+        counter.add(encoded=encoded)
+        counter.add(committed=committed)
+
+    ray.get([report.remote(counter, 10, 4), report.remote(counter, 5, 5)])
+    counter.add(encoded=1)  # the driver's own process counts too
+    assert counter.counts() == (16, 9)
+    assert RowCounter("another-run").counts() == (0, 0)
+    counter.clear()
+    assert counter.counts() == (0, 0)
