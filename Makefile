@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo test test-fast lint docs bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale bench-lifecycle bench-uses bench-chunk bench-routing bench-overhead clean
+.PHONY: install install-test demo test test-fast lint docs bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale bench-lifecycle bench-uses bench-chunk bench-routing bench-overhead bench-overhead-peers clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,15 @@ bench-overhead: install-test
 	$(PY) -m pip install -q -e '.[bench]' || echo "bench-overhead: daft not installed, its rows are skipped"
 	nice -n 10 $(PY) -m benchmarks.overhead --rows 60000 --shards 6 --repeats 2 \
 		--out benchmarks/results/overhead_60k_2cpu.json --append-results
+
+# Issue 21's peers in one A-B-B-A run (~15 min on 2 cores): the tiny model's 60k synopses (encoder alone, our
+# docs_per_s and whole command, Daft), a census of one run's processes and their CPU, MiniLM fp32 against
+# sentence-transformers and Daft on synopses and on descriptions, and embedlake vs Daft's Ray runner on one shared
+# local Ray. Daft comes from the benchmark-only extra `.[bench]` (needed here).
+bench-overhead-peers: install-test
+	$(PY) -m pip install -q -e '.[bench]'
+	nice -n 10 $(PY) -m benchmarks.overhead_peers --rows 60000 --repeats 2 \
+		--out benchmarks/results/overhead_peers_2cpu.json --append-results
 
 # Peak memory of the driver and every Ray process at two corpus sizes, same object store (short rows,
 # a tiny random model so that a million rows take minutes: ~12 min).

@@ -294,7 +294,7 @@ def embedlake_embed(lake: Path, model: str, out: Path) -> tuple[float, dict]:
     the command's and its Ray processes' CPU time)."""
     shutil.rmtree(out, ignore_errors=True)
     # `embedlake` is `python -m pipelines.cli`; run as a module so that this benchmark's own tree is the one run
-    # (its progress line on, as a user gets it: the counter actor is part of the cost)
+    # (its progress line on, as a user gets it: the progress reporting is part of the cost)
     command = [sys.executable, "-m", "pipelines.cli", "embed", str(lake), str(out), "--model", model,
                *(["--outputs", "dense"] if dense_only(model) else []), "--overwrite", "--json"]
     started, cpu = time.perf_counter(), children_cpu()
@@ -475,13 +475,18 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     text = report(result, args.title or f"{result['date']}: pipeline overhead per stage (make bench-overhead)")
+    save(result, text, args.out, args.append_results)
+    return 0
+
+
+def save(result: dict, text: str, out: str | None, append: bool) -> None:
+    """Print the report; the figures as JSON to `out`; the report appended to RESULTS.md with `append`."""
     print(text)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    if args.append_results:
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    if append:
         with RESULTS_FILE.open("a") as handle:
             handle.write("\n" + text)
-    return 0
 
 
 if __name__ == "__main__":

@@ -127,3 +127,32 @@ def test_overhead_lake_rounds_and_stage_profile(tmp_path):
                    "pipeline_vs_sentence_transformers": 1.5, "rows_per_call": 256, "rows_per_write": 1024,
                    "cpu_us_per_row": {}}, "title")
     assert "| prepare | 2.0 |" in text and "0.80x" in text
+
+
+def test_overhead_peers_census_finds_every_descendant_and_reports(tmp_path):
+    """benchmarks/overhead_peers.py's plumbing: the process census counts a command's grandchildren with their CPU,
+    the sample lakes hold unique ids, and the report names every part's ratio."""
+    import sys
+
+    from benchmarks.overhead_peers import census, report, sample_lake
+
+    code = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
+            "'import time; t = time.process_time(); [0 for _ in iter(lambda: time.process_time() - t < 0.3, False)]; "
+            "time.sleep(0.3)'])")
+    wall, rows = census([sys.executable, "-c", code], tmp_path, {})
+    assert len(rows) == 2 and wall >= 0.3
+    assert rows[1]["cpu_s"] >= 0.2 and rows[1]["start_s"] >= rows[0]["start_s"]
+    texts = sample_lake(tmp_path / "lake", "title", 50, 2)
+    table = pq.read_table(tmp_path / "lake")
+    assert table.num_rows == len(texts) == 50 and len(set(table.column("id").to_pylist())) == 50
+    text = report({"date": "d", "cpus": 2, "load_before": [1.0], "load_after": [1.0],
+                   "tiny": {"rows": 10, "encoder_docs_per_s": 5.0, "embedlake": {
+                       "docs_per_s": 4.0, "pipeline_vs_encoder": 0.8, "whole_command_docs_per_s": 2.0,
+                       "whole_command_vs_encoder": 0.4, "daft_over_embedlake_wall": 0.7}},
+                   "minilm": {"synopses": {"rows": 10, "mean_characters": 40.0, "docs_per_s": 3.0,
+                                           "pipeline_vs_st": 1.5, "st_docs_per_s": 2.0, "whole_command_vs_st": 0.5,
+                                           "daft_over_embedlake_wall": 0.9}},
+                   "census": {"after": {"processes": 19, "cpu_s": 46.0, "wall_s": 35.0}},
+                   "shared_ray": {"daft_over_embedlake_wall": 1.5, "rows": 10}})
+    assert "0.80x the encoder" in text and "1.50x sentence-transformers" in text and "19, 46.0 CPU s" in text
+    assert "`embedlake embed --address` 1.50" in text
