@@ -150,5 +150,7 @@ def test_bad_precisions_are_refused():
         check_precision("int4")
     with pytest.raises(ValueError, match="CPU path"):
         check_precision("int8", torch.device("cuda"))
+    with pytest.raises(ValueError, match="not one of int_mm, fbgemm"):
+        describe_encoder(EncoderSpec(model="minilm", precision="int8", int8_kernel="int4"))
     assert compute_dtype("auto", torch.device("cpu")) == torch.float32
     assert compute_dtype("bf16", torch.device("cpu")) == torch.bfloat16

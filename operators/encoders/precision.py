@@ -87,6 +87,9 @@ def resolve_precision(spec: EncoderSpec) -> EncoderSpec:
     has no fast int8 kernel: asking for int8 must never make a run slower. Specs already resolved (a
     driver's, shipped to workers) come back as they are."""
     check_precision(spec.precision)
+    if spec.int8_kernel is not None and spec.int8_kernel not in list(Int8Kernel):
+        msg = f"int8 kernel {spec.int8_kernel!r} is not one of {', '.join(Int8Kernel)}"
+        raise ValueError(msg)
     if spec.precision != Precision.INT8 or spec.int8_kernel is not None:
         return spec
     kernel = int8_kernel()
