@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--dim-weights", default="", help="loss weight per nested size (384,256,128,64); uniform")
     parser.add_argument("--holdout", type=float, default=0.05)
     parser.add_argument("--query-prompt", default="query: ")
     parser.add_argument("--document-prompt", default="passage: ")
@@ -96,7 +97,8 @@ def main() -> None:
                 "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--holdout", str(args.holdout),
                 "--max-length", str(args.max_length), "--learning-rate", str(args.learning_rate),
                 "--query-prompt", args.query_prompt, "--document-prompt", args.document_prompt,
-                "--workers", str(workers), "--no-progress")
+                "--workers", str(workers), "--no-progress",
+                *(("--dim-weights", args.dim_weights) if args.dim_weights else ()))
             run = {"workers": workers, "wall_seconds": round(seconds, 1), "train_seconds": summary["train_seconds"],
                    "load_before": load_before, "load_after": list(os.getloadavg()), "steps": summary["steps"],
                    "train_pairs": summary["train_pairs"], "loss_by_epoch": summary["loss_by_epoch"],
