@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo test test-fast lint docs bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale bench-lifecycle bench-uses bench-chunk bench-routing bench-overhead clean
+.PHONY: install install-test demo test test-fast lint docs bench bench-memory bench-search bench-quantize bench-cluster bench-gpu bench-gpu-smoke bench-train bench-scale bench-lifecycle bench-uses bench-chunk bench-routing bench-overhead bench-int8 clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ bench: install-test
 # Issue 21: where `embedlake embed` spends its time per row (CPU us/row of each stage, the run's wall stages) with a
 # tiny random BGE-M3-shaped model on 60k short synopses, against the encoder alone and Daft's pipeline (A-B-B-A,
 # wall clock; Daft comes from the benchmark-only extra `.[bench]`, skipped with a note when it cannot be installed).
+# --precision int8's kernels (fbgemm, _int_mm) against fp32, MiniLM encoder alone, A-B-B-A (a few minutes).
+bench-int8: install-test
+	nice -n 10 $(PY) -m benchmarks.int8_kernels --texts 400 --int-mm-texts 24 --threads 1,2 --rounds 1 \
+		--out benchmarks/results/int8_kernels_2cpu.json
+
 bench-overhead: install-test
 	$(PY) -m pip install -q -e '.[bench]' || echo "bench-overhead: daft not installed, its rows are skipped"
 	nice -n 10 $(PY) -m benchmarks.overhead --rows 60000 --shards 6 --repeats 2 \

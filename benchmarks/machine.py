@@ -12,6 +12,8 @@ from importlib import metadata
 
 import torch
 
+from operators.encoders.precision import cpu_flags as all_cpu_flags
+
 
 def cpu_model() -> str:
     try:
@@ -26,16 +28,8 @@ def cpu_model() -> str:
 
 def cpu_flags() -> list[str]:
     """The vector extensions that decide CPU speed per precision (AVX512-BF16/AMX for bf16, VNNI for int8)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    wanted = ("avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
-                    return [flag for flag in wanted if flag in flags]
-    except OSError:
-        pass
-    return []
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+    return [flag for flag in wanted if flag in all_cpu_flags()]
 
 
 def _version(package: str) -> str:

@@ -113,7 +113,7 @@ def machine_lines(machine: dict, peak_flops: float | None) -> list[str]:
     gpu = f"{machine['gpus']} x {machine['gpu']}" if machine["gpu"] else "none"
     return [
         f"- date: {machine['date']}",
-        f"- CPU: {machine['cpu']}, {machine['cores']} cores ({', '.join(machine['cpu_flags']) or 'no AVX-512'})",
+        f"- CPU: {machine['cpu']}, {machine['cores']} cores ({', '.join(machine['cpu_flags']) or 'no AVX2'})",
         f"- GPU: {gpu}" + (f", measured bf16 matmul {peak_flops / 1e12:,.0f} TFLOP/s (MFU denominator)"
                            if peak_flops else ""),
         f"- torch {machine['torch']}, transformers {machine['transformers']}, "

@@ -29,7 +29,7 @@ import pyarrow as pa
 from operators.encoders.base import EncoderSpec
 from operators.encoders.folders import OUTPUTS
 from operators.encoders.loader import describe_encoder, model_kind
-from operators.encoders.precision import Precision
+from operators.encoders.precision import Precision, resolve_precision
 from operators.errors import UsageError, check_choices, check_positive, one_line, option_name
 from operators.exchange import decided_row_schema, key_row_schema
 from operators.incremental import Decision, TableKeys, decide
@@ -174,7 +174,7 @@ def run_embed(job: EmbedJob) -> dict:
     required = [job.id_column, job.text_column]
     input_schema = read_schema(shards, skip_bad_files=job.skip_bad_files)
     require_columns(input_schema, [*required, *job.keep_columns], f"input {job.input}")
-    spec = job.encoder_spec()
+    spec = resolve_precision(job.encoder_spec())  # int8's kernel chosen here, once: the workers get it named
     description = describe_encoder(spec)
     kind = model_kind(job.model, job.storage)
     if job.outputs and kind != "bge-m3":
@@ -198,7 +198,7 @@ def run_embed(job: EmbedJob) -> dict:
         dims=description.dims,
         outputs=[f.name for f in description.fields],
         max_length=description.max_length,
-        precision=job.precision,
+        precision=spec.precision,  # fp32 where int8 has no fast kernel (resolve_precision)
         quantize=list(storage.quantize),
         int8_ranges=ranges_to_json(storage.int8_ranges),
         colbert_precision=storage.colbert_precision,

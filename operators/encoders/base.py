@@ -332,5 +332,6 @@ class EncoderSpec:
     max_rows_per_batch: int | None = None
     device: str | None = None  # None: cuda when available, else cpu
     precision: Precision = Precision.AUTO  # operators/encoders/precision.py
+    int8_kernel: str | None = None  # int8's kernel (precision.Int8Kernel); None: this CPU's (resolve_precision)
     prompt_name: str | None = "document"
     storage: dict = field(default_factory=dict, repr=False)  # settings to fetch a model folder on an object store

@@ -6,7 +6,7 @@ import os
 
 from operators.encoders.base import Encoder, EncoderDescription, EncoderSpec
 from operators.encoders.folders import describe_bge_m3_folder, describe_mrl_folder, is_bge_m3_folder
-from operators.encoders.precision import Precision, check_precision, model_id_suffix
+from operators.encoders.precision import Precision, check_precision, model_id_suffix, resolve_precision
 
 MINILM = "minilm"
 
@@ -42,7 +42,7 @@ def model_kind(model: str, storage: dict | None = None) -> str:
 
 def load_encoder(spec: EncoderSpec) -> Encoder:
     """Build the encoder a spec names; heavy imports happen here, inside the worker."""
-    check_precision(spec.precision)
+    spec = resolve_precision(spec)
     path = resolve_model_path(spec.model, spec.storage)
     if is_bge_m3_folder(path):
         from operators.encoders.bge_m3 import BgeM3Encoder
@@ -52,29 +52,30 @@ def load_encoder(spec: EncoderSpec) -> Encoder:
         from operators.encoders.mrl import MatryoshkaEncoder
 
         encoder = MatryoshkaEncoder.from_spec(path, spec)
-    return apply_precision(encoder, spec.precision)
+    return apply_precision(encoder, spec.precision, spec.int8_kernel)
 
 
-def apply_precision(encoder: Encoder, precision: str) -> Encoder:
+def apply_precision(encoder: Encoder, precision: str, int8_kernel: str | None = None) -> Encoder:
     """What a precision needs beyond the load dtype (which each encoder picks from the spec): int8
-    swaps the backbone's Linear layers, and an explicit precision marks the model id, in one place
-    for every encoder so the driver's id (describe_encoder) and the workers' agree."""
+    swaps the backbone's Linear layers for those of its kernel (resolve_precision names it), and an
+    explicit precision marks the model id, in one place for every encoder so the driver's id
+    (describe_encoder) and the workers' agree."""
     if precision == Precision.INT8:
         from operators.encoders.int8 import quantize_linears
 
         check_precision(precision, getattr(encoder, "device", None))
-        quantize_linears(encoder.model)  # type: ignore[attr-defined]
-    encoder.model_id += model_id_suffix(precision)
+        quantize_linears(encoder.model, int8_kernel or "int_mm")  # type: ignore[attr-defined]
+    encoder.model_id += model_id_suffix(precision, int8_kernel)
     return encoder
 
 
 def describe_encoder(spec: EncoderSpec) -> EncoderDescription:
     """Model identity and output columns from config files alone (the driver never loads weights)."""
-    check_precision(spec.precision)
+    spec = resolve_precision(spec)
     path = resolve_model_path(spec.model, spec.storage)
     if is_bge_m3_folder(path):
         description = describe_bge_m3_folder(path, spec)
     else:
         description = describe_mrl_folder(path, spec.dims, spec.max_length)
-    description.model_id += model_id_suffix(spec.precision)
+    description.model_id += model_id_suffix(spec.precision, spec.int8_kernel)
     return description

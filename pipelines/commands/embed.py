@@ -67,8 +67,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--max-tokens-per-batch", type=int,
                         help="padded tokens per forward pass (default: 65536 on GPUs, 2048 on CPUs)")
     parser.add_argument("--precision", choices=list(Precision),
-                        help="auto = bf16 on GPUs, fp32 on CPUs; bf16 and int8 are faster CPU paths whose vectors "
-                             "stay within cosine 0.99 of fp32 (benchmarks/RESULTS.md)")
+                        help="auto = bf16 on GPUs, fp32 on CPUs; bf16 (fast with AVX512-BF16/AMX) and int8 are "
+                             "faster CPU paths whose vectors stay within cosine 0.99 of fp32 (benchmarks/RESULTS.md); "
+                             "int8 runs torch._int_mm with VNNI/AMX, fbgemm with AVX2 (the model id then says "
+                             "kernel=fbgemm), fp32 with a warning on other CPUs")
     parser.add_argument("--quantize", type=precision_list, metavar="int8,binary",
                         help="also store <col>_int8 (int8 codes, per-dimension ranges calibrated once for the table) "
                              "and/or <col>_bin (sign bits) for dense and each dense_<d> (docs/quantization.md)")
