@@ -50,13 +50,15 @@ def tiny_model(tmp_path_factory, minilm_path) -> str:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the whole run: 4 logical CPUs on 2 cores so two encoder actors and the
-    read/write tasks fit, no dashboard, a small object store. Shut down at the end."""
+    """One local Ray for the whole run: 2 logical CPUs, what every `embedlake` command starts on CI's 2 cores
+    (num_cpus=os.cpu_count()), no dashboard, a small object store. Shut down at the end. The embed plan is one
+    encoder actor per logical CPU (pipelines/workers.py): 4 CPUs made every run without --actors start 4
+    actors, each a process loading torch and its model, on 2 cores."""
     import ray
 
     from pipelines.ray_runtime import start_ray, stop_ray
 
-    started = start_ray(address=None, num_cpus=4, object_store_memory=300 * 1024 * 1024)
+    started = start_ray(address=None, num_cpus=2, object_store_memory=300 * 1024 * 1024)
     yield ray
     if started:
         stop_ray()
