@@ -483,11 +483,11 @@ def _execute(job: EmbedJob, shards: ShardSet, state: InputState, spec: EncoderSp
     # One block per read task's batch as the reader yields it: Ray Data would split each task's output into ~200 /
     # tasks blocks (34 each for 6 shards) that the gather by id then merges again.
     dataset = ray.data.read_datasource(source, num_cpus=workers.io_cpus,
-                                       override_num_blocks=max(1, len(source.get_read_tasks(1))))
+                                       override_num_blocks=max(1, source.read_task_count()))
     if scan:
         table_keys = TableKeysSource(keys, ROWS_PER_PARTITION)
         dataset = dataset.union(ray.data.read_datasource(table_keys, num_cpus=workers.io_cpus,
-                                                         override_num_blocks=max(1, len(table_keys.get_read_tasks(1)))))
+                                                         override_num_blocks=max(1, table_keys.read_task_count())))
     decision = Decision(state.skipped_indexes(shards.files), job.sync_deletes)
     chunking = job.passages()
     partitions = plan_partitions(state.plan.rows_in + (table_rows if scan else 0))

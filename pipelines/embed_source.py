@@ -38,6 +38,10 @@ class LakeSource(Datasource):
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
+    def read_task_count(self) -> int:
+        """How many read tasks get_read_tasks makes (one per piece, one per vanished shard), without making them."""
+        return len(self.pieces) + len(self.files_to_probe - {piece.path for piece in self.pieces})
+
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ReadTask]:
         tasks = []
@@ -83,22 +87,32 @@ class TableKeysSource(Datasource):
     def __init__(self, keys: TableKeys, rows_per_task: int) -> None:
         self.keys = keys
         self.rows_per_task = rows_per_task
+        self._fragment_groups: list[tuple[list[int], int]] | None = None
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
+    def _groups(self) -> list[tuple[list[int], int]]:
+        """(fragment ids, rows) per task, listed once: the plan asks for the count, then Ray Data for the tasks."""
+        if self._fragment_groups is None:
+            groups: list[tuple[list[int], int]] = []
+            current, rows = [], 0
+            for fragment in self.keys.dataset().get_fragments():
+                current.append(fragment.fragment_id)
+                rows += fragment.count_rows()
+                if rows >= self.rows_per_task:
+                    groups.append((current, rows))
+                    current, rows = [], 0
+            if current:
+                groups.append((current, rows))
+            self._fragment_groups = groups
+        return self._fragment_groups
+
+    def read_task_count(self) -> int:
+        return len(self._groups())
+
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ReadTask]:
-        groups: list[tuple[list[int], int]] = []
-        current, rows = [], 0
-        for fragment in self.keys.dataset().get_fragments():
-            current.append(fragment.fragment_id)
-            rows += fragment.count_rows()
-            if rows >= self.rows_per_task:
-                groups.append((current, rows))
-                current, rows = [], 0
-        if current:
-            groups.append((current, rows))
         keys = self.keys
         return [ReadTask(lambda ids=ids: keys.by_fragments(ids), _metadata(rows), schema=keys.schema)
-                for ids, rows in groups]
+                for ids, rows in self._groups()]

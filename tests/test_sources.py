@@ -56,3 +56,14 @@ def test_reader_flags_non_string_text(tmp_path):
     pq.write_table(pa.table({"id": ["a", "b"], "text": [1, None]}), path)
     (batch,) = list(ShardReader("id", "text").read(str(path)))
     assert batch.column(REASON_COL).to_pylist() == ["text is not a string (int64)", "null text"]
+
+
+def test_lake_source_counts_its_read_tasks_without_making_them():
+    """The embed plan sizes its blocks from read_task_count(): one task per piece, one per vanished shard."""
+    from operators.sources import Piece
+    from pipelines.embed_source import LakeSource
+
+    pieces = [Piece(0, "a.parquet", [0], 10), Piece(0, "a.parquet", [1], 10), Piece(1, "b.parquet", None, 5)]
+    source = LakeSource(pieces, reader=None, schema=pa.schema([("id", pa.string())]),
+                        files_to_probe=["a.parquet", "gone.parquet", "also-gone.parquet"])
+    assert source.read_task_count() == len(source.get_read_tasks(1)) == 5
